@@ -1,0 +1,3 @@
+from mabrouter.cli import main
+
+raise SystemExit(main())

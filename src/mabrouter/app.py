@@ -1,0 +1,124 @@
+"""The one composition root: settings -> Redis adapters -> runtime -> gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+
+import numpy as np
+
+from mabrouter.config import Settings
+from mabrouter.core.decision_id import nonce_factory
+from mabrouter.runtime.holder import SnapshotHolder
+from mabrouter.runtime.outcomes import OutcomeRecorder
+from mabrouter.runtime.refresher import Refresher, run_flusher
+from mabrouter.runtime.snapshot_builder import SnapshotBuilder
+from mabrouter.runtime.trials import TrialBuffer, TrialFlusher
+from mabrouter.service.server import HealthReporter, build_server
+from mabrouter.service.servicer import RouterServicer
+from mabrouter.store.router_store import RouterStore
+
+log = logging.getLogger(__name__)
+
+INSECURE_DEFAULT_SECRET = b"mabrouter-insecure-local-secret"
+
+
+def decision_keys(settings: Settings) -> tuple[bytes, list[bytes]]:
+    """The key that signs new decision ids, and every key accepted when verifying one."""
+    if settings.decision_secret is not None:
+        current = settings.decision_secret.get_secret_value().encode()
+    elif settings.decision_secret_file is not None:
+        current = settings.decision_secret_file.read_bytes().strip()
+    else:
+        log.warning(
+            "no MABROUTER_DECISION_SECRET set: using the built-in local secret; anyone can forge decision ids. "
+            "Set a random secret shared by all replicas before production use"
+        )
+        current = INSECURE_DEFAULT_SECRET
+    if len(current) < 16 and current != INSECURE_DEFAULT_SECRET:
+        log.warning("the decision secret is shorter than 16 bytes; use a long random value")
+    accepted = [current]
+    if settings.decision_secret_previous is not None:
+        accepted.append(settings.decision_secret_previous.get_secret_value().encode())
+    return current, accepted
+
+
+class RouterApp:
+    """A running router: start() binds and serves, stop() drains and flushes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self.store = RouterStore.from_url(settings.redis_url)
+        self.holder = SnapshotHolder()
+        process_prefix = secrets.token_hex(6)
+        self.trials = TrialBuffer()
+        self.flusher = TrialFlusher(self.trials, self.store, process_prefix)
+        rng = np.random.default_rng()
+        self.refresher = Refresher(self.store, self.holder, SnapshotBuilder(rng))
+        signing_key, accepted_keys = decision_keys(settings)
+        outcomes = OutcomeRecorder(self.store, self.holder, accepted_keys, settings.decision_ttl_seconds)
+        servicer = RouterServicer(self.holder, self.trials, outcomes, signing_key, nonce_factory(process_prefix), rng)
+        self.health = HealthReporter()
+        self.server, self.port = build_server(servicer, self.health, settings.listen)
+
+    async def start(self) -> None:
+        await self.health.start_not_serving()
+        await self.server.start()
+        self._tasks = [
+            asyncio.create_task(self._refresh_forever(), name="refresher"),
+            asyncio.create_task(
+                run_flusher(self.flusher, self.settings.flush_interval_ms / 1000), name="trial-flusher"
+            ),
+        ]
+        log.info("mabrouter listening on %s (port %d), redis %s", self.settings.listen, self.port, _redact(self.settings.redis_url))
+
+    async def _refresh_forever(self) -> None:
+        interval = self.settings.refresh_interval_ms / 1000
+        while True:
+            await self.refresher.refresh_once()
+            await self.health.set_serving(self.holder.current is not None)
+            await asyncio.sleep(interval)
+
+    async def stop(self) -> None:
+        """Stop taking calls, let in-flight ones finish, flush buffered trial counts, close Redis."""
+        await self.health.servicer.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace_seconds)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for _ in range(3):  # the drained batch, then retries of it if Redis hiccups
+            await self.flusher.flush()
+            if not self.flusher.unsent() and not self.trials.pending():
+                break
+        if self.flusher.unsent() or self.trials.pending():
+            log.error("exiting with %d trial counts not written to Redis", self.flusher.unsent() + self.trials.pending())
+        await self.store.close()
+        log.info("mabrouter stopped")
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a Redis URL before it reaches a log."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    return f"{scheme}{sep}***@{rest.rsplit('@', 1)[1]}"
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down cleanly."""
+    app = RouterApp(settings)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: draining")
+    await app.stop()

@@ -1,0 +1,169 @@
+"""Startup settings (MABROUTER_* environment variables) and the experiment document schema.
+
+The same schema validates an experiment file on its way into Redis (CLI) and on its way out (router),
+so a document that one side accepts the other accepts too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mabrouter.core.model import (
+    NAME_PATTERN,
+    ArmSpec,
+    BetaPrior,
+    ExperimentSpec,
+    NormalPrior,
+    RewardKind,
+)
+from mabrouter.errors import ConfigError
+
+MAX_ARMS = 100
+MAX_PAYLOAD_ENTRIES = 32
+MAX_PAYLOAD_VALUE_CHARS = 2048
+MAX_DOCUMENT_BYTES = 256 * 1024
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN.pattern, description="letters, digits, . _ -; max 64")]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class Settings(BaseSettings):
+    """Router settings; every field can be set as MABROUTER_<FIELD> or as a `mabrouter serve` flag."""
+
+    model_config = SettingsConfigDict(env_prefix="MABROUTER_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    listen: str = Field("127.0.0.1:50051", description="host:port, or unix:PATH for a Unix socket")
+    refresh_interval_ms: int = Field(200, ge=10, le=60_000, description="snapshot refresh period")
+    flush_interval_ms: int = Field(100, ge=5, le=60_000, description="trial-count flush period")
+    decision_secret: SecretStr | None = Field(None, description="HMAC key that signs decision ids")
+    decision_secret_file: Path | None = Field(None, description="file holding the HMAC key")
+    decision_secret_previous: SecretStr | None = Field(
+        None, description="previous HMAC key, still accepted while a rotation rolls out"
+    )
+    decision_ttl_seconds: int = Field(86_400, ge=60, description="how long a decision accepts an outcome")
+    shutdown_grace_seconds: float = Field(5.0, ge=0, description="time in-flight calls get on SIGTERM")
+    log_format: Literal["json", "text"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BetaPriorDoc(_Strict):
+    alpha: Positive = 1.0
+    beta: Positive = 1.0
+
+
+class NormalPriorDoc(_Strict):
+    mean: Finite = 0.0
+    kappa: Positive = 1.0
+    alpha: Positive = 1.0
+    beta: Positive = 1.0
+
+
+class ArmDoc(_Strict):
+    name: Name
+    payload: dict[str, str] = Field(default_factory=dict)
+    prior: BetaPriorDoc | NormalPriorDoc | None = None
+
+    @field_validator("payload")
+    @classmethod
+    def _bounded_payload(cls, payload: dict[str, str]) -> dict[str, str]:
+        if len(payload) > MAX_PAYLOAD_ENTRIES:
+            raise ValueError(f"at most {MAX_PAYLOAD_ENTRIES} payload entries, got {len(payload)}")
+        for key, value in payload.items():
+            if len(value) > MAX_PAYLOAD_VALUE_CHARS:
+                raise ValueError(f"payload {key!r} is {len(value)} characters; the limit is {MAX_PAYLOAD_VALUE_CHARS}")
+        return payload
+
+
+class ExperimentDoc(_Strict):
+    """An experiment file (YAML or JSON). Unknown fields are errors."""
+
+    name: Name
+    description: str = Field("", max_length=1000)
+    reward: Literal["bernoulli", "gaussian"] = "bernoulli"
+    control: Name
+    arms: list[ArmDoc] = Field(min_length=2, max_length=MAX_ARMS)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentDoc:
+        names = [arm.name for arm in self.arms]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"arm names must be unique; repeated: {', '.join(duplicates)}")
+        if self.control not in names:
+            raise ValueError(f"control {self.control!r} is not one of the arms ({', '.join(names)})")
+        wanted = BetaPriorDoc if self.reward == "bernoulli" else NormalPriorDoc
+        for arm in self.arms:
+            if arm.prior is not None and not isinstance(arm.prior, wanted):
+                fields = "alpha, beta" if wanted is BetaPriorDoc else "mean, kappa, alpha, beta"
+                raise ValueError(f"arm {arm.name!r}: a {self.reward} experiment takes a prior with {fields}")
+        return self
+
+    def to_spec(self) -> ExperimentSpec:
+        kind = RewardKind(self.reward)
+        return ExperimentSpec(
+            name=self.name,
+            reward=kind,
+            control=self.control,
+            arms=tuple(
+                ArmSpec(name=arm.name, prior=_prior(kind, arm.prior), payload=dict(arm.payload)) for arm in self.arms
+            ),
+        )
+
+
+def _prior(kind: RewardKind, doc: BetaPriorDoc | NormalPriorDoc | None) -> BetaPrior | NormalPrior:
+    if isinstance(doc, BetaPriorDoc):
+        return BetaPrior(doc.alpha, doc.beta)
+    if isinstance(doc, NormalPriorDoc):
+        return NormalPrior(doc.mean, doc.kappa, doc.alpha, doc.beta)
+    return BetaPrior() if kind is RewardKind.BERNOULLI else NormalPrior()
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem, each naming the field path, e.g. `arms.1.name: String should match...`."""
+    lines = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "(document)"
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling; see README 'Experiment files')"
+        lines.append(f"{where}: {message}")
+    return "\n".join(lines)
+
+
+def parse_experiment(data: Any, source: str) -> ExperimentDoc:
+    try:
+        return ExperimentDoc.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source} is not a valid experiment:\n{describe_validation_error(exc)}") from exc
+
+
+def load_experiment_file(path: Path) -> ExperimentDoc:
+    """Read and validate a YAML or JSON experiment file; ConfigError names the problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(text.encode()) > MAX_DOCUMENT_BYTES:
+        raise ConfigError(f"{path} is larger than {MAX_DOCUMENT_BYTES} bytes")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
+    return parse_experiment(data, str(path))
+
+
+def experiment_to_json(doc: ExperimentDoc) -> str:
+    return doc.model_dump_json(exclude_none=True)
+

@@ -1,0 +1,89 @@
+"""Signed decision ids: unforgeable, self-describing, and bound to one experiment.
+
+Format: base64url(payload) "." base64url(HMAC-SHA256(key, payload)[:16]), payload being
+"1|experiment|arm|config_version|issued_ms|nonce|flags". Names cannot contain '|' (see NAME_PATTERN).
+The MAC covers the experiment and arm, so an id cannot be replayed into another experiment, and it
+is checked against every accepted key so a secret can be rotated with a grace period.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import count
+
+from mabrouter.errors import ExpiredDecisionIdError, InvalidDecisionIdError
+
+FORMAT_VERSION = "1"
+MAC_BYTES = 16
+MAX_DECISION_ID_CHARS = 512
+_FLAG_COUNTED = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionToken:
+    experiment: str
+    arm: str
+    config_version: int
+    issued_ms: int
+    nonce: str
+    counted: bool
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(key: bytes, payload: bytes) -> bytes:
+    return hmac.digest(key, payload, "sha256")[:MAC_BYTES]
+
+
+def encode(token: DecisionToken, key: bytes) -> str:
+    flags = _FLAG_COUNTED if token.counted else 0
+    payload = (
+        f"{FORMAT_VERSION}|{token.experiment}|{token.arm}|{token.config_version}|"
+        f"{token.issued_ms}|{token.nonce}|{flags}"
+    ).encode()
+    return f"{_b64(payload)}.{_b64(_mac(key, payload))}"
+
+
+def decode(decision_id: str, keys: Sequence[bytes], now_ms: int, max_age_ms: int) -> DecisionToken:
+    """Verify and parse a decision id; raise InvalidDecisionIdError or ExpiredDecisionIdError."""
+    if not decision_id:
+        raise InvalidDecisionIdError("decision_id is empty: pass the decision_id returned by Route")
+    if len(decision_id) > MAX_DECISION_ID_CHARS:
+        raise InvalidDecisionIdError(f"decision_id is {len(decision_id)} characters; no valid id exceeds {MAX_DECISION_ID_CHARS}")
+    payload_text, _, mac_text = decision_id.partition(".")
+    try:
+        payload = _unb64(payload_text)
+        mac = _unb64(mac_text)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidDecisionIdError("decision_id is not a mabrouter decision id (bad encoding)") from exc
+    if not any(hmac.compare_digest(mac, _mac(key, payload)) for key in keys):
+        raise InvalidDecisionIdError(
+            "decision_id signature does not verify: it was altered, or issued by a router with another secret"
+        )
+    fields = payload.decode("utf-8", errors="replace").split("|")
+    if len(fields) != 7 or fields[0] != FORMAT_VERSION:
+        raise InvalidDecisionIdError("decision_id has an unsupported format version")
+    _, experiment, arm, version, issued, nonce, flags = fields
+    token = DecisionToken(experiment, arm, int(version), int(issued), nonce, bool(int(flags) & _FLAG_COUNTED))
+    age_ms = now_ms - token.issued_ms
+    if age_ms > max_age_ms:
+        raise ExpiredDecisionIdError(
+            f"decision_id expired: issued {age_ms // 1000} s ago, outcomes are accepted for {max_age_ms // 1000} s"
+        )
+    return token
+
+
+def nonce_factory(process_prefix: str) -> Callable[[], str]:
+    """Unique nonces without a syscall per decision: a random per-process prefix plus a counter."""
+    counter = count()
+    return lambda: f"{process_prefix}{next(counter):x}"

@@ -1,0 +1,1 @@
+"""gRPC surface: the only package (with client.py) that touches the wire."""

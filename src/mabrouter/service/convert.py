@@ -1,0 +1,73 @@
+"""proto <-> core conversion, with the limits that keep one request from costing too much."""
+
+from __future__ import annotations
+
+from google.protobuf import struct_pb2
+
+from mabrouter.core.decide import AttributeValue, Decision, RouteInput
+from mabrouter.errors import InvalidRequestError
+from mabrouter.v1 import router_pb2
+
+MAX_ATTRIBUTES = 64
+MAX_ATTRIBUTE_KEY_CHARS = 128
+MAX_ATTRIBUTE_STRING_CHARS = 1024
+MAX_ATTRIBUTE_LIST_ITEMS = 64
+
+
+def _attribute(key: str, value: struct_pb2.Value) -> AttributeValue | None:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        text = value.string_value
+        if len(text) > MAX_ATTRIBUTE_STRING_CHARS:
+            raise InvalidRequestError(f"attribute {key!r} is {len(text)} characters; the limit is {MAX_ATTRIBUTE_STRING_CHARS}")
+        return text
+    if kind == "number_value":
+        return value.number_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "list_value":
+        items = value.list_value.values
+        if len(items) > MAX_ATTRIBUTE_LIST_ITEMS:
+            raise InvalidRequestError(f"attribute {key!r} has {len(items)} items; the limit is {MAX_ATTRIBUTE_LIST_ITEMS}")
+        if any(item.WhichOneof("kind") != "string_value" for item in items):
+            raise InvalidRequestError(f"attribute {key!r}: lists may only hold strings")
+        return tuple(item.string_value for item in items)
+    if kind == "null_value" or kind is None:
+        return None
+    raise InvalidRequestError(f"attribute {key!r}: nested objects are not supported; flatten them (e.g. 'user.tier')")
+
+
+def attributes_from_struct(struct: struct_pb2.Struct) -> dict[str, AttributeValue]:
+    fields = struct.fields
+    if not fields:
+        return {}
+    if len(fields) > MAX_ATTRIBUTES:
+        raise InvalidRequestError(f"{len(fields)} attributes sent; the limit is {MAX_ATTRIBUTES}")
+    result: dict[str, AttributeValue] = {}
+    for key, value in fields.items():
+        if len(key) > MAX_ATTRIBUTE_KEY_CHARS:
+            raise InvalidRequestError(f"attribute name {key[:40]!r}... is longer than {MAX_ATTRIBUTE_KEY_CHARS} characters")
+        converted = _attribute(key, value)
+        if converted is not None:
+            result[key] = converted
+    return result
+
+
+def route_input(request: router_pb2.RouteRequest) -> RouteInput:
+    return RouteInput(
+        experiment=request.experiment,
+        unit_id=request.unit_id,
+        attributes=attributes_from_struct(request.attributes),
+        default_arm=request.default_arm,
+    )
+
+
+def route_response(decision: Decision, decision_id: str) -> router_pb2.RouteResponse:
+    return router_pb2.RouteResponse(
+        arm=decision.arm,
+        decision_id=decision_id,
+        reason=decision.reason.value,
+        propensity=decision.propensity,
+        config_version=decision.config_version,
+        payload=decision.payload,
+    )

@@ -1,0 +1,1 @@
+"""Redis adapters: the only package that talks to Redis."""
