@@ -1,0 +1,219 @@
+"""Real infrastructure for tests: private redis-server processes and real routers. No mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import redis
+
+from mabrouter.app import RouterApp
+from mabrouter.config import Settings
+from mabrouter.v1 import router_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "src" / "mabrouter" / "examples" / "ranker.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+@dataclass
+class RedisServer:
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes]
+    extra_args: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True)
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process.poll() is None:
+            (self.process.kill if kill else self.process.terminate)()
+            self.process.wait(10)
+
+    def start(self) -> None:
+        """(Re)start on the same port and directory (so AOF/RDB persistence carries over)."""
+        self.process = _spawn_redis(self.port, self.directory, self.extra_args)
+
+
+def redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: run `apt-get install -y redis-server` (tests never mock Redis)")
+    return binary
+
+
+def _spawn_redis(port: int, directory: Path, extra_args: tuple[str, ...]) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "",
+         "--appendonly", "no", "--protected-mode", "no", *extra_args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+
+    def ready() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {process.returncode}") from None
+            return False
+
+    wait_until(ready, 10, what=f"redis-server on port {port}")
+    client.close()
+    return process
+
+
+@contextmanager
+def running_redis(*extra_args: str) -> Iterator[RedisServer]:
+    directory = Path(tempfile.mkdtemp(prefix="mabrouter-redis-"))
+    port = free_port()
+    server = RedisServer(port, directory, _spawn_redis(port, directory, extra_args), extra_args)
+    try:
+        yield server
+    finally:
+        server.stop(kill=True)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+class InProcessRouter:
+    """A real RouterApp serving gRPC on a free port from a background thread's event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.app: RouterApp | None = None
+
+    def start(self) -> InProcessRouter:
+        self.thread.start()
+
+        async def boot() -> RouterApp:
+            app = RouterApp(self.settings)
+            await app.start()
+            return app
+
+        self.app = asyncio.run_coroutine_threadsafe(boot(), self.loop).result(10)
+        return self
+
+    @property
+    def address(self) -> str:
+        assert self.app is not None
+        return f"127.0.0.1:{self.app.port}"
+
+    def call(self, coroutine_factory: Callable[[RouterApp], Any], timeout: float = 10) -> Any:
+        assert self.app is not None
+        return asyncio.run_coroutine_threadsafe(coroutine_factory(self.app), self.loop).result(timeout)
+
+    def stop(self) -> None:
+        if self.app is not None:
+            self.call(lambda app: app.stop(), timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def router_settings(redis_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "listen": "127.0.0.1:0",
+        "refresh_interval_ms": 50,
+        "flush_interval_ms": 20,
+        "decision_secret": "test-secret-0123456789",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def stub(address: str) -> tuple[grpc.Channel, router_pb2_grpc.RouterStub]:
+    channel = grpc.insecure_channel(address)
+    return channel, router_pb2_grpc.RouterStub(channel)
+
+
+def cli(*args: str, redis_url: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the real `mabrouter` console entry point in a subprocess."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mabrouter", *args],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "MABROUTER_REDIS_URL": redis_url, **env},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"mabrouter {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+class RouterProcess:
+    """A real `mabrouter serve` process."""
+
+    def __init__(self, redis_url: str, **env: str) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="mabrouter-router-", suffix=".log", delete=False)  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mabrouter", "serve", "--listen", self.address],
+            stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, "MABROUTER_REDIS_URL": redis_url, "MABROUTER_DECISION_SECRET": "test-secret-0123456789",
+                 "MABROUTER_REFRESH_INTERVAL_MS": "50", "MABROUTER_FLUSH_INTERVAL_MS": "20", **env},
+        )
+
+    def wait_serving(self, timeout: float = 20) -> RouterProcess:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        def serving() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"router exited early ({self.process.returncode}):\n{self.output()}")
+            with grpc.insecure_channel(self.address) as channel:
+                try:
+                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                except grpc.RpcError:
+                    return False
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        wait_until(serving, timeout, interval=0.05, what=f"router on {self.address} to serve")
+        return self
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def terminate(self, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
