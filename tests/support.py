@@ -118,7 +118,8 @@ class InProcessRouter:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.app: RouterApp | None = None
 
-    def start(self) -> InProcessRouter:
+    def start(self, wait_ready: bool = True) -> InProcessRouter:
+        """Start serving; with wait_ready, return once the first snapshot is loaded (health SERVING)."""
         self.thread.start()
 
         async def boot() -> RouterApp:
@@ -127,6 +128,9 @@ class InProcessRouter:
             return app
 
         self.app = asyncio.run_coroutine_threadsafe(boot(), self.loop).result(10)
+        if wait_ready:
+            app = self.app
+            wait_until(lambda: app.health.serving, 10, what="first snapshot")
         return self
 
     @property

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import signal
@@ -14,7 +13,7 @@ from mabrouter.config import Settings
 from mabrouter.core.decision_id import nonce_factory
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.outcomes import OutcomeRecorder
-from mabrouter.runtime.refresher import Refresher, run_flusher
+from mabrouter.runtime.refresher import Refresher, every
 from mabrouter.runtime.snapshot_builder import SnapshotBuilder
 from mabrouter.runtime.trials import TrialBuffer, TrialFlusher
 from mabrouter.service.server import HealthReporter, build_server
@@ -53,6 +52,7 @@ class RouterApp:
         self.settings = settings
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
         self.store = RouterStore.from_url(settings.redis_url)
         self.holder = SnapshotHolder()
         process_prefix = secrets.token_hex(6)
@@ -70,29 +70,25 @@ class RouterApp:
         await self.health.start_not_serving()
         await self.server.start()
         self._tasks = [
-            asyncio.create_task(self._refresh_forever(), name="refresher"),
             asyncio.create_task(
-                run_flusher(self.flusher, self.settings.flush_interval_ms / 1000), name="trial-flusher"
+                every(self.settings.refresh_interval_ms / 1000, self._stopping, self._refresh), name="refresher"
+            ),
+            asyncio.create_task(
+                every(self.settings.flush_interval_ms / 1000, self._stopping, self.flusher.flush), name="trial-flusher"
             ),
         ]
         log.info("mabrouter listening on %s (port %d), redis %s", self.settings.listen, self.port, _redact(self.settings.redis_url))
 
-    async def _refresh_forever(self) -> None:
-        interval = self.settings.refresh_interval_ms / 1000
-        while True:
-            await self.refresher.refresh_once()
-            await self.health.set_serving(self.holder.current is not None)
-            await asyncio.sleep(interval)
+    async def _refresh(self) -> None:
+        await self.refresher.refresh_once()
+        await self.health.set_serving(self.holder.current is not None)
 
     async def stop(self) -> None:
         """Stop taking calls, let in-flight ones finish, flush buffered trial counts, close Redis."""
         await self.health.servicer.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_seconds)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._stopping.set()
+        await asyncio.gather(*self._tasks)
         for _ in range(3):  # the drained batch, then retries of it if Redis hiccups
             await self.flusher.flush()
             if not self.flusher.unsent() and not self.trials.pending():

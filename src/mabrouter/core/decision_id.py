@@ -66,6 +66,9 @@ def decode(decision_id: str, keys: Sequence[bytes], now_ms: int, max_age_ms: int
         mac = _unb64(mac_text)
     except (binascii.Error, ValueError) as exc:
         raise InvalidDecisionIdError("decision_id is not a mabrouter decision id (bad encoding)") from exc
+    if _b64(payload) != payload_text or _b64(mac) != mac_text:
+        # base64 leaves spare bits in the last character: accept only the one canonical spelling
+        raise InvalidDecisionIdError("decision_id is not a mabrouter decision id (non-canonical encoding)")
     if not any(hmac.compare_digest(mac, _mac(key, payload)) for key in keys):
         raise InvalidDecisionIdError(
             "decision_id signature does not verify: it was altered, or issued by a router with another secret"

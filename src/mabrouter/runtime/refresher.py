@@ -1,16 +1,17 @@
-"""Background tasks: refresh the snapshot and flush trial counts, forever, surviving any Redis error."""
+"""Background work: refresh the snapshot and flush trial counts, surviving any Redis error."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.snapshot_builder import SnapshotBuilder
-from mabrouter.runtime.trials import TrialFlusher
 from mabrouter.store.router_store import RouterStore
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,6 @@ class Refresher:
         self._store = store
         self._holder = holder
         self._builder = builder
-        self.first_load = asyncio.Event()
         self._failing = False
 
     async def refresh_once(self) -> bool:
@@ -36,16 +36,17 @@ class Refresher:
             log.info("snapshot refresh recovered")
             self._failing = False
         self._holder.current = self._builder.build(raw, self._holder.current, time.monotonic())
-        self.first_load.set()
         return True
 
-    async def run(self, interval_seconds: float) -> None:
-        while True:
-            await self.refresh_once()
-            await asyncio.sleep(interval_seconds)
 
+async def every(interval_seconds: float, stop: asyncio.Event, work: Callable[[], Awaitable[object]]) -> None:
+    """Run `work` every interval until `stop` is set.
 
-async def run_flusher(flusher: TrialFlusher, interval_seconds: float) -> None:
-    while True:
-        await asyncio.sleep(interval_seconds)
-        await flusher.flush()
+    Stopping is cooperative rather than by Task.cancel(): redis-py can swallow a CancelledError raised
+    inside a pipeline, which left a cancelled task running forever. Each `work` call is bounded by the
+    Redis socket timeouts, so shutdown waits at most one of them.
+    """
+    while not stop.is_set():
+        await work()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_seconds)
