@@ -18,7 +18,9 @@ def gaussian_spec(n_arms: int = 3, name: str = "g") -> ExperimentSpec:
     return ExperimentSpec(name, RewardKind.GAUSSIAN, "arm-0", arms)
 
 
-def state(spec: ExperimentSpec, stats: tuple[ArmStats, ...] | None = None, seed: int = 0, version: int = 1) -> ExperimentState:
+def state(
+    spec: ExperimentSpec, stats: tuple[ArmStats, ...] | None = None, seed: int = 0, version: int = 1
+) -> ExperimentState:
     stats = stats or tuple(ArmStats() for _ in spec.arms)
     return build_experiment_state(spec, version, stats, np.random.default_rng(seed))
 

@@ -34,7 +34,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, what: str = "") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, what: str = ""
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
@@ -72,15 +74,32 @@ class RedisServer:
 def redis_binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("redis-server is not installed: run `apt-get install -y redis-server` (tests never mock Redis)")
+        raise RuntimeError(
+            "redis-server is not installed: run `apt-get install -y redis-server` (tests never mock Redis)"
+        )
     return binary
 
 
 def _spawn_redis(port: int, directory: Path, extra_args: tuple[str, ...]) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "",
-         "--appendonly", "no", "--protected-mode", "no", *extra_args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            redis_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            *extra_args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     client = redis.Redis(port=port)
 
@@ -171,11 +190,16 @@ def cli(*args: str, redis_url: str, check: bool = True, **env: str) -> subproces
     """Run the real `mabrouter` console entry point in a subprocess."""
     result = subprocess.run(
         [sys.executable, "-m", "mabrouter", *args],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
         env={**os.environ, "MABROUTER_REDIS_URL": redis_url, **env},
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"mabrouter {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"mabrouter {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -188,9 +212,16 @@ class RouterProcess:
         self.log = tempfile.NamedTemporaryFile(prefix="mabrouter-router-", suffix=".log", delete=False)  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mabrouter", "serve", "--listen", self.address],
-            stdout=self.log, stderr=subprocess.STDOUT,
-            env={**os.environ, "MABROUTER_REDIS_URL": redis_url, "MABROUTER_DECISION_SECRET": "test-secret-0123456789",
-                 "MABROUTER_REFRESH_INTERVAL_MS": "50", "MABROUTER_FLUSH_INTERVAL_MS": "20", **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={
+                **os.environ,
+                "MABROUTER_REDIS_URL": redis_url,
+                "MABROUTER_DECISION_SECRET": "test-secret-0123456789",
+                "MABROUTER_REFRESH_INTERVAL_MS": "50",
+                "MABROUTER_FLUSH_INTERVAL_MS": "20",
+                **env,
+            },
         )
 
     def wait_serving(self, timeout: float = 20) -> RouterProcess:
@@ -201,7 +232,9 @@ class RouterProcess:
                 raise RuntimeError(f"router exited early ({self.process.returncode}):\n{self.output()}")
             with grpc.insecure_channel(self.address) as channel:
                 try:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                    reply = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=0.5
+                    )
                 except grpc.RpcError:
                     return False
             return reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -9,6 +9,7 @@ import pytest
 from mabrouter.config import load_experiment_file, parse_experiment
 from mabrouter.core.model import BetaPrior, NormalPrior, RewardKind
 from mabrouter.errors import ConfigError
+
 from support import EXAMPLE
 
 GOOD = {"name": "ranker", "control": "a", "arms": [{"name": "a"}, {"name": "b"}]}
@@ -23,7 +24,12 @@ def test_the_shipped_example_is_valid() -> None:
 
 def test_gaussian_priors() -> None:
     doc = parse_experiment(
-        {**GOOD, "reward": "gaussian", "arms": [{"name": "a", "prior": {"mean": 2, "kappa": 0.5}}, {"name": "b"}]}, "t"
+        {
+            **GOOD,
+            "reward": "gaussian",
+            "arms": [{"name": "a", "prior": {"mean": 2, "kappa": 0.5}}, {"name": "b"}],
+        },
+        "t",
     )
     spec = doc.to_spec()
     assert spec.arms[0].prior == NormalPrior(2.0, 0.5, 1.0, 1.0)
@@ -40,7 +46,10 @@ def test_gaussian_priors() -> None:
         ({"arms": [{"name": "a"}]}, "arms: List should have at least 2 items"),
         ({"reward": "poisson"}, "reward: Input should be 'bernoulli' or 'gaussian'"),
         ({"name": "has space"}, "name: String should match pattern"),
-        ({"arms": [{"name": "a", "prior": {"mean": 1}}, {"name": "b"}]}, "a bernoulli experiment takes a prior with alpha, beta"),
+        (
+            {"arms": [{"name": "a", "prior": {"mean": 1}}, {"name": "b"}]},
+            "a bernoulli experiment takes a prior with alpha, beta",
+        ),
         ({"arms": [{"name": "a", "prior": {"alpha": -1}}, {"name": "b"}]}, "greater than 0"),
     ],
 )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core_fixtures import bernoulli_spec, snapshot, state
 from mabrouter.core.decide import MAX_UNIT_ID_CHARS, RouteInput, decide
 from mabrouter.core.model import Reason
 from mabrouter.errors import ErrorCode, InvalidRequestError, NoSnapshotError, UnknownExperimentError
+
+from core_fixtures import bernoulli_spec, snapshot, state
 
 RNG = np.random.default_rng(0)
 

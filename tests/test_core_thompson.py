@@ -7,11 +7,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from core_fixtures import bernoulli_spec, gaussian_spec, snapshot, state
 from mabrouter.core.decide import RouteInput, decide
 from mabrouter.core.model import ArmStats, BetaPrior, NormalPrior, Reason
 from mabrouter.core.posterior import beta_parameters, posteriors_for, student_t_parameters
 from mabrouter.core.thompson import ThompsonSampler, win_probabilities
+
+from core_fixtures import bernoulli_spec, gaussian_spec, snapshot, state
 
 
 def test_same_seed_replays_the_same_decisions() -> None:
@@ -42,7 +43,12 @@ def test_rewards_arriving_before_trials_are_flushed_do_not_go_negative() -> None
 def test_gaussian_posterior_concentrates_on_the_sample_mean() -> None:
     rng = np.random.default_rng(3)
     rewards = rng.normal(5.0, 2.0, size=2000)
-    stats = ArmStats(trials=2000, reward_count=2000, reward_sum=float(rewards.sum()), reward_sq_sum=float((rewards**2).sum()))
+    stats = ArmStats(
+        trials=2000,
+        reward_count=2000,
+        reward_sum=float(rewards.sum()),
+        reward_sq_sum=float((rewards**2).sum()),
+    )
     location, scale, df = student_t_parameters(NormalPrior(0.0, 1.0, 1.0, 1.0), stats)
     assert location == pytest.approx(rewards.mean(), abs=0.01)
     # standard error of the mean is 2/sqrt(2000) ~ 0.045

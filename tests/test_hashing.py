@@ -154,7 +154,9 @@ def test_rollout_is_monotonic(bucket: int, first: float, second: float) -> None:
 
 
 @given(_TEXT, _IDS, st.floats(0, 100), st.floats(0, 100))
-def test_raising_the_rollout_never_unexposes_a_unit(salt: str, unit_id: str, first: float, second: float) -> None:
+def test_raising_the_rollout_never_unexposes_a_unit(
+    salt: str, unit_id: str, first: float, second: float
+) -> None:
     low, high = sorted((first, second))
     bucket = bucket_of(salt, unit_id)
     assert not in_rollout(bucket, low) or in_rollout(bucket, high)
@@ -214,5 +216,7 @@ def test_share_exposed_at_25_percent() -> None:
 def test_salts_give_independent_buckets() -> None:
     # Exposure at 50% under two salts should be independent: both exposed ~25% of the time.
     # Same 5-sigma bound as above (sd of the joint count is also 136.9).
-    both = sum(1 for unit_id in IDS if bucket_of("ranker", unit_id) < 5000 and bucket_of("search", unit_id) < 5000)
+    both = sum(
+        1 for unit_id in IDS if bucket_of("ranker", unit_id) < 5000 and bucket_of("search", unit_id) < 5000
+    )
     assert abs(both - 25_000) <= 685, both

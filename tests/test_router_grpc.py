@@ -11,6 +11,7 @@ from google.protobuf import struct_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mabrouter.v1 import router_pb2 as pb
+
 from support import InProcessRouter, RedisServer, stub, wait_until
 
 ARMS = {"ranker-v1", "ranker-v2", "ranker-v3"}
@@ -36,35 +37,52 @@ def test_route_answers_with_a_signed_decision(router: InProcessRouter) -> None:
     assert reply.decision_id
 
 
-def test_trials_are_flushed_and_an_outcome_counts_exactly_once(router: InProcessRouter, applied_ranker: RedisServer) -> None:
+def test_trials_are_flushed_and_an_outcome_counts_exactly_once(
+    router: InProcessRouter, applied_ranker: RedisServer
+) -> None:
     channel, router_stub = stub(router.address)
     with channel:
-        replies = [router_stub.Route(pb.RouteRequest(experiment="ranker", unit_id=f"u{i}")) for i in range(20)]
+        replies = [
+            router_stub.Route(pb.RouteRequest(experiment="ranker", unit_id=f"u{i}")) for i in range(20)
+        ]
         first = replies[0]
         reply = router_stub.ReportOutcome(pb.OutcomeRequest(decision_id=first.decision_id, reward=1.0))
         again = router_stub.ReportOutcome(pb.OutcomeRequest(decision_id=first.decision_id, reward=1.0))
     assert (reply.duplicate, reply.arm, reply.experiment) == (False, first.arm, "ranker")
     assert again.duplicate
-    wait_until(lambda: sum(int(v) for k, v in stats(applied_ranker).items() if k.endswith(":trials")) == 20, 5,
-               what="20 trials flushed")
+    wait_until(
+        lambda: sum(int(v) for k, v in stats(applied_ranker).items() if k.endswith(":trials")) == 20,
+        5,
+        what="20 trials flushed",
+    )
     saved = stats(applied_ranker)
     assert saved[f"{first.arm}:count"] == "1"
     assert float(saved[f"{first.arm}:sum"]) == 1.0
 
 
-def test_outcomes_in_a_batch_get_results_in_order(router: InProcessRouter, applied_ranker: RedisServer) -> None:
+def test_outcomes_in_a_batch_get_results_in_order(
+    router: InProcessRouter, applied_ranker: RedisServer
+) -> None:
     channel, router_stub = stub(router.address)
     with channel:
         good = router_stub.Route(pb.RouteRequest(experiment="ranker", unit_id="u"))
-        reply = router_stub.ReportOutcomes(pb.ReportOutcomesRequest(outcomes=[
-            pb.OutcomeRequest(decision_id=good.decision_id, reward=0.5),
-            pb.OutcomeRequest(decision_id="forged.id", reward=1.0),
-            pb.OutcomeRequest(decision_id=good.decision_id, reward=0.5),
-            pb.OutcomeRequest(decision_id=good.decision_id, reward=3.0),
-        ]))
+        reply = router_stub.ReportOutcomes(
+            pb.ReportOutcomesRequest(
+                outcomes=[
+                    pb.OutcomeRequest(decision_id=good.decision_id, reward=0.5),
+                    pb.OutcomeRequest(decision_id="forged.id", reward=1.0),
+                    pb.OutcomeRequest(decision_id=good.decision_id, reward=0.5),
+                    pb.OutcomeRequest(decision_id=good.decision_id, reward=3.0),
+                ]
+            )
+        )
     codes = [(r.code, r.duplicate) for r in reply.results]
-    assert codes == [(0, False), (grpc.StatusCode.INVALID_ARGUMENT.value[0], False), (0, True),
-                     (grpc.StatusCode.INVALID_ARGUMENT.value[0], False)]
+    assert codes == [
+        (0, False),
+        (grpc.StatusCode.INVALID_ARGUMENT.value[0], False),
+        (0, True),
+        (grpc.StatusCode.INVALID_ARGUMENT.value[0], False),
+    ]
     assert "outside [0, 1]" in reply.results[3].message
     assert float(stats(applied_ranker)[f"{good.arm}:sum"]) == 0.5
 
@@ -72,17 +90,42 @@ def test_outcomes_in_a_batch_get_results_in_order(router: InProcessRouter, appli
 @pytest.mark.parametrize(
     ("request_", "code", "needle"),
     [
-        (pb.RouteRequest(experiment="", unit_id="u"), grpc.StatusCode.INVALID_ARGUMENT, "experiment is empty"),
-        (pb.RouteRequest(experiment="missing", unit_id="u"), grpc.StatusCode.NOT_FOUND, "unknown experiment 'missing'"),
-        (pb.RouteRequest(experiment="ranker", unit_id=""), grpc.StatusCode.INVALID_ARGUMENT, "unit_id is empty"),
-        (pb.RouteRequest(experiment="ranker", unit_id="u" * 10_000), grpc.StatusCode.INVALID_ARGUMENT, "limit"),
-        (pb.RouteRequest(experiment="ranker", unit_id="u", attributes=struct_pb2.Struct(
-            fields={"nested": struct_pb2.Value(struct_value=struct_pb2.Struct())})),
-         grpc.StatusCode.INVALID_ARGUMENT, "nested objects"),
+        (
+            pb.RouteRequest(experiment="", unit_id="u"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "experiment is empty",
+        ),
+        (
+            pb.RouteRequest(experiment="missing", unit_id="u"),
+            grpc.StatusCode.NOT_FOUND,
+            "unknown experiment 'missing'",
+        ),
+        (
+            pb.RouteRequest(experiment="ranker", unit_id=""),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unit_id is empty",
+        ),
+        (
+            pb.RouteRequest(experiment="ranker", unit_id="u" * 10_000),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "limit",
+        ),
+        (
+            pb.RouteRequest(
+                experiment="ranker",
+                unit_id="u",
+                attributes=struct_pb2.Struct(
+                    fields={"nested": struct_pb2.Value(struct_value=struct_pb2.Struct())}
+                ),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "nested objects",
+        ),
     ],
 )
-def test_bad_route_requests_get_clear_statuses(router: InProcessRouter, request_: pb.RouteRequest,
-                                               code: grpc.StatusCode, needle: str) -> None:
+def test_bad_route_requests_get_clear_statuses(
+    router: InProcessRouter, request_: pb.RouteRequest, code: grpc.StatusCode, needle: str
+) -> None:
     channel, router_stub = stub(router.address)
     with channel, pytest.raises(grpc.RpcError) as info:
         router_stub.Route(request_, timeout=2)
@@ -111,7 +154,9 @@ def test_a_tampered_decision_id_is_rejected(router: InProcessRouter) -> None:
         body, mac = decision.decision_id.split(".")
         payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
         other_arm = next(arm for arm in sorted(ARMS) if arm != decision.arm)
-        claimed = base64.urlsafe_b64encode(payload.replace(decision.arm, other_arm).encode()).rstrip(b"=").decode()
+        claimed = (
+            base64.urlsafe_b64encode(payload.replace(decision.arm, other_arm).encode()).rstrip(b"=").decode()
+        )
         with pytest.raises(grpc.RpcError) as info:
             router_stub.ReportOutcome(pb.OutcomeRequest(decision_id=f"{claimed}.{mac}", reward=1.0))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -143,7 +188,9 @@ def test_without_redis_health_is_not_serving_and_default_arm_is_served() -> None
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
             router_stub = pb_stub(channel)
-            reply = router_stub.Route(pb.RouteRequest(experiment="ranker", unit_id="u", default_arm="ranker-v1"))
+            reply = router_stub.Route(
+                pb.RouteRequest(experiment="ranker", unit_id="u", default_arm="ranker-v1")
+            )
             assert (reply.arm, reply.reason, reply.decision_id) == ("ranker-v1", pb.FALLBACK_DEFAULT, "")
             with pytest.raises(grpc.RpcError) as info:
                 router_stub.Route(pb.RouteRequest(experiment="ranker", unit_id="u"))

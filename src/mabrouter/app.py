@@ -10,10 +10,10 @@ import signal
 import numpy as np
 
 from mabrouter.config import Settings
-from mabrouter.core.decision_id import nonce_factory
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.outcomes import OutcomeRecorder
 from mabrouter.runtime.refresher import Refresher, every
+from mabrouter.runtime.signer import DecisionSigner
 from mabrouter.runtime.snapshot_builder import SnapshotBuilder
 from mabrouter.runtime.trials import TrialBuffer, TrialFlusher
 from mabrouter.service.server import HealthReporter, build_server
@@ -33,8 +33,8 @@ def decision_keys(settings: Settings) -> tuple[bytes, list[bytes]]:
         current = settings.decision_secret_file.read_bytes().strip()
     else:
         log.warning(
-            "no MABROUTER_DECISION_SECRET set: using the built-in local secret; anyone can forge decision ids. "
-            "Set a random secret shared by all replicas before production use"
+            "no MABROUTER_DECISION_SECRET set: using the built-in local secret; anyone can forge "
+            "decision ids. Set a random secret shared by all replicas before production use"
         )
         current = INSECURE_DEFAULT_SECRET
     if len(current) < 16 and current != INSECURE_DEFAULT_SECRET:
@@ -62,7 +62,9 @@ class RouterApp:
         self.refresher = Refresher(self.store, self.holder, SnapshotBuilder(rng))
         signing_key, accepted_keys = decision_keys(settings)
         outcomes = OutcomeRecorder(self.store, self.holder, accepted_keys, settings.decision_ttl_seconds)
-        servicer = RouterServicer(self.holder, self.trials, outcomes, signing_key, nonce_factory(process_prefix), rng)
+        servicer = RouterServicer(
+            self.holder, self.trials, outcomes, DecisionSigner(signing_key, process_prefix), rng
+        )
         self.health = HealthReporter()
         self.server, self.port = build_server(servicer, self.health, settings.listen)
 
@@ -71,13 +73,20 @@ class RouterApp:
         await self.server.start()
         self._tasks = [
             asyncio.create_task(
-                every(self.settings.refresh_interval_ms / 1000, self._stopping, self._refresh), name="refresher"
+                every(self.settings.refresh_interval_ms / 1000, self._stopping, self._refresh),
+                name="refresher",
             ),
             asyncio.create_task(
-                every(self.settings.flush_interval_ms / 1000, self._stopping, self.flusher.flush), name="trial-flusher"
+                every(self.settings.flush_interval_ms / 1000, self._stopping, self.flusher.flush),
+                name="trial-flusher",
             ),
         ]
-        log.info("mabrouter listening on %s (port %d), redis %s", self.settings.listen, self.port, _redact(self.settings.redis_url))
+        log.info(
+            "mabrouter listening on %s (port %d), redis %s",
+            self.settings.listen,
+            self.port,
+            _redact(self.settings.redis_url),
+        )
 
     async def _refresh(self) -> None:
         await self.refresher.refresh_once()
@@ -94,7 +103,10 @@ class RouterApp:
             if not self.flusher.unsent() and not self.trials.pending():
                 break
         if self.flusher.unsent() or self.trials.pending():
-            log.error("exiting with %d trial counts not written to Redis", self.flusher.unsent() + self.trials.pending())
+            log.error(
+                "exiting with %d trial counts not written to Redis",
+                self.flusher.unsent() + self.trials.pending(),
+            )
         await self.store.close()
         log.info("mabrouter stopped")
 

@@ -16,7 +16,13 @@ from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
 
-from mabrouter.config import Settings, describe_validation_error, experiment_to_json, load_experiment_file, parse_experiment
+from mabrouter.config import (
+    Settings,
+    describe_validation_error,
+    experiment_to_json,
+    load_experiment_file,
+    parse_experiment,
+)
 from mabrouter.core.snapshot import build_experiment_state
 from mabrouter.core.summary import summarize
 from mabrouter.errors import ConfigError
@@ -95,10 +101,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     state = build_experiment_state(spec, stored.version, stats, rng)
     summaries = summarize(spec, stats, state.shares, rng)
     if args.json:
-        print(json.dumps({
-            "experiment": spec.name, "version": stored.version, "reward": doc.reward,
-            "arms": [s.as_json(spec.reward) for s in summaries],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "experiment": spec.name,
+                    "version": stored.version,
+                    "reward": doc.reward,
+                    "arms": [s.as_json(spec.reward) for s in summaries],
+                },
+                indent=2,
+            )
+        )
         return 0
     total = "successes" if doc.reward == "bernoulli" else "reward sum"
     table = Table(title=f"{spec.name} (version {stored.version}, {doc.reward}, control {spec.control})")
@@ -106,8 +119,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.add_column(column, justify="left" if column == "arm" else "right")
     for s in summaries:
         table.add_row(
-            s.arm, f"{s.trials:,}", f"{s.reward_sum:,.1f}", f"{s.mean:.4f}",
-            f"[{s.ci_low:.4f}, {s.ci_high:.4f}]", f"{s.p_best:.3f}", f"{s.share:.1%}",
+            s.arm,
+            f"{s.trials:,}",
+            f"{s.reward_sum:,.1f}",
+            f"{s.mean:.4f}",
+            f"[{s.ci_low:.4f}, {s.ci_high:.4f}]",
+            f"{s.p_best:.3f}",
+            f"{s.share:.1%}",
         )
     Console().print(table)
     return 0
@@ -148,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=["json", "text"])
     serve.set_defaults(handler=cmd_serve)
 
-    experiment = commands.add_parser("experiment", help="manage experiments").add_subparsers(dest="action", required=True)
+    experiment = commands.add_parser("experiment", help="manage experiments").add_subparsers(
+        dest="action", required=True
+    )
     apply = experiment.add_parser("apply", help="validate an experiment file and store it in Redis")
     apply.add_argument("file")
     apply.set_defaults(handler=cmd_apply)

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mabrouter.core.model import (
@@ -82,7 +90,9 @@ class ArmDoc(_Strict):
             raise ValueError(f"at most {MAX_PAYLOAD_ENTRIES} payload entries, got {len(payload)}")
         for key, value in payload.items():
             if len(value) > MAX_PAYLOAD_VALUE_CHARS:
-                raise ValueError(f"payload {key!r} is {len(value)} characters; the limit is {MAX_PAYLOAD_VALUE_CHARS}")
+                raise ValueError(
+                    f"payload {key!r} is {len(value)} characters; the limit is {MAX_PAYLOAD_VALUE_CHARS}"
+                )
         return payload
 
 
@@ -117,7 +127,8 @@ class ExperimentDoc(_Strict):
             reward=kind,
             control=self.control,
             arms=tuple(
-                ArmSpec(name=arm.name, prior=_prior(kind, arm.prior), payload=dict(arm.payload)) for arm in self.arms
+                ArmSpec(name=arm.name, prior=_prior(kind, arm.prior), payload=dict(arm.payload))
+                for arm in self.arms
             ),
         )
 
@@ -160,10 +171,11 @@ def load_experiment_file(path: Path) -> ExperimentDoc:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
+        raise ConfigError(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from exc
     return parse_experiment(data, str(path))
 
 
 def experiment_to_json(doc: ExperimentDoc) -> str:
     return doc.model_dump_json(exclude_none=True)
-

@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -55,12 +54,27 @@ def _wait(predicate: object, timeout: float, what: str) -> None:
 def private_redis() -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
-        raise SystemExit("redis-server is not installed: run `sudo apt-get install -y redis-server` (or `make demo`)")
+        raise SystemExit(
+            "redis-server is not installed: run `sudo apt-get install -y redis-server` (or `make demo`)"
+        )
     directory = tempfile.mkdtemp(prefix="mabrouter-demo-")
     port = _free_port()
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            directory,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     client = redis.Redis(port=port)
 
@@ -84,8 +98,11 @@ def router_process(redis_url: str) -> Iterator[str]:
     address = f"127.0.0.1:{_free_port()}"
     env = {**os.environ, "MABROUTER_REDIS_URL": redis_url, "MABROUTER_DECISION_SECRET": secrets.token_hex(16)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "mabrouter", "serve", "--listen", address], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "mabrouter", "serve", "--listen", address],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
     def serving() -> bool:
@@ -93,10 +110,12 @@ def router_process(redis_url: str) -> Iterator[str]:
             raise SystemExit(f"the router exited: {process.stderr.read() if process.stderr else ''}")
         with grpc.insecure_channel(address) as channel:
             try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=0.5
+                )
             except grpc.RpcError:
                 return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     try:
         _wait(serving, 20, "the router to serve")
@@ -110,7 +129,8 @@ def _apply_example(redis_url: str) -> None:
     example = resources.files("mabrouter") / "examples" / "ranker.yaml"
     subprocess.run(
         [sys.executable, "-m", "mabrouter", "experiment", "apply", str(example)],
-        env={**os.environ, "MABROUTER_REDIS_URL": redis_url}, check=True,
+        env={**os.environ, "MABROUTER_REDIS_URL": redis_url},
+        check=True,
     )
 
 
@@ -118,17 +138,25 @@ def _one_request(stub: router_pb2_grpc.RouterStub, unit: int, rng: np.random.Gen
     reply = stub.Route(router_pb2.RouteRequest(experiment="ranker", unit_id=f"user-{unit}"), timeout=2)
     if rng.random() < TRUE_RATES[reply.arm]:  # the simulated user clicked
         stub.ReportOutcome(router_pb2.OutcomeRequest(decision_id=reply.decision_id, reward=1.0), timeout=2)
-    return reply.arm
+    return str(reply.arm)
 
 
 def _drive(address: str, decisions: int) -> list[Counter[str]]:
     """Send `decisions` requests from 4 threads; return the arm counts of each window of 500."""
     windows: list[Counter[str]] = []
     rngs = [np.random.default_rng(seed) for seed in range(4)]
-    with grpc.insecure_channel(address) as channel, ThreadPoolExecutor(4) as pool, Progress(
-        TextColumn("[bold]routing"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[shares]}"), TimeElapsedColumn(), console=console,
-    ) as progress:
+    with (
+        grpc.insecure_channel(address) as channel,
+        ThreadPoolExecutor(4) as pool,
+        Progress(
+            TextColumn("[bold]routing"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[shares]}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress,
+    ):
         stub = router_pb2_grpc.RouterStub(channel)
         task = progress.add_task("route", total=decisions, shares="")
         for start in range(0, decisions, WINDOW):
@@ -152,22 +180,32 @@ def run_demo(decisions: int = 6000) -> int:
             windows = _drive(address, decisions)
             elapsed = time.monotonic() - started
             time.sleep(0.5)  # let the router flush its last trial counts before reading status
-            subprocess.run([sys.executable, "-m", "mabrouter", "status", "ranker"],
-                           env={**os.environ, "MABROUTER_REDIS_URL": redis_url}, check=True)
+            subprocess.run(
+                [sys.executable, "-m", "mabrouter", "status", "ranker"],
+                env={**os.environ, "MABROUTER_REDIS_URL": redis_url},
+                check=True,
+            )
     table = Table(title="traffic share per window of 500 decisions")
     table.add_column("decisions")
     for arm, rate in TRUE_RATES.items():
         table.add_column(f"{arm} (p={rate})", justify="right")
     for index, window in enumerate(windows):
         total = sum(window.values())
-        table.add_row(f"{index * WINDOW}-{index * WINDOW + total}", *(f"{window[arm] / total:.1%}" for arm in TRUE_RATES))
+        table.add_row(
+            f"{index * WINDOW}-{index * WINDOW + total}",
+            *(f"{window[arm] / total:.1%}" for arm in TRUE_RATES),
+        )
     console.print(table)
     best = max(TRUE_RATES, key=lambda arm: TRUE_RATES[arm])
     last = windows[-1]
     share = last[best] / sum(last.values())
-    console.print(f"{decisions} decisions in {elapsed:.1f} s ({decisions / elapsed:.0f}/s including outcome reports)")
+    console.print(
+        f"{decisions} decisions in {elapsed:.1f} s ({decisions / elapsed:.0f}/s including outcome reports)"
+    )
     if share > 0.5:
-        console.print(f"[green]OK[/]: the best arm {best} got {share:.0%} of the last {sum(last.values())} decisions")
+        console.print(
+            f"[green]OK[/]: the best arm {best} got {share:.0%} of the last {sum(last.values())} decisions"
+        )
         return 0
     console.print(f"[red]UNEXPECTED[/]: the best arm {best} got only {share:.0%} of the last window")
     return 1

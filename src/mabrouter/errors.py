@@ -35,7 +35,9 @@ class UnknownExperimentError(MabrouterError):
     code = ErrorCode.NOT_FOUND
 
     def __init__(self, experiment: str) -> None:
-        super().__init__(f"unknown experiment {experiment!r}: apply it with `mabrouter experiment apply FILE`")
+        super().__init__(
+            f"unknown experiment {experiment!r}: apply it with `mabrouter experiment apply FILE`"
+        )
         self.experiment = experiment
 
 

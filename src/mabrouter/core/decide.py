@@ -44,9 +44,13 @@ def validate(request: RouteInput) -> None:
     if not request.unit_id:
         raise InvalidRequestError("unit_id is empty: pass the user, session or request id being routed")
     if len(request.unit_id) > MAX_UNIT_ID_CHARS:
-        raise InvalidRequestError(f"unit_id is {len(request.unit_id)} characters; the limit is {MAX_UNIT_ID_CHARS}")
+        raise InvalidRequestError(
+            f"unit_id is {len(request.unit_id)} characters; the limit is {MAX_UNIT_ID_CHARS}"
+        )
     if request.default_arm and not NAME_PATTERN.match(request.default_arm):
-        raise InvalidRequestError(f"default_arm {request.default_arm[:80]!r} is not a valid arm name ({NAME_RULE})")
+        raise InvalidRequestError(
+            f"default_arm {request.default_arm[:80]!r} is not a valid arm name ({NAME_RULE})"
+        )
 
 
 def decide(request: RouteInput, snapshot: Snapshot | None, rng: np.random.Generator) -> Decision:

@@ -59,7 +59,9 @@ def decode(decision_id: str, keys: Sequence[bytes], now_ms: int, max_age_ms: int
     if not decision_id:
         raise InvalidDecisionIdError("decision_id is empty: pass the decision_id returned by Route")
     if len(decision_id) > MAX_DECISION_ID_CHARS:
-        raise InvalidDecisionIdError(f"decision_id is {len(decision_id)} characters; no valid id exceeds {MAX_DECISION_ID_CHARS}")
+        raise InvalidDecisionIdError(
+            f"decision_id is {len(decision_id)} characters; no valid id exceeds {MAX_DECISION_ID_CHARS}"
+        )
     payload_text, _, mac_text = decision_id.partition(".")
     try:
         payload = _unb64(payload_text)
@@ -81,7 +83,8 @@ def decode(decision_id: str, keys: Sequence[bytes], now_ms: int, max_age_ms: int
     age_ms = now_ms - token.issued_ms
     if age_ms > max_age_ms:
         raise ExpiredDecisionIdError(
-            f"decision_id expired: issued {age_ms // 1000} s ago, outcomes are accepted for {max_age_ms // 1000} s"
+            f"decision_id expired: issued {age_ms // 1000} s ago, "
+            f"outcomes are accepted for {max_age_ms // 1000} s"
         )
     return token
 

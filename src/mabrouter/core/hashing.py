@@ -41,7 +41,9 @@ def bucket_of(salt: str, unit_id: str) -> int:
         key = f"{salt}:{unit_id}".encode()
     except UnicodeEncodeError as exc:
         # Only a lone surrogate gets here; gRPC strings are always valid UTF-8.
-        raise InvalidRequestError("unit_id or salt is not valid Unicode text (it has a lone surrogate)") from exc
+        raise InvalidRequestError(
+            "unit_id or salt is not valid Unicode text (it has a lone surrogate)"
+        ) from exc
     return (mmh3.hash(key, 0, signed=False) * BUCKETS) >> 32
 
 

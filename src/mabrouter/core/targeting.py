@@ -29,11 +29,12 @@ Semantics of `matches(rule, attributes)`; it never raises:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
-from typing import ClassVar
+from operator import eq, ge, gt, le, lt, ne
+from typing import ClassVar, TypeGuard
 
 import re2
 
@@ -43,7 +44,7 @@ MAX_DEPTH = 8  # nested all/any/not levels
 MAX_CONDITIONS = 100  # conditions in one rule tree
 MAX_PATTERN_CHARS = 256
 MAX_ATTRIBUTE_CHARS = 128
-_MAX_VERSION_CHARS = 128  # longer attribute strings are not versions; bounds per-request parsing
+_MAX_VERSION_CHARS = 128  # a longer attribute is not a version; bounds per-request parsing
 
 ConditionValue = str | float | bool | tuple[str, ...] | tuple[float, ...] | None
 _Test = Callable[[object], bool]
@@ -74,15 +75,6 @@ class Operator(Enum):
 
 OPERATOR_NAMES = ", ".join(operator.value for operator in Operator)
 _TRUE_WHEN_MISSING = frozenset({Operator.NEQ, Operator.NOT_IN, Operator.SEMVER_NEQ, Operator.NOT_EXISTS})
-_NUMERIC = {Operator.GT: float.__gt__, Operator.GTE: float.__ge__, Operator.LT: float.__lt__, Operator.LTE: float.__le__}
-_SEMVER = {
-    Operator.SEMVER_EQ: lambda a, b: a == b,
-    Operator.SEMVER_NEQ: lambda a, b: a != b,
-    Operator.SEMVER_GT: lambda a, b: a > b,
-    Operator.SEMVER_GTE: lambda a, b: a >= b,
-    Operator.SEMVER_LT: lambda a, b: a < b,
-    Operator.SEMVER_LTE: lambda a, b: a <= b,
-}
 
 
 def parse_operator(name: str) -> Operator:
@@ -94,7 +86,7 @@ def parse_operator(name: str) -> Operator:
 
 @dataclass(frozen=True, slots=True, order=True)
 class SemVer:
-    """A parsed version whose field order is semver precedence (release after its prereleases)."""
+    """A parsed version; its field order is semver precedence (a release sorts after its prereleases)."""
 
     major: int
     minor: int
@@ -104,137 +96,170 @@ class SemVer:
     prerelease: tuple[tuple[int, int | str], ...]
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _numeric_id(text: str) -> bool:
-    return text.isascii() and text.isdigit()
+def _all_strings(values: Iterable[object]) -> bool:
+    return all(isinstance(item, str) for item in values)
 
 
-def _identifier_ok(text: str) -> bool:
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # str.isdigit alone accepts '²' and Arabic-Indic digits
+
+
+def _identifier(text: str) -> bool:
     return bool(text) and text.isascii() and all(char.isalnum() or char == "-" for char in text)
 
 
-@lru_cache(maxsize=4096)  # request versions have few distinct values (app builds)
+@lru_cache(maxsize=4096)  # request versions take few distinct values (app builds), so parse each once
 def parse_semver(text: str) -> SemVer | None:
-    """Parse MAJOR.MINOR.PATCH[-prerelease][+build] with an optional leading 'v'; None if it is not one."""
+    """Parse MAJOR.MINOR.PATCH[-prerelease][+build], optional leading 'v'; None if it is not one."""
     if len(text) > _MAX_VERSION_CHARS:
         return None
     text, plus, build = text.removeprefix("v").partition("+")
-    if plus and not all(_identifier_ok(part) for part in build.split(".")):
+    if plus and not all(_identifier(part) for part in build.split(".")):
         return None
     core, dash, pre = text.partition("-")
     numbers = core.split(".")
-    if len(numbers) != 3 or not all(_numeric_id(n) and (n == "0" or n[0] != "0") for n in numbers):
+    if len(numbers) != 3 or not all(_digits(n) and (n == "0" or n[0] != "0") for n in numbers):
         return None
     identifiers: list[tuple[int, int | str]] = []
     for part in pre.split(".") if dash else ():
-        if not _identifier_ok(part):
-            return None
-        if _numeric_id(part):
-            if part != "0" and part[0] == "0":
-                return None  # semver.org: numeric identifiers have no leading zeros
-            identifiers.append((0, int(part)))
-        else:
-            identifiers.append((1, part))
+        if not _identifier(part) or (_digits(part) and part != "0" and part[0] == "0"):
+            return None  # semver.org: no empty identifiers, no leading zeros in numeric ones
+        identifiers.append((0, int(part)) if _digits(part) else (1, part))
     major, minor, patch = (int(n) for n in numbers)
     return SemVer(major, minor, patch, not dash, tuple(identifiers))
 
 
-def _compile_regex(pattern: object) -> _Test:
-    if not isinstance(pattern, str):
-        raise ValueError("matches takes a regex string")
-    if len(pattern) > MAX_PATTERN_CHARS:
-        raise ValueError(f"regex is {len(pattern)} characters; the limit is {MAX_PATTERN_CHARS}")
+# Each compiler checks the value for its operator and returns (normalised value, attribute test).
+# ValueError, not TypeError, for a wrong value type: pydantic turns only ValueError into a field error.
+_Compiled = tuple[ConditionValue, _Test]
+
+
+def _presence(operator: Operator, value: object) -> _Compiled:
+    if value is not None:
+        raise ValueError(f"{operator.value} takes no value")
+    present = operator is Operator.EXISTS  # reached only when the attribute is there
+    return None, lambda a: present
+
+
+def _equality(operator: Operator, value: object) -> _Compiled:
+    equal = operator is Operator.EQ
+    if isinstance(value, bool):
+        return value, lambda a: isinstance(a, bool) and (a is value) == equal
+    if isinstance(value, str):
+        return value, lambda a: isinstance(a, str) and (a == value) == equal
+    if _is_number(value) and math.isfinite(value):
+        number = float(value)
+        return number, lambda a: _is_number(a) and (a == number) == equal
+    raise ValueError(f"{operator.value} takes a string, a finite number or a boolean")
+
+
+def _membership(operator: Operator, value: object) -> _Compiled:
+    inside = operator is Operator.IN
+    items = tuple(value) if isinstance(value, list | tuple) else ()
+    if items and _all_strings(items):
+        strings = frozenset(items)
+
+        def string_test(a: object) -> bool:
+            if isinstance(a, str):
+                return (a in strings) == inside
+            return isinstance(a, list | tuple) and _all_strings(a) and strings.isdisjoint(a) != inside
+
+        return items, string_test
+    if items and all(_is_number(item) and math.isfinite(item) for item in items):
+        numbers = frozenset(float(item) for item in items)
+        return tuple(float(item) for item in items), lambda a: _is_number(a) and (a in numbers) == inside
+    raise ValueError(f"{operator.value} takes a non-empty list of strings or of numbers (not a mix)")
+
+
+# C comparison functions: cheaper on the request path than lambdas.
+_ORDER: dict[Operator, Callable[[float, float], bool]] = {
+    Operator.GT: gt,
+    Operator.GTE: ge,
+    Operator.LT: lt,
+    Operator.LTE: le,
+}
+_VERSION_ORDER: dict[Operator, Callable[[SemVer, SemVer], bool]] = {
+    Operator.SEMVER_EQ: eq,
+    Operator.SEMVER_NEQ: ne,
+    Operator.SEMVER_GT: gt,
+    Operator.SEMVER_GTE: ge,
+    Operator.SEMVER_LT: lt,
+    Operator.SEMVER_LTE: le,
+}
+
+
+def _numeric(operator: Operator, value: object) -> _Compiled:
+    if _is_number(value) and math.isfinite(value):
+        order, bound = _ORDER[operator], float(value)
+        return bound, lambda a: _is_number(a) and order(a, bound)
+    raise ValueError(f"{operator.value} takes a finite number")
+
+
+def _version(operator: Operator, value: object) -> _Compiled:
+    version = parse_semver(value) if isinstance(value, str) else None
+    if version is None or not isinstance(value, str):
+        raise ValueError(
+            f"{operator.value} takes a semantic version like '2.3.0' or 'v1.0.0-rc.1', not {value!r}"
+        )
+    order = _VERSION_ORDER[operator]
+
+    def version_test(a: object) -> bool:
+        parsed = parse_semver(a) if isinstance(a, str) else None
+        return parsed is not None and order(parsed, version)
+
+    return value, version_test
+
+
+def _text(operator: Operator, value: object) -> _Compiled:
+    if isinstance(value, str):
+        if operator is Operator.CONTAINS:
+            return value, lambda a: isinstance(a, str | list | tuple) and value in a
+        if operator is Operator.STARTS_WITH:
+            return value, lambda a: isinstance(a, str) and a.startswith(value)
+        return value, lambda a: isinstance(a, str) and a.endswith(value)
+    raise ValueError(f"{operator.value} takes a string")
+
+
+def _regex(operator: Operator, value: object) -> _Compiled:
+    if not isinstance(value, str) or len(value) > MAX_PATTERN_CHARS:
+        raise ValueError(f"{operator.value} takes a regex string of at most {MAX_PATTERN_CHARS} characters")
     options = re2.Options()
     options.log_errors = False  # the error is raised below; RE2 would also print it to stderr
-    options.never_capture = True  # only match/no-match is needed, which is the cheapest RE2 mode
+    options.never_capture = True  # only match / no match is needed: RE2's cheapest mode
     try:
-        # Bytes in and out: the str wrapper of re2 maps offsets back to characters, tripling the cost.
-        compiled = re2.compile(pattern.encode(), options)
+        # Bytes, not str: re2's str wrapper maps byte offsets back to characters, tripling the cost.
+        search = re2.compile(value.encode(), options).search
     except re2.error as exc:
         reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else exc
         raise ValueError(
-            f"invalid regex {pattern!r}: {reason} (RE2 syntax: no backreferences or lookaround)"
+            f"invalid regex {value!r}: {reason} (RE2 syntax: no backreferences, no lookaround)"
         ) from None
-    search = compiled.search
-    return lambda a: isinstance(a, str) and search(a.encode()) is not None
+    return value, lambda a: isinstance(a, str) and search(a.encode()) is not None
 
 
-def _string_list(values: tuple[object, ...]) -> bool:
-    return all(isinstance(item, str) for item in values)
-
-
-def _compile(operator: Operator, value: object) -> tuple[object, _Test]:
-    """Check `value` for `operator`; return it normalised and the attribute test. ValueError if bad."""
-    name = operator.value
-    if operator in (Operator.EXISTS, Operator.NOT_EXISTS):
-        if value is not None:
-            raise ValueError(f"{name} takes no value")
-        present = operator is Operator.EXISTS
-        return None, lambda a: present
-    if value is None:
-        raise ValueError(f"{name} needs a value")
-    if operator in (Operator.EQ, Operator.NEQ):
-        equal = operator is Operator.EQ
-        if isinstance(value, bool):
-            return value, lambda a: isinstance(a, bool) and (a is value) == equal
-        if isinstance(value, str):
-            return value, lambda a: isinstance(a, str) and (a == value) == equal
-        if _is_number(value) and math.isfinite(value):  # type: ignore[arg-type]
-            number = float(value)  # type: ignore[arg-type]
-            return number, lambda a: _is_number(a) and (a == number) == equal
-        raise ValueError(f"{name} takes a string, a finite number or a boolean")
-    if operator in (Operator.IN, Operator.NOT_IN):
-        items = tuple(value) if isinstance(value, list | tuple) else ()
-        if not items:
-            raise ValueError(f"{name} takes a non-empty list of strings or of numbers")
-        inside = operator is Operator.IN
-        if _string_list(items):
-            strings = frozenset(items)
-            return items, lambda a: (
-                (a in strings) == inside
-                if isinstance(a, str)
-                else isinstance(a, list | tuple)
-                and _string_list(a)
-                and (not strings.isdisjoint(a)) == inside
-            )
-        if all(_is_number(item) and math.isfinite(item) for item in items):  # type: ignore[arg-type]
-            numbers = tuple(float(item) for item in items)  # type: ignore[arg-type]
-            number_set = frozenset(numbers)
-            return numbers, lambda a: _is_number(a) and (a in number_set) == inside
-        raise ValueError(f"{name} takes a non-empty list of strings or of numbers, not a mix")
-    if operator is Operator.MATCHES:
-        return value, _compile_regex(value)
-    if operator in _NUMERIC:
-        if not _is_number(value) or not math.isfinite(value):  # type: ignore[arg-type]
-            raise ValueError(f"{name} takes a finite number")
-        compare, bound = _NUMERIC[operator], float(value)  # type: ignore[arg-type]
-        return bound, lambda a: _is_number(a) and compare(float(a), bound)  # type: ignore[arg-type]
-    if operator in _SEMVER:
-        version = parse_semver(value) if isinstance(value, str) else None
-        if version is None:
-            raise ValueError(f"{name} takes a semantic version such as '2.3.0' or 'v1.0.0-rc.1', got {value!r}")
-        order = _SEMVER[operator]
-
-        def semver_test(a: object) -> bool:
-            parsed = parse_semver(a) if isinstance(a, str) else None
-            return parsed is not None and order(parsed, version)
-
-        return value, semver_test
-    if not isinstance(value, str):
-        raise ValueError(f"{name} takes a string")
-    if operator is Operator.CONTAINS:
-        return value, lambda a: (value in a) if isinstance(a, str | tuple | list) else False
-    if operator is Operator.STARTS_WITH:
-        return value, lambda a: isinstance(a, str) and a.startswith(value)
-    return value, lambda a: isinstance(a, str) and a.endswith(value)  # ENDS_WITH, the last operator
+_COMPILERS: dict[Operator, Callable[[Operator, object], _Compiled]] = {
+    Operator.EXISTS: _presence,
+    Operator.NOT_EXISTS: _presence,
+    Operator.EQ: _equality,
+    Operator.NEQ: _equality,
+    Operator.IN: _membership,
+    Operator.NOT_IN: _membership,
+    Operator.CONTAINS: _text,
+    Operator.STARTS_WITH: _text,
+    Operator.ENDS_WITH: _text,
+    Operator.MATCHES: _regex,
+    **dict.fromkeys(_ORDER, _numeric),
+    **dict.fromkeys(_VERSION_ORDER, _version),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """`attribute operator value`; the operator may be given by name ("semver_gte"). Lists become tuples."""
+    """`attribute operator value`. An operator name ("semver_gte") is converted; lists become tuples."""
 
     attribute: str
     operator: Operator
@@ -246,13 +271,15 @@ class Condition:
     size: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.attribute, str) or not self.attribute:
-            raise ValueError("a condition needs a non-empty attribute name")
-        if len(self.attribute) > MAX_ATTRIBUTE_CHARS:
-            raise ValueError(f"attribute name is {len(self.attribute)} characters; the limit is {MAX_ATTRIBUTE_CHARS}")
-        operator = self.operator if isinstance(self.operator, Operator) else parse_operator(str(self.operator))
+        if not isinstance(self.attribute, str) or not 0 < len(self.attribute) <= MAX_ATTRIBUTE_CHARS:
+            raise ValueError(f"a condition needs an attribute name of 1-{MAX_ATTRIBUTE_CHARS} characters")
+        operator = self.operator
+        if not isinstance(operator, Operator):
+            operator = parse_operator(str(operator))
+        if self.value is None and operator not in (Operator.EXISTS, Operator.NOT_EXISTS):
+            raise ValueError(f"attribute {self.attribute!r}: {operator.value} needs a value")
         try:
-            value, test = _compile(operator, self.value)
+            value, test = _COMPILERS[operator](operator, self.value)
         except ValueError as exc:
             raise ValueError(f"attribute {self.attribute!r}: {exc}") from None
         object.__setattr__(self, "operator", operator)
@@ -261,15 +288,15 @@ class Condition:
         object.__setattr__(self, "_if_missing", operator in _TRUE_WHEN_MISSING)
 
 
-def _check_children(kind: str, rules: tuple[object, ...]) -> tuple[int, int]:
-    """Depth and size of a combinator over `rules`, or ValueError if a limit is passed."""
+def _measure(kind: str, rules: tuple[object, ...]) -> tuple[int, int]:
+    """Depth and condition count of a combinator over `rules`; ValueError past a limit."""
     if not rules:
         raise ValueError(f"{kind} needs at least one rule")
+    depth, size = 0, 0
     for rule in rules:
         if not isinstance(rule, Condition | AllOf | AnyOf | Not):
-            raise ValueError(f"{kind} takes rules (Condition, AllOf, AnyOf, Not), got {type(rule).__name__}")
-    depth = 1 + max(rule.depth for rule in rules)  # type: ignore[attr-defined]
-    size = sum(rule.size for rule in rules)  # type: ignore[attr-defined]
+            raise TypeError(f"{kind} takes rules (Condition, AllOf, AnyOf or Not), not {type(rule).__name__}")
+        depth, size = max(depth, rule.depth + 1), size + rule.size
     if depth > MAX_DEPTH:
         raise ValueError(f"targeting is nested {depth} levels deep; the limit is {MAX_DEPTH}")
     if size > MAX_CONDITIONS:
@@ -278,29 +305,32 @@ def _check_children(kind: str, rules: tuple[object, ...]) -> tuple[int, int]:
 
 
 @dataclass(frozen=True, slots=True)
-class AllOf:
+class _Group:
     rules: tuple[Rule, ...]
     depth: int = field(init=False, repr=False, compare=False)
     size: int = field(init=False, repr=False, compare=False)
 
+    kind: ClassVar[str]
+    # Evaluation stops at the first child whose result is this: False for all, True for any.
+    decisive: ClassVar[bool]
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", tuple(self.rules))
-        depth, size = _check_children("all", self.rules)
+        depth, size = _measure(self.kind, self.rules)
         object.__setattr__(self, "depth", depth)
         object.__setattr__(self, "size", size)
 
 
 @dataclass(frozen=True, slots=True)
-class AnyOf:
-    rules: tuple[Rule, ...]
-    depth: int = field(init=False, repr=False, compare=False)
-    size: int = field(init=False, repr=False, compare=False)
+class AllOf(_Group):
+    kind: ClassVar[str] = "all"
+    decisive: ClassVar[bool] = False
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "rules", tuple(self.rules))
-        depth, size = _check_children("any", self.rules)
-        object.__setattr__(self, "depth", depth)
-        object.__setattr__(self, "size", size)
+
+@dataclass(frozen=True, slots=True)
+class AnyOf(_Group):
+    kind: ClassVar[str] = "any"
+    decisive: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +340,7 @@ class Not:
     size: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        depth, size = _check_children("not", (self.rule,))
+        depth, size = _measure("not", (self.rule,))
         object.__setattr__(self, "depth", depth)
         object.__setattr__(self, "size", size)
 
@@ -322,17 +352,11 @@ def matches(rule: Rule, attributes: Mapping[str, AttributeValue]) -> bool:
     """Whether `attributes` satisfy `rule` (semantics in the module docstring). Never raises."""
     if isinstance(rule, Condition):
         value = attributes.get(rule.attribute)
-        if value is None:
-            return rule._if_missing
-        return rule._test(value)
-    if isinstance(rule, AllOf):
+        return rule._if_missing if value is None else rule._test(value)
+    if isinstance(rule, _Group):
+        # A plain loop, not all()/any() over a generator: half the cost, and this is the request path.
         for child in rule.rules:
-            if not matches(child, attributes):
-                return False
-        return True
-    if isinstance(rule, AnyOf):
-        for child in rule.rules:
-            if matches(child, attributes):
-                return True
-        return False
+            if matches(child, attributes) is rule.decisive:
+                return rule.decisive
+        return not rule.decisive
     return not matches(rule.rule, attributes)

@@ -44,7 +44,9 @@ class OutcomeRecorder:
         """One result per (decision_id, reward), in order. Raises only when nothing can be applied."""
         snapshot = self._holder.current
         if snapshot is None:
-            raise NoSnapshotError("no configuration loaded yet (is Redis reachable?); retry the outcome later")
+            raise NoSnapshotError(
+                "no configuration loaded yet (is Redis reachable?); retry the outcome later"
+            )
         now_ms = int(time.time() * 1000)
         max_age_ms = self._ttl_seconds * 1000
         results: list[OutcomeResult] = []
@@ -58,14 +60,18 @@ class OutcomeRecorder:
                 results.append(exc)
                 continue
             remaining = max(1, (token.issued_ms + max_age_ms - now_ms) // 1000 + 1)
-            writes.append(OutcomeWrite(token.experiment, token.arm, token.nonce, reward, token.counted, remaining))
+            writes.append(
+                OutcomeWrite(token.experiment, token.arm, token.nonce, reward, token.counted, remaining)
+            )
             slots.append(len(results))
             results.append(Accepted(token.experiment, token.arm, duplicate=False))
         if writes:
             try:
                 applied = await self._store.record_outcomes(writes)
             except (RedisError, OSError) as exc:
-                raise StoreUnavailableError(f"outcome not recorded, Redis is unavailable ({exc}); retry it") from exc
+                raise StoreUnavailableError(
+                    f"outcome not recorded, Redis is unavailable ({exc}); retry it"
+                ) from exc
             for slot, was_applied, write in zip(slots, applied, writes, strict=True):
                 results[slot] = Accepted(write.experiment, write.arm, duplicate=not was_applied)
         return results

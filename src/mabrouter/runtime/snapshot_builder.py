@@ -53,7 +53,12 @@ class SnapshotBuilder:
     def _state(self, item: RawExperiment, old: ExperimentState | None) -> ExperimentState | None:
         version = int(item.config.get("version", "0"))
         if old is not None and version < old.version:
-            log.warning("experiment %s: ignoring version %d older than version %d in use", item.name, version, old.version)
+            log.warning(
+                "experiment %s: ignoring version %d older than version %d in use",
+                item.name,
+                version,
+                old.version,
+            )
             return old
         spec = self._spec(item, version)
         if old is not None and old.version == version and self._raw_stats.get(item.name) == item.stats:
@@ -69,7 +74,9 @@ class SnapshotBuilder:
         try:
             data = json.loads(item.config.get("doc", ""))
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"experiment {item.name} version {version}: document is not JSON ({exc})") from exc
+            raise ConfigError(
+                f"experiment {item.name} version {version}: document is not JSON ({exc})"
+            ) from exc
         doc = parse_experiment(data, f"experiment {item.name} version {version} in Redis")
         if doc.name != item.name:
             raise ConfigError(f"experiment {item.name} version {version}: document is named {doc.name!r}")

@@ -19,7 +19,9 @@ def _attribute(key: str, value: struct_pb2.Value) -> AttributeValue | None:
     if kind == "string_value":
         text = value.string_value
         if len(text) > MAX_ATTRIBUTE_STRING_CHARS:
-            raise InvalidRequestError(f"attribute {key!r} is {len(text)} characters; the limit is {MAX_ATTRIBUTE_STRING_CHARS}")
+            raise InvalidRequestError(
+                f"attribute {key!r} is {len(text)} characters; the limit is {MAX_ATTRIBUTE_STRING_CHARS}"
+            )
         return text
     if kind == "number_value":
         return value.number_value
@@ -28,13 +30,17 @@ def _attribute(key: str, value: struct_pb2.Value) -> AttributeValue | None:
     if kind == "list_value":
         items = value.list_value.values
         if len(items) > MAX_ATTRIBUTE_LIST_ITEMS:
-            raise InvalidRequestError(f"attribute {key!r} has {len(items)} items; the limit is {MAX_ATTRIBUTE_LIST_ITEMS}")
+            raise InvalidRequestError(
+                f"attribute {key!r} has {len(items)} items; the limit is {MAX_ATTRIBUTE_LIST_ITEMS}"
+            )
         if any(item.WhichOneof("kind") != "string_value" for item in items):
             raise InvalidRequestError(f"attribute {key!r}: lists may only hold strings")
         return tuple(item.string_value for item in items)
     if kind == "null_value" or kind is None:
         return None
-    raise InvalidRequestError(f"attribute {key!r}: nested objects are not supported; flatten them (e.g. 'user.tier')")
+    raise InvalidRequestError(
+        f"attribute {key!r}: nested objects are not supported; flatten them (e.g. 'user.tier')"
+    )
 
 
 def attributes_from_struct(struct: struct_pb2.Struct) -> dict[str, AttributeValue]:
@@ -46,7 +52,9 @@ def attributes_from_struct(struct: struct_pb2.Struct) -> dict[str, AttributeValu
     result: dict[str, AttributeValue] = {}
     for key, value in fields.items():
         if len(key) > MAX_ATTRIBUTE_KEY_CHARS:
-            raise InvalidRequestError(f"attribute name {key[:40]!r}... is longer than {MAX_ATTRIBUTE_KEY_CHARS} characters")
+            raise InvalidRequestError(
+                f"attribute name {key[:40]!r}... is longer than {MAX_ATTRIBUTE_KEY_CHARS} characters"
+            )
         converted = _attribute(key, value)
         if converted is not None:
             result[key] = converted
@@ -66,7 +74,7 @@ def route_response(decision: Decision, decision_id: str) -> router_pb2.RouteResp
     return router_pb2.RouteResponse(
         arm=decision.arm,
         decision_id=decision_id,
-        reason=decision.reason.value,
+        reason=router_pb2.Reason.ValueType(decision.reason.value),
         propensity=decision.propensity,
         config_version=decision.config_version,
         payload=decision.payload,

@@ -17,14 +17,16 @@ class HealthReporter:
     """Sets the same status on the overall ("") and the Router service names."""
 
     def __init__(self) -> None:
-        self.servicer = health.aio.HealthServicer()
+        self.servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # untyped submodule
         self.serving = False
 
     async def set_serving(self, serving: bool) -> None:
         if serving == self.serving:
             return
         self.serving = serving
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", ROUTER_SERVICE):
             await self.servicer.set(name, status)
 
@@ -33,7 +35,9 @@ class HealthReporter:
             await self.servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
-def build_server(servicer: RouterServicer, health_reporter: HealthReporter, listen: str) -> tuple[grpc.aio.Server, int]:
+def build_server(
+    servicer: RouterServicer, health_reporter: HealthReporter, listen: str
+) -> tuple[grpc.aio.Server, int]:
     """Create the server bound to `listen` (host:port or unix:PATH); return it and the bound TCP port."""
     server = grpc.aio.server(
         options=[

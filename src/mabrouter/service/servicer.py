@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
+from typing import Any
 
 import grpc
 import numpy as np
 
-from mabrouter.core import decision_id
 from mabrouter.core.decide import decide
 from mabrouter.core.model import Reason
 from mabrouter.errors import InvalidRequestError, MabrouterError
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.outcomes import MAX_BATCH, Accepted, OutcomeRecorder
+from mabrouter.runtime.signer import DecisionSigner
 from mabrouter.runtime.trials import TrialBuffer
 from mabrouter.service.convert import route_input, route_response
 from mabrouter.service.status import status_of
 from mabrouter.v1 import router_pb2, router_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
@@ -29,19 +30,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         holder: SnapshotHolder,
         trials: TrialBuffer,
         outcomes: OutcomeRecorder,
-        signing_key: bytes,
-        next_nonce: Callable[[], str],
+        signer: DecisionSigner,
         rng: np.random.Generator,
     ) -> None:
         self._holder = holder
         self._trials = trials
         self._outcomes = outcomes
-        self._signing_key = signing_key
-        self._next_nonce = next_nonce
+        self._signer = signer
         self._rng = rng
 
     async def Route(  # noqa: N802 - gRPC method names are fixed by the proto
-        self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
+        self, request: router_pb2.RouteRequest, context: Context
     ) -> router_pb2.RouteResponse:
         try:
             decision = decide(route_input(request), self._holder.current, self._rng)
@@ -51,18 +50,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             return route_response(decision, "")  # the router decided nothing: nothing to attribute
         if decision.counted:
             self._trials.add(request.experiment, decision.arm)
-        token = decision_id.DecisionToken(
-            experiment=request.experiment,
-            arm=decision.arm,
-            config_version=decision.config_version,
-            issued_ms=time.time_ns() // 1_000_000,
-            nonce=self._next_nonce(),
-            counted=decision.counted,
-        )
-        return route_response(decision, decision_id.encode(token, self._signing_key))
+        return route_response(decision, self._signer.sign(request.experiment, decision))
 
     async def ReportOutcome(  # noqa: N802
-        self, request: router_pb2.OutcomeRequest, context: grpc.aio.ServicerContext
+        self, request: router_pb2.OutcomeRequest, context: Context
     ) -> router_pb2.OutcomeResponse:
         try:
             (result,) = await self._outcomes.record([(request.decision_id, request.reward)])
@@ -70,13 +61,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             await context.abort(status_of(exc), str(exc))
         if isinstance(result, MabrouterError):
             await context.abort(status_of(result), str(result))
-        return router_pb2.OutcomeResponse(duplicate=result.duplicate, experiment=result.experiment, arm=result.arm)
+        return router_pb2.OutcomeResponse(
+            duplicate=result.duplicate, experiment=result.experiment, arm=result.arm
+        )
 
     async def ReportOutcomes(  # noqa: N802
-        self, request: router_pb2.ReportOutcomesRequest, context: grpc.aio.ServicerContext
+        self, request: router_pb2.ReportOutcomesRequest, context: Context
     ) -> router_pb2.ReportOutcomesResponse:
         if len(request.outcomes) > MAX_BATCH:
-            error = InvalidRequestError(f"{len(request.outcomes)} outcomes in one call; the limit is {MAX_BATCH}")
+            error = InvalidRequestError(
+                f"{len(request.outcomes)} outcomes in one call; the limit is {MAX_BATCH}"
+            )
             await context.abort(status_of(error), str(error))
         try:
             results = await self._outcomes.record([(o.decision_id, o.reward) for o in request.outcomes])

@@ -26,7 +26,9 @@ class AdminStore:
 
     @classmethod
     def from_url(cls, url: str) -> AdminStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=5.0))
+        return cls(
+            redis.Redis.from_url(url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=5.0)
+        )
 
     def close(self) -> None:
         self._redis.close()
@@ -39,7 +41,7 @@ class AdminStore:
         return version
 
     def names(self) -> list[str]:
-        return sorted(self._redis.smembers(keys.EXPERIMENTS))
+        return sorted(str(name) for name in self._redis.smembers(keys.EXPERIMENTS))
 
     def get(self, name: str) -> StoredExperiment | None:
         with self._redis.pipeline(transaction=False) as pipe:

@@ -41,7 +41,11 @@ class RouterStore:
     @classmethod
     def from_url(cls, url: str) -> RouterStore:
         client = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=5
+            url,
+            decode_responses=True,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            health_check_interval=5,
         )
         return cls(client)
 
@@ -55,7 +59,7 @@ class RouterStore:
             return False
 
     async def load_all(self) -> list[RawExperiment]:
-        names = sorted(await self._redis.smembers(keys.EXPERIMENTS))
+        names = sorted(str(name) for name in await self._redis.smembers(keys.EXPERIMENTS))
         if not names:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -77,7 +81,9 @@ class RouterStore:
                 for arm, count in per_arm.items():
                     args += [arm, count]
                 await self._apply_trials(
-                    keys=[keys.stats(experiment), keys.batch_seen(experiment, batch_id)], args=args, client=pipe
+                    keys=[keys.stats(experiment), keys.batch_seen(experiment, batch_id)],
+                    args=args,
+                    client=pipe,
                 )
             await pipe.execute()
 
@@ -86,7 +92,10 @@ class RouterStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             for outcome in outcomes:
                 await self._record_outcome(
-                    keys=[keys.stats(outcome.experiment), keys.outcome_seen(outcome.experiment, outcome.nonce)],
+                    keys=[
+                        keys.stats(outcome.experiment),
+                        keys.outcome_seen(outcome.experiment, outcome.nonce),
+                    ],
                     args=[
                         outcome.arm,
                         repr(outcome.reward),

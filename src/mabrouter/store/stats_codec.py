@@ -21,14 +21,12 @@ def _number(raw: Mapping[str, str], field: str) -> float:
 
 def arm_stats(spec: ExperimentSpec, raw: Mapping[str, str]) -> tuple[ArmStats, ...]:
     """Stats for each arm of `spec`, in arm order (arms without data start at zero)."""
-    result = []
-    for arm in spec.arms:
-        result.append(
-            ArmStats(
-                trials=int(_number(raw, stat_field(arm.name, TRIALS))),
-                reward_count=int(_number(raw, stat_field(arm.name, COUNT))),
-                reward_sum=_number(raw, stat_field(arm.name, SUM)),
-                reward_sq_sum=_number(raw, stat_field(arm.name, SUMSQ)),
-            )
+    return tuple(
+        ArmStats(
+            trials=int(_number(raw, stat_field(arm.name, TRIALS))),
+            reward_count=int(_number(raw, stat_field(arm.name, COUNT))),
+            reward_sum=_number(raw, stat_field(arm.name, SUM)),
+            reward_sq_sum=_number(raw, stat_field(arm.name, SUMSQ)),
         )
-    return tuple(result)
+        for arm in spec.arms
+    )

@@ -1,0 +1,40 @@
+# mabrouter: `make demo` runs the main job end to end; `make test` runs lint, types and the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint typecheck pytest bench protos system-deps clean
+
+$(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mabrouter needs Python >= 3.11, found " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+system-deps:
+	@scripts/ensure_system_deps.sh
+
+demo: $(BIN)/.installed system-deps
+	$(BIN)/mabrouter demo
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests benchmarks scripts examples
+	$(BIN)/ruff format --check src tests benchmarks scripts examples
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
+
+pytest: $(BIN)/.installed system-deps
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+bench: $(BIN)/.installed system-deps
+	$(BIN)/python benchmarks/bench_decide.py
+
+protos: $(BIN)/.installed
+	PATH=$(BIN):$$PATH $(BIN)/python scripts/gen_protos.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
