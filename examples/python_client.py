@@ -1,6 +1,6 @@
 """Route one request through the mabrouter sidecar, then report its outcome.
 
-    python examples/python_client.py --address 127.0.0.1:50051 --experiment ranker --unit-id user-42 --reward 1
+    python examples/python_client.py --address 127.0.0.1:50051 --unit-id user-42 --reward 1
 
 Prints the assignment and the reporter's counters as JSON lines. In a service, create the client and
 the reporter once at start-up, call route() per request and report() when the outcome is known.

@@ -21,7 +21,6 @@ import grpc
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-import support
 from mabrouter.client import (
     CLIENT_FALLBACK,
     Assignment,
@@ -30,6 +29,8 @@ from mabrouter.client import (
     RouterClient,
 )
 from mabrouter.v1 import router_pb2
+
+import support
 from support import ROOT, InProcessRouter, RedisServer, RouterProcess, free_port, router_settings, wait_until
 
 ARMS = {"ranker-v1", "ranker-v2", "ranker-v3"}
@@ -264,7 +265,8 @@ def test_trace_context_is_sent_as_traceparent_metadata() -> None:
     assert "traceparent" not in calls[0][0]
     assert untraced.reason == "STICKY"
     metadata, request = calls[1]
-    assert metadata["traceparent"] == f"00-{context.trace_id:032x}-{context.span_id:016x}-01"
+    trace_id, span_id, flags = context.trace_id, context.span_id, context.trace_flags
+    assert metadata["traceparent"] == f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
     assert (request.experiment, request.unit_id, request.default_arm) == ("ranker", "user-1", "ranker-v1")
     assert assignment == Assignment(
         arm="ranker-v2",
@@ -406,6 +408,7 @@ def test_python_example_routes_and_reports(router: InProcessRouter, redis_server
             "--timeout",
             "2",
         ],
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,
