@@ -369,7 +369,8 @@ def test_reporter_loses_nothing_across_a_sidecar_restart(applied_ranker: RedisSe
             time.sleep(0.1)
             first.kill()
             reporting.join(30)
-            assert reporter.pending > 0  # the outage really left outcomes buffered
+            pending_at_restart = reporter.pending
+            assert pending_at_restart > 0  # the outage really left outcomes buffered
             second = router_process_on_port(applied_ranker.url, first.port).wait_serving()
             assert reporter.flush(30.0), f"{reporter.pending} outcomes still pending"
             reporter.close(5.0)
@@ -388,7 +389,10 @@ def test_reporter_loses_nothing_across_a_sidecar_restart(applied_ranker: RedisSe
     for assignment, reward in accepted:
         expected_sums[assignment.arm] += reward
     assert all(math.isclose(sums.get(arm, 0.0), total) for arm, total in expected_sums.items())
-    print(f"\nrestart: accepted={len(accepted)} applied={sum(counts.values())} duplicates={stats.duplicates}")
+    print(
+        f"\nrestart: accepted={len(accepted)} buffered during the outage={pending_at_restart} "
+        f"applied={sum(counts.values())} acknowledged={stats.sent} duplicates={stats.duplicates}"
+    )
 
 
 # -- the example ------------------------------------------------------------------------------------

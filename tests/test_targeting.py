@@ -6,13 +6,13 @@ import dataclasses
 import math
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mabrouter.core.decide import AttributeValue
+from mabrouter.core.model import AttributeValue
 from mabrouter.core.targeting import (
     MAX_CONDITIONS,
     MAX_DEPTH,
@@ -215,7 +215,13 @@ def test_bools_are_not_numbers(operator: Operator, value: Any, attribute: Any) -
 
 def test_neq_differs_from_not_eq_only_on_missing_or_mismatched_attributes() -> None:
     neq, not_eq = Condition("a", Op.NEQ, "x"), Not(Condition("a", Op.EQ, "x"))
-    for attributes, same in [({"a": "x"}, True), ({"a": "y"}, True), ({}, True), ({"a": 1.0}, False)]:
+    cases: list[tuple[dict[str, AttributeValue], bool]] = [
+        ({"a": "x"}, True),
+        ({"a": "y"}, True),
+        ({}, True),
+        ({"a": 1.0}, False),
+    ]
+    for attributes, same in cases:
         assert (matches(neq, attributes) == matches(not_eq, attributes)) is same, attributes
 
 
@@ -305,9 +311,9 @@ def _spec_compare(a: str, b: str) -> int:
     """semver.org section 11, written out step by step, independently of parse_semver's ordering."""
     core_a, _, pre_a = a.partition("+")[0].partition("-")
     core_b, _, pre_b = b.partition("+")[0].partition("-")
-    for x, y in zip(map(int, core_a.split(".")), map(int, core_b.split(".")), strict=True):
-        if x != y:
-            return -1 if x < y else 1
+    for number_a, number_b in zip(map(int, core_a.split(".")), map(int, core_b.split(".")), strict=True):
+        if number_a != number_b:
+            return -1 if number_a < number_b else 1
     if not pre_a or not pre_b:
         return (not pre_a) - (not pre_b) if pre_a != pre_b else 0
     ids_a, ids_b = pre_a.split("."), pre_b.split(".")
@@ -422,7 +428,7 @@ def test_conditions_are_frozen_normalised_values() -> None:
 
 def test_groups_are_not_interchangeable() -> None:
     leaf = Condition("a", Op.EXISTS)
-    assert AllOf((leaf,)) != AnyOf((leaf,))
+    assert AllOf((leaf,)) != cast(object, AnyOf((leaf,)))
     assert AllOf([leaf]) == AllOf((leaf,))  # type: ignore[arg-type]
 
 

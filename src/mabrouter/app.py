@@ -12,7 +12,7 @@ import numpy as np
 from mabrouter.config import Settings
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.outcomes import OutcomeRecorder
-from mabrouter.runtime.refresher import Refresher, every
+from mabrouter.runtime.refresher import Refresher, every, watch_changes
 from mabrouter.runtime.signer import DecisionSigner
 from mabrouter.runtime.snapshot_builder import SnapshotBuilder
 from mabrouter.runtime.trials import TrialBuffer, TrialFlusher
@@ -53,6 +53,7 @@ class RouterApp:
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._refresh_now = asyncio.Event()
         self.store = RouterStore.from_url(settings.redis_url)
         self.holder = SnapshotHolder()
         process_prefix = secrets.token_hex(6)
@@ -73,8 +74,13 @@ class RouterApp:
         await self.server.start()
         self._tasks = [
             asyncio.create_task(
-                every(self.settings.refresh_interval_ms / 1000, self._stopping, self._refresh),
+                every(
+                    self.settings.refresh_interval_ms / 1000, self._stopping, self._refresh, self._refresh_now
+                ),
                 name="refresher",
+            ),
+            asyncio.create_task(
+                watch_changes(self.store, self._stopping, self._refresh_now), name="change-feed"
             ),
             asyncio.create_task(
                 every(self.settings.flush_interval_ms / 1000, self._stopping, self.flusher.flush),
@@ -97,6 +103,7 @@ class RouterApp:
         await self.health.servicer.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_seconds)
         self._stopping.set()
+        self._refresh_now.set()
         await asyncio.gather(*self._tasks)
         for _ in range(3):  # the drained batch, then retries of it if Redis hiccups
             await self.flusher.flush()

@@ -7,6 +7,7 @@ so a document that one side accepts the other accepts too.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,11 +32,14 @@ from mabrouter.core.model import (
     RewardKind,
 )
 from mabrouter.errors import ConfigError
+from mabrouter.targeting_schema import TargetingDoc, to_rule
 
 MAX_ARMS = 100
 MAX_PAYLOAD_ENTRIES = 32
 MAX_PAYLOAD_VALUE_CHARS = 2048
 MAX_DOCUMENT_BYTES = 256 * 1024
+MAX_LISTED_UNITS = 10_000
+DEFAULT_STICKY_TTL_SECONDS = 7 * 86_400
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN.pattern, description="letters, digits, . _ -; max 64")]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -96,14 +100,28 @@ class ArmDoc(_Strict):
         return payload
 
 
+class StickyDoc(_Strict):
+    ttl_seconds: int = Field(default=DEFAULT_STICKY_TTL_SECONDS, ge=60, le=366 * 86_400)
+
+
+Percent = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+UnitId = Annotated[str, Field(min_length=1, max_length=512)]
+
+
 class ExperimentDoc(_Strict):
     """An experiment file (YAML or JSON). Unknown fields are errors."""
 
     name: Name
-    description: str = Field("", max_length=1000)
+    description: str = Field(default="", max_length=1000)
     reward: Literal["bernoulli", "gaussian"] = "bernoulli"
     control: Name
     arms: list[ArmDoc] = Field(min_length=2, max_length=MAX_ARMS)
+    salt: str = Field(default="", max_length=128, description="hash salt; defaults to the name")
+    rollout: Percent = 100.0
+    targeting: TargetingDoc | None = None
+    allow: dict[Name, list[UnitId]] = Field(default_factory=dict, description="arm -> unit ids forced to it")
+    deny: list[UnitId] = Field(default_factory=list, description="unit ids that always get control")
+    sticky: StickyDoc | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentDoc:
@@ -113,12 +131,25 @@ class ExperimentDoc(_Strict):
             raise ValueError(f"arm names must be unique; repeated: {', '.join(duplicates)}")
         if self.control not in names:
             raise ValueError(f"control {self.control!r} is not one of the arms ({', '.join(names)})")
+        self._check_lists(names)
         wanted = BetaPriorDoc if self.reward == "bernoulli" else NormalPriorDoc
         for arm in self.arms:
             if arm.prior is not None and not isinstance(arm.prior, wanted):
                 fields = "alpha, beta" if wanted is BetaPriorDoc else "mean, kappa, alpha, beta"
                 raise ValueError(f"arm {arm.name!r}: a {self.reward} experiment takes a prior with {fields}")
         return self
+
+    def _check_lists(self, names: list[str]) -> None:
+        unknown = sorted(set(self.allow) - set(names))
+        if unknown:
+            raise ValueError(f"allow names arms that do not exist: {', '.join(unknown)}")
+        allowed = [unit for units in self.allow.values() for unit in units]
+        listed = len(allowed) + len(self.deny)
+        if listed > MAX_LISTED_UNITS:
+            raise ValueError(f"allow and deny list {listed} units; the limit is {MAX_LISTED_UNITS}")
+        twice = sorted(unit for unit, n in Counter([*allowed, *self.deny]).items() if n > 1)
+        if twice:
+            raise ValueError(f"units listed more than once in allow/deny: {', '.join(twice[:10])}")
 
     def to_spec(self) -> ExperimentSpec:
         kind = RewardKind(self.reward)
@@ -130,6 +161,12 @@ class ExperimentDoc(_Strict):
                 ArmSpec(name=arm.name, prior=_prior(kind, arm.prior), payload=dict(arm.payload))
                 for arm in self.arms
             ),
+            salt=self.salt,
+            rollout=self.rollout,
+            targeting=to_rule(self.targeting) if self.targeting is not None else None,
+            allow={unit: arm for arm, units in self.allow.items() for unit in units},
+            deny=frozenset(self.deny),
+            sticky_ttl_seconds=self.sticky.ttl_seconds if self.sticky is not None else 0,
         )
 
 

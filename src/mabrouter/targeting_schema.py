@@ -13,20 +13,23 @@ A node is exactly one of: a condition {attribute, op, value} (no value for exist
 bad regex, a bad version, a value of the wrong type or a tree past the size limits is a validation
 error of the document, located at the node, rather than a failure later on the request path.
 Semantics of the operators: see mabrouter.core.targeting.
+
+One model with optional fields rather than a union of four: a pydantic union puts the member's tag
+in every error location ("all.all.0.condition.op"); this keeps them as the file reads ("all.0.op").
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
     PrivateAttr,
-    Tag,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -41,25 +44,38 @@ from mabrouter.core.targeting import (
     parse_operator,
 )
 
-_NODE_SHAPES = "a condition {attribute, op, value}, {all: [...]}, {any: [...]} or {not: node}"
-_CONDITION_KEYS = frozenset({"attribute", "op", "value"})
+NODE_SHAPES = "a condition {attribute, op, value}, {all: [...]}, {any: [...]} or {not: node}"
+_CONDITION_KEYS = ("attribute", "op", "value")
+_GROUP_KEYS = ("all", "any", "not")
 
 
-class _Node(BaseModel):
-    # serialize_by_alias: `not` is a Python keyword, so that field is `not_`; dumps must say `not`.
-    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+class TargetingDoc(BaseModel):
+    """One targeting node; use as `targeting: TargetingDoc | None = None` in a document model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attribute: str | None = Field(None, min_length=1, max_length=MAX_ATTRIBUTE_CHARS)
+    op: Operator | None = None
+    # Any JSON value: the core Condition checks it against the operator and says what it expected.
+    value: Any = None
+    all: list[TargetingDoc] | None = None
+    any: list[TargetingDoc] | None = None
+    not_: TargetingDoc | None = Field(None, alias="not")  # `not` is a Python keyword
 
     _rule: Rule = PrivateAttr()
 
-    def to_rule(self) -> Rule:
-        return self._rule
-
-
-class ConditionDoc(_Node):
-    attribute: str = Field(min_length=1, max_length=MAX_ATTRIBUTE_CHARS)
-    op: Operator
-    # Any JSON value: the core Condition checks it against the operator and says what it expected.
-    value: Any = None
+    @model_validator(mode="before")
+    @classmethod
+    def _one_shape(cls, data: object) -> object:
+        if isinstance(data, TargetingDoc):
+            return data
+        if isinstance(data, dict):
+            shapes = [key for key in _GROUP_KEYS if data.get(key) is not None]
+            if any(data.get(key) is not None for key in _CONDITION_KEYS):
+                shapes.append("condition")
+            if len(shapes) == 1:
+                return data
+        raise ValueError(f"a targeting node is exactly one of: {NODE_SHAPES}")
 
     @field_validator("op", mode="before")
     @classmethod
@@ -68,65 +84,31 @@ class ConditionDoc(_Node):
         return parse_operator(op) if isinstance(op, str) else op
 
     @model_validator(mode="after")
-    def _build(self) -> ConditionDoc:
-        value = tuple(self.value) if isinstance(self.value, list) else self.value
-        self._rule = Condition(self.attribute, self.op, value)
+    def _build(self) -> TargetingDoc:
+        rule: Rule
+        if self.all is not None:
+            rule = AllOf(tuple(node.to_rule() for node in self.all))
+        elif self.any is not None:
+            rule = AnyOf(tuple(node.to_rule() for node in self.any))
+        elif self.not_ is not None:
+            rule = Not(self.not_.to_rule())
+        elif self.attribute is None or self.op is None:
+            raise ValueError("a condition needs both `attribute` and `op`")
+        else:
+            rule = Condition(self.attribute, self.op, self.value)  # the Condition turns lists into tuples
+        self._rule = rule
         return self
 
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Only the keys of this node's shape, spelled as in the file (`not`, not `not_`).
+        data: dict[str, Any] = handler(self)
+        if "not_" in data:  # absent when the caller dumps by_alias
+            data["not"] = data.pop("not_")
+        return {key: value for key, value in data.items() if value is not None}
 
-class AllDoc(_Node):
-    all: list[TargetingDoc]
-
-    @model_validator(mode="after")
-    def _build(self) -> AllDoc:
-        self._rule = AllOf(tuple(node.to_rule() for node in self.all))
-        return self
-
-
-class AnyDoc(_Node):
-    any: list[TargetingDoc]
-
-    @model_validator(mode="after")
-    def _build(self) -> AnyDoc:
-        self._rule = AnyOf(tuple(node.to_rule() for node in self.any))
-        return self
-
-
-class NotDoc(_Node):
-    not_: TargetingDoc = Field(alias="not")
-
-    @model_validator(mode="after")
-    def _build(self) -> NotDoc:
-        self._rule = Not(self.not_.to_rule())
-        return self
-
-
-def _shape(data: Any) -> str | None:
-    """Which node `data` is, from its keys; None (a validation error) if it is none or several."""
-    if isinstance(data, _Node):
-        return {ConditionDoc: "condition", AllDoc: "all", AnyDoc: "any", NotDoc: "not"}.get(type(data))
-    if not isinstance(data, dict):
-        return None
-    shapes = [key for key in ("all", "any", "not") if key in data]
-    if _CONDITION_KEYS & data.keys():
-        shapes.append("condition")
-    return shapes[0] if len(shapes) == 1 else None
-
-
-TargetingDoc = Annotated[
-    Annotated[ConditionDoc, Tag("condition")]
-    | Annotated[AllDoc, Tag("all")]
-    | Annotated[AnyDoc, Tag("any")]
-    | Annotated[NotDoc, Tag("not")],
-    Discriminator(
-        _shape,
-        custom_error_type="targeting_node",
-        custom_error_message=f"a targeting node is exactly one of: {_NODE_SHAPES}",
-    ),
-]
-
-for _model in (ConditionDoc, AllDoc, AnyDoc, NotDoc):
-    _model.model_rebuild()
+    def to_rule(self) -> Rule:
+        return self._rule
 
 
 def to_rule(doc: TargetingDoc) -> Rule:

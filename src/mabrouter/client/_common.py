@@ -195,11 +195,11 @@ class FailureLog:
             self._last_logged[key] = now
             suppressed = self._suppressed.pop(key, 0)
         log.warning(
-            "mabrouter: route(%r) failed open (%s); serving default_arm %r (%d similar failures not logged "
-            "in the last %.0f s)",
+            "mabrouter: route(%r) failed open (%s); serving default_arm %r%s",
             experiment,
             error,
             default_arm,
-            suppressed,
-            TRANSPORT_LOG_INTERVAL,
+            f" ({suppressed} similar failures in the last {TRANSPORT_LOG_INTERVAL:.0f} s not logged)"
+            if suppressed
+            else "",
         )

@@ -123,8 +123,13 @@ class OutcomeReporter:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if isinstance(client, RouterClient):
             self._channel, self._owns_channel = client.channel, False
-        else:
+        elif isinstance(client, str):
             self._channel, self._owns_channel = grpc.insecure_channel(client, options=CHANNEL_OPTIONS), True
+        else:  # e.g. an AsyncRouterClient: its channel belongs to its event loop, not to a thread
+            raise TypeError(
+                f"pass a RouterClient or a target address, not {type(client).__name__}; "
+                "from asyncio code use OutcomeReporter(async_client.target)"
+            )
         self._stub = router_pb2_grpc.RouterStub(self._channel)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -156,6 +161,10 @@ class OutcomeReporter:
         the decision id is empty (a fallback assignment has nothing to report) or the reporter is closed
         (both ``ignored``).
         """
+        try:
+            value = float(reward)
+        except (TypeError, ValueError):
+            value = math.nan  # the router refuses it: counted in `rejected`, never raised to the caller
         with self._lock:
             if not decision_id or self._closed:
                 self._ignored += 1
@@ -165,7 +174,7 @@ class OutcomeReporter:
                 dropped = self._dropped_full
                 should_log = self._should_log("full")
             else:
-                self._queue.append((decision_id, float(reward), time.monotonic()))
+                self._queue.append((decision_id, value, time.monotonic()))
                 if len(self._queue) == 1 or len(self._queue) >= self.batch_size:
                     self._work.notify()
                 return True

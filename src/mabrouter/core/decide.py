@@ -1,4 +1,8 @@
-"""decide(request, snapshot, rng) -> Decision: the whole routing decision, pure and replayable."""
+"""decide(request, snapshot, rng) -> Decision: the whole routing decision, pure and replayable.
+
+Precedence, highest first (README "Operator controls" has the table; tests check every combination):
+global kill > experiment kill > arm kill > allow/deny lists > targeting and rollout > sticky > sampling.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mabrouter.core.model import NAME_PATTERN, NAME_RULE, Reason
-from mabrouter.core.snapshot import Snapshot
+from mabrouter.core.hashing import bucket_of, in_rollout
+from mabrouter.core.model import NAME_PATTERN, NAME_RULE, AttributeValue, Reason
+from mabrouter.core.snapshot import ExperimentState, Snapshot
+from mabrouter.core.targeting import matches
 from mabrouter.errors import InvalidRequestError, NoSnapshotError, UnknownExperimentError
 
-MAX_UNIT_ID_CHARS = 512
+__all__ = ["AttributeValue", "Decision", "RouteInput", "decide", "validate"]
 
-AttributeValue = str | float | bool | tuple[str, ...]
+MAX_UNIT_ID_CHARS = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +28,8 @@ class RouteInput:
     unit_id: str
     attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
     default_arm: str = ""
+    # The arm this unit was first assigned, when the experiment is sticky and the caller knows it.
+    sticky_arm: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +61,32 @@ def validate(request: RouteInput) -> None:
         )
 
 
-def decide(request: RouteInput, snapshot: Snapshot | None, rng: np.random.Generator) -> Decision:
+def _fixed(state: ExperimentState, index: int, reason: Reason) -> Decision:
+    """An arm the rules imposed: deterministic for this unit, so its propensity is 1."""
+    return Decision(
+        arm=state.spec.arms[index].name,
+        reason=reason,
+        propensity=1.0,
+        config_version=state.version,
+        payload=state.payloads[index],
+        counted=False,
+    )
+
+
+def _sampled(state: ExperimentState, index: int, reason: Reason) -> Decision:
+    return Decision(
+        arm=state.spec.arms[index].name,
+        reason=reason,
+        propensity=float(state.shares[index]),
+        config_version=state.version,
+        payload=state.payloads[index],
+        counted=True,
+    )
+
+
+def decide(  # noqa: PLR0911 - the precedence chain reads top-down as early returns
+    request: RouteInput, snapshot: Snapshot | None, rng: np.random.Generator
+) -> Decision:
     validate(request)
     if snapshot is None:
         if request.default_arm:
@@ -64,12 +97,24 @@ def decide(request: RouteInput, snapshot: Snapshot | None, rng: np.random.Genera
     state = snapshot.experiments.get(request.experiment)
     if state is None:
         raise UnknownExperimentError(request.experiment)
-    index = state.sampler.next_arm(rng)
-    return Decision(
-        arm=state.spec.arms[index].name,
-        reason=Reason.SAMPLED,
-        propensity=float(state.shares[index]),
-        config_version=state.version,
-        payload=state.payloads[index],
-        counted=True,
-    )
+    spec, control = state.spec, state.control_index
+    if snapshot.global_controls.killed or state.controls.killed or state.sampler is None:
+        return _fixed(state, control, Reason.KILLED)
+    forced = spec.allow.get(request.unit_id)
+    if forced is not None:
+        if forced in state.controls.killed_arms:
+            return _fixed(state, control, Reason.KILLED)
+        forced_index = spec.arm_index(forced)
+        if forced_index is not None:
+            return _fixed(state, forced_index, Reason.FORCED)
+    if request.unit_id in spec.deny:
+        return _fixed(state, control, Reason.DENIED)
+    if spec.targeting is not None and not matches(spec.targeting, request.attributes):
+        return _fixed(state, control, Reason.NOT_TARGETED)
+    if state.rollout < 100.0 and not in_rollout(bucket_of(spec.hash_salt, request.unit_id), state.rollout):
+        return _fixed(state, control, Reason.NOT_EXPOSED)
+    if request.sticky_arm is not None:
+        sticky_index = spec.arm_index(request.sticky_arm)
+        if sticky_index is not None and sticky_index in state.live:
+            return _sampled(state, sticky_index, Reason.STICKY)
+    return _sampled(state, state.sampler.next_arm(rng), Reason.SAMPLED)

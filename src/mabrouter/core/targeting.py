@@ -38,7 +38,7 @@ from typing import ClassVar, TypeGuard
 
 import re2
 
-from mabrouter.core.decide import AttributeValue
+from mabrouter.core.model import AttributeValue
 
 MAX_DEPTH = 8  # nested all/any/not levels
 MAX_CONDITIONS = 100  # conditions in one rule tree

@@ -1,4 +1,7 @@
-"""Background work: refresh the snapshot and flush trial counts, surviving any Redis error."""
+"""Background work: refresh the snapshot (on a timer and on change notices) and flush trial counts.
+
+Every loop survives any Redis error: the router keeps serving its last snapshot.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from mabrouter.runtime.snapshot_builder import SnapshotBuilder
 from mabrouter.store.router_store import RouterStore
 
 log = logging.getLogger(__name__)
+MAX_RECONNECT_BACKOFF_SECONDS = 5.0
 
 
 class Refresher:
@@ -23,6 +27,7 @@ class Refresher:
         self._holder = holder
         self._builder = builder
         self._failing = False
+        self.last_success: float | None = None
 
     async def refresh_once(self) -> bool:
         try:
@@ -35,18 +40,54 @@ class Refresher:
         if self._failing:
             log.info("snapshot refresh recovered")
             self._failing = False
-        self._holder.current = self._builder.build(raw, self._holder.current, time.monotonic())
+        now = time.monotonic()
+        self._holder.current = self._builder.build(raw, self._holder.current, now)
+        self.last_success = now
+        await self._record_unattributed()
         return True
 
+    async def _record_unattributed(self) -> None:
+        for edit in self._builder.take_unattributed():
+            try:
+                await self._store.record_unattributed(
+                    edit.scope, edit.digest, edit.target, edit.before, edit.after
+                )
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "could not write the audit entry for an unattributed edit of %s: %s", edit.target, exc
+                )
 
-async def every(interval_seconds: float, stop: asyncio.Event, work: Callable[[], Awaitable[object]]) -> None:
-    """Run `work` every interval until `stop` is set.
+
+async def every(
+    interval_seconds: float,
+    stop: asyncio.Event,
+    work: Callable[[], Awaitable[object]],
+    wake: asyncio.Event | None = None,
+) -> None:
+    """Run `work` every interval (or as soon as `wake` is set) until `stop` is set.
 
     Stopping is cooperative rather than by Task.cancel(): redis-py can swallow a CancelledError raised
     inside a pipeline, which left a cancelled task running forever. Each `work` call is bounded by the
-    Redis socket timeouts, so shutdown waits at most one of them.
+    Redis socket timeouts, so shutdown waits at most one of them. Whoever sets `stop` sets `wake` too.
     """
+    trigger = wake or stop
     while not stop.is_set():
+        if wake is not None:
+            wake.clear()
         await work()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_seconds)
+            await asyncio.wait_for(trigger.wait(), interval_seconds)
+
+
+async def watch_changes(store: RouterStore, stop: asyncio.Event, wake: asyncio.Event) -> None:
+    """Wake the refresher on every change notice; resubscribe (and resync) after any failure."""
+    backoff = 0.1
+    while not stop.is_set():
+        try:
+            await store.watch_changes(stop, on_change=lambda _scope: wake.set(), on_subscribed=wake.set)
+            backoff = 0.1
+        except (RedisError, OSError) as exc:
+            log.debug("change feed lost (%s); polling continues, resubscribing in %.1fs", exc, backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, MAX_RECONNECT_BACKOFF_SECONDS)

@@ -1,57 +1,99 @@
-"""Turns raw Redis data into a Snapshot, keeping the last good state of anything invalid."""
+"""Turns raw Redis data into a Snapshot, keeping the last good state of anything invalid.
+
+It also notices edits made outside the CLI (plain redis-cli during an incident): the CLI bumps the
+version with every change, so content that changed under an unchanged version is an unattributed edit.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from mabrouter.config import parse_experiment
-from mabrouter.core.model import ExperimentSpec
+from mabrouter.core.model import Controls, ExperimentSpec, GlobalControls
 from mabrouter.core.snapshot import ExperimentState, Snapshot, build_experiment_state
 from mabrouter.errors import ConfigError
-from mabrouter.store.router_store import RawExperiment
+from mabrouter.store.controls_codec import parse_controls, parse_global_controls
+from mabrouter.store.keys import GLOBAL_SCOPE, VERSION
+from mabrouter.store.router_store import RawExperiment, RawState
 from mabrouter.store.stats_codec import arm_stats
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class _Parsed:
+class UnattributedEdit:
+    scope: str
+    target: str
+    before: str
+    after: str
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(f"{self.target}\0{self.before}\0{self.after}".encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True, slots=True)
+class _Inputs:
+    """What a state was built from: rebuild only when one of these changes."""
+
     version: int
-    spec: ExperimentSpec
+    stats: Mapping[str, str]
+    control: Mapping[str, str]
 
 
 class SnapshotBuilder:
-    """Stateful across refreshes: caches parsed specs per version and reuses unchanged states."""
+    """Stateful across refreshes: caches parsed specs, reuses unchanged states, remembers raw inputs."""
 
     def __init__(self, rng: np.random.Generator) -> None:
         self._rng = rng
-        self._specs: dict[str, _Parsed] = {}
-        self._raw_stats: dict[str, Mapping[str, str]] = {}
+        self._specs: dict[str, tuple[str, ExperimentSpec]] = {}
+        self._inputs: dict[str, _Inputs] = {}
+        self._seen_raw: dict[str, tuple[Mapping[str, str], str]] = {}
         self._reported_bad: set[tuple[str, str]] = set()
+        self._global = GlobalControls()
         self.invalid_documents = 0
+        self.unattributed: list[UnattributedEdit] = []
 
-    def build(self, raw: Sequence[RawExperiment], previous: Snapshot | None, loaded_at: float) -> Snapshot:
+    def build(self, raw: RawState, previous: Snapshot | None, loaded_at: float) -> Snapshot:
         old = previous.experiments if previous else {}
         states: dict[str, ExperimentState] = {}
         errors: dict[str, str] = {}
-        for item in raw:
+        for item in raw.experiments:
+            self._notice_raw_edits(item)
             try:
                 state = self._state(item, old.get(item.name))
             except (ConfigError, ValueError, KeyError) as exc:
                 errors[item.name] = str(exc)
-                self._report_once(item, str(exc))
+                self._report_once(
+                    item.name, item.config.get(VERSION, "?") + repr(sorted(item.control.items())), str(exc)
+                )
                 state = old.get(item.name)  # keep the last good version
             if state is not None:
                 states[item.name] = state
-        return Snapshot(experiments=states, loaded_at=loaded_at, errors=errors)
+        self._global = self._global_controls(raw.global_control, errors)
+        return Snapshot(experiments=states, loaded_at=loaded_at, global_controls=self._global, errors=errors)
+
+    def take_unattributed(self) -> list[UnattributedEdit]:
+        edits, self.unattributed = self.unattributed, []
+        return edits
+
+    def _global_controls(self, raw: Mapping[str, str], errors: dict[str, str]) -> GlobalControls:
+        self._notice_control_edit(GLOBAL_SCOPE, raw)
+        try:
+            return parse_global_controls(raw)
+        except ValueError as exc:
+            errors[GLOBAL_SCOPE] = str(exc)
+            self._report_once(GLOBAL_SCOPE, repr(sorted(raw.items())), str(exc))
+            return self._global
 
     def _state(self, item: RawExperiment, old: ExperimentState | None) -> ExperimentState | None:
-        version = int(item.config.get("version", "0"))
+        version = int(item.config.get(VERSION, "0"))
         if old is not None and version < old.version:
             log.warning(
                 "experiment %s: ignoring version %d older than version %d in use",
@@ -60,19 +102,22 @@ class SnapshotBuilder:
                 old.version,
             )
             return old
-        spec = self._spec(item, version)
-        if old is not None and old.version == version and self._raw_stats.get(item.name) == item.stats:
+        inputs = _Inputs(version, item.stats, item.control)
+        if old is not None and self._inputs.get(item.name) == inputs:
             return old  # nothing changed: keep the sampler and its propensities
-        state = build_experiment_state(spec, version, arm_stats(spec, item.stats), self._rng)
-        self._raw_stats[item.name] = item.stats
+        spec = self._spec(item, version)
+        controls: Controls = parse_controls(item.control, spec)
+        state = build_experiment_state(spec, version, arm_stats(spec, item.stats), self._rng, controls)
+        self._inputs[item.name] = inputs
         return state
 
     def _spec(self, item: RawExperiment, version: int) -> ExperimentSpec:
+        doc_text = item.config.get("doc", "")
         cached = self._specs.get(item.name)
-        if cached is not None and cached.version == version:
-            return cached.spec
+        if cached is not None and cached[0] == doc_text:
+            return cached[1]
         try:
-            data = json.loads(item.config.get("doc", ""))
+            data = json.loads(doc_text)
         except json.JSONDecodeError as exc:
             raise ConfigError(
                 f"experiment {item.name} version {version}: document is not JSON ({exc})"
@@ -81,13 +126,45 @@ class SnapshotBuilder:
         if doc.name != item.name:
             raise ConfigError(f"experiment {item.name} version {version}: document is named {doc.name!r}")
         spec = doc.to_spec()
-        self._specs[item.name] = _Parsed(version, spec)
+        self._specs[item.name] = (doc_text, spec)
         return spec
 
-    def _report_once(self, item: RawExperiment, message: str) -> None:
-        key = (item.name, item.config.get("version", "?"))
+    def _notice_raw_edits(self, item: RawExperiment) -> None:
+        self._notice_control_edit(item.name, item.control)
+        key = f"{item.name}/doc"
+        doc, version = item.config.get("doc", ""), item.config.get(VERSION, "")
+        seen = self._seen_raw.get(key)
+        self._seen_raw[key] = ({"doc": doc}, version)
+        if seen is not None and seen[1] == version and seen[0]["doc"] != doc:
+            self._unattributed(UnattributedEdit(item.name, f"{item.name}/doc", seen[0]["doc"], doc))
+
+    def _notice_control_edit(self, scope: str, control: Mapping[str, str]) -> None:
+        seen = self._seen_raw.get(scope)
+        version = control.get(VERSION, "")
+        self._seen_raw[scope] = (dict(control), version)
+        if seen is None or seen[0] == control or seen[1] != version:
+            return
+        before, after = seen[0], control
+        for field in sorted(set(before) | set(after)):
+            if before.get(field) != after.get(field):
+                target = scope if field == "kill" else f"{scope}/{field}"
+                self._unattributed(
+                    UnattributedEdit(scope, target, before.get(field, ""), after.get(field, ""))
+                )
+
+    def _unattributed(self, edit: UnattributedEdit) -> None:
+        log.warning(
+            "unattributed change to %s: %r -> %r (made in Redis without the CLI; no audit entry)",
+            edit.target,
+            edit.before[:200],
+            edit.after[:200],
+        )
+        self.unattributed.append(edit)
+
+    def _report_once(self, scope: str, fingerprint: str, message: str) -> None:
+        key = (scope, fingerprint)
         if key in self._reported_bad:
             return
         self._reported_bad.add(key)
         self.invalid_documents += 1
-        log.error("keeping the last good state of experiment %s: %s", item.name, message)
+        log.error("keeping the last good state of %s: %s", scope, message)

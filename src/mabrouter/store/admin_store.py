@@ -1,4 +1,8 @@
-"""What operators do to Redis (through the CLI): apply experiments, list them, read their state."""
+"""What operators do to Redis (through the CLI): apply experiments, flip switches, read state and audit.
+
+Every change goes through a Lua script that bumps the version, writes the audit entry and publishes
+the change notice atomically with the change itself.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +21,31 @@ class StoredExperiment:
     version: int
     updated_ms: int
     stats: Mapping[str, str]
+    control: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Who changed what, and why: becomes one audit entry."""
+
+    actor: str
+    action: str
+    reason: str
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    scope: str
+    entry_id: str
+    fields: Mapping[str, str]
 
 
 class AdminStore:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         self._apply_config = client.register_script(scripts.APPLY_CONFIG)
+        self._change_control = client.register_script(scripts.CHANGE_CONTROL)
 
     @classmethod
     def from_url(cls, url: str) -> AdminStore:
@@ -33,12 +56,40 @@ class AdminStore:
     def close(self) -> None:
         self._redis.close()
 
-    def apply(self, name: str, doc_json: str, now_ms: int) -> int:
+    @staticmethod
+    def _audit_args(change: Change, target: str, scope: str) -> list[str | int]:
+        return [
+            change.now_ms,
+            change.actor,
+            change.action,
+            change.reason,
+            keys.AUDIT_MAXLEN,
+            keys.CHANGES_CHANNEL,
+            target,
+            scope,
+        ]
+
+    def apply(self, name: str, doc_json: str, change: Change) -> int:
         """Store a validated document; return its new version (strictly greater than any before)."""
-        version = int(self._apply_config(keys=[keys.config(name)], args=[doc_json, now_ms]))
+        version = int(
+            self._apply_config(
+                keys=[keys.config(name), keys.config(name), keys.audit(name)],
+                args=["", doc_json, *self._audit_args(change, name, name)],
+            )
+        )
         # Listed after the config exists, so a router never lists a name it cannot load.
         self._redis.sadd(keys.EXPERIMENTS, name)
         return version
+
+    def set_control(self, scope: str, field: str, value: str, change: Change) -> tuple[int, str]:
+        """Set (or with value '' delete) one switch; return (new version, previous value)."""
+        version_key = keys.control(scope) if scope == keys.GLOBAL_SCOPE else keys.config(scope)
+        target = scope if field == keys.KILL else f"{scope}/{field}"
+        version, before = self._change_control(
+            keys=[version_key, keys.control(scope), keys.audit(scope)],
+            args=[field, value, *self._audit_args(change, target, scope)],
+        )
+        return int(version), str(before)
 
     def names(self) -> list[str]:
         return sorted(str(name) for name in self._redis.smembers(keys.EXPERIMENTS))
@@ -47,7 +98,8 @@ class AdminStore:
         with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.config(name))
             pipe.hgetall(keys.stats(name))
-            config, stats = pipe.execute()
+            pipe.hgetall(keys.control(name))
+            config, stats, control = pipe.execute()
         if not config:
             return None
         return StoredExperiment(
@@ -56,4 +108,22 @@ class AdminStore:
             version=int(config.get("version", 0)),
             updated_ms=int(config.get("updated_ms", 0)),
             stats=stats,
+            control=control,
         )
+
+    def global_control(self) -> Mapping[str, str]:
+        return _text_map(self._redis.hgetall(keys.control(keys.GLOBAL_SCOPE)))
+
+    def audit(self, scopes: list[str], count: int) -> list[AuditEntry]:
+        """The newest `count` entries across `scopes`, oldest first."""
+        entries: list[AuditEntry] = []
+        for scope in scopes:
+            for entry_id, fields in self._redis.xrevrange(keys.audit(scope), count=count) or []:
+                entries.append(AuditEntry(scope, str(entry_id), _text_map(fields or {})))
+        entries.sort(key=lambda entry: tuple(int(part) for part in entry.entry_id.split("-")))
+        return entries[-count:]
+
+
+def _text_map(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    """The client decodes responses; this only narrows redis-py's loose types."""
+    return {str(key): str(value) for key, value in raw.items()}

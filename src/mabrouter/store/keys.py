@@ -1,13 +1,16 @@
 """The Redis key schema (documented in the README: operators read and write these keys).
 
 Every key of one experiment carries the experiment name as a hash tag, `{name}`, so all of them live
-in one Redis Cluster slot and multi-key Lua scripts stay legal on a cluster.
+in one Redis Cluster slot and multi-key Lua scripts stay legal on a cluster. Global switches use the tag
+`{_global}`, which no experiment can take (names start with a letter or digit).
 """
 
 from __future__ import annotations
 
 PREFIX = "mabrouter:"
 EXPERIMENTS = f"{PREFIX}experiments"  # SET of experiment names
+CHANGES_CHANNEL = f"{PREFIX}changes"  # pub/sub: the CLI publishes the changed experiment's name
+GLOBAL_SCOPE = "_global"
 
 
 def config(experiment: str) -> str:
@@ -20,6 +23,21 @@ def stats(experiment: str) -> str:
     return f"{PREFIX}{{{experiment}}}:stats"
 
 
+def control(scope: str) -> str:
+    """HASH of operator switches: kill, kill:<arm>, rollout, reason, version (see controls_codec)."""
+    return f"{PREFIX}{{{scope}}}:control"
+
+
+def audit(scope: str) -> str:
+    """STREAM: append-only audit log of changes (who, when, what, before/after, reason)."""
+    return f"{PREFIX}{{{scope}}}:audit"
+
+
+def unattributed_seen(scope: str, digest: str) -> str:
+    """STRING with a TTL: one audit entry per raw edit, however many replicas notice it."""
+    return f"{PREFIX}{{{scope}}}:unattributed:{digest}"
+
+
 def outcome_seen(experiment: str, nonce: str) -> str:
     """STRING with a TTL: marks a decision id as rewarded, so a second report counts nothing."""
     return f"{PREFIX}{{{experiment}}}:seen:{nonce}"
@@ -30,8 +48,19 @@ def batch_seen(experiment: str, batch_id: str) -> str:
     return f"{PREFIX}{{{experiment}}}:batch:{batch_id}"
 
 
+def sticky(experiment: str, salt: str, unit_id: str) -> str:
+    """STRING with a TTL: the arm a unit was first assigned (the salt is in the key: a new salt resets)."""
+    return f"{PREFIX}{{{experiment}}}:sticky:{salt}:{unit_id}"
+
+
 TRIALS, COUNT, SUM, SUMSQ = "trials", "count", "sum", "sumsq"
+KILL, KILL_ARM_PREFIX, ROLLOUT, REASON, VERSION = "kill", "kill:", "rollout", "reason", "version"
+AUDIT_MAXLEN = 100_000
 
 
 def stat_field(arm: str, stat: str) -> str:
     return f"{arm}:{stat}"
+
+
+def kill_arm_field(arm: str) -> str:
+    return f"{KILL_ARM_PREFIX}{arm}"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -11,6 +13,7 @@ from redis.exceptions import RedisError
 from mabrouter.store import keys, scripts
 
 BATCH_MARKER_TTL_SECONDS = 3600
+UNATTRIBUTED_MARKER_TTL_SECONDS = 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +23,13 @@ class RawExperiment:
     name: str
     config: Mapping[str, str]
     stats: Mapping[str, str]
+    control: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RawState:
+    experiments: list[RawExperiment]
+    global_control: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +47,7 @@ class RouterStore:
         self._redis = client
         self._record_outcome = client.register_script(scripts.RECORD_OUTCOME)
         self._apply_trials = client.register_script(scripts.APPLY_TRIALS)
+        self._record_unattributed = client.register_script(scripts.RECORD_UNATTRIBUTED)
 
     @classmethod
     def from_url(cls, url: str) -> RouterStore:
@@ -58,20 +69,48 @@ class RouterStore:
         except (RedisError, OSError):
             return False
 
-    async def load_all(self) -> list[RawExperiment]:
+    async def load_all(self) -> RawState:
+        """Everything a snapshot needs, in two round trips (names, then one pipeline)."""
         names = sorted(str(name) for name in await self._redis.smembers(keys.EXPERIMENTS))
-        if not names:
-            return []
         async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.control(keys.GLOBAL_SCOPE))
             for name in names:
                 pipe.hgetall(keys.config(name))
                 pipe.hgetall(keys.stats(name))
+                pipe.hgetall(keys.control(name))
             replies = await pipe.execute()
-        return [
-            RawExperiment(name, replies[2 * i], replies[2 * i + 1])
+        experiments = [
+            RawExperiment(name, replies[1 + 3 * i], replies[2 + 3 * i], replies[3 + 3 * i])
             for i, name in enumerate(names)
-            if replies[2 * i]  # listed but no config yet: being created
+            if replies[1 + 3 * i]  # listed but no config yet: being created
         ]
+        return RawState(experiments, replies[0])
+
+    async def record_unattributed(
+        self, scope: str, digest: str, target: str, before: str, after: str
+    ) -> None:
+        await self._record_unattributed(
+            keys=[keys.unattributed_seen(scope, digest), keys.audit(scope)],
+            args=[UNATTRIBUTED_MARKER_TTL_SECONDS, int(time.time() * 1000), target, before, after],
+        )
+
+    async def watch_changes(
+        self, stop: asyncio.Event, on_change: Callable[[str], None], on_subscribed: Callable[[], None]
+    ) -> None:
+        """Call on_change(scope) for every change notice, until `stop` is set or the connection fails.
+
+        Pub/sub is at-most-once: callers keep polling too, and resync fully after every (re)subscribe.
+        """
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(keys.CHANGES_CHANNEL)
+            on_subscribed()
+            while not stop.is_set():
+                message = await pubsub.get_message(timeout=0.5)
+                if message is not None and message.get("type") == "message":
+                    on_change(str(message["data"]))
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
 
     async def apply_trials(self, batch_id: str, trials: Mapping[str, Mapping[str, int]]) -> None:
         """Add trial counts per experiment and arm; idempotent per (experiment, batch_id)."""

@@ -1,4 +1,7 @@
-"""Lua scripts: each runs atomically in Redis, so concurrent replicas never lose an increment."""
+"""Lua scripts: each runs atomically in Redis, so concurrent replicas never lose an increment.
+
+Every script touches keys of one hash tag only, so each is legal on Redis Cluster.
+"""
 
 from __future__ import annotations
 
@@ -28,9 +31,52 @@ end
 return 1
 """
 
-# KEYS[1] config hash. ARGV: document JSON, now ms. Returns the new, strictly greater version.
-APPLY_CONFIG = """
+# The audit entry, the change and the change notice happen together or not at all.
+_AUDIT = """
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*',
+  'ts_ms', ARGV[3], 'actor', ARGV[4], 'action', ARGV[5], 'target', ARGV[9],
+  'before', before, 'after', ARGV[2], 'reason', ARGV[6], 'version', version)
+redis.call('PUBLISH', ARGV[8], ARGV[10])
+"""
+
+# KEYS: config hash, (unused), audit stream. ARGV: 1 (unused) 2 doc JSON, 3 now ms, 4 actor, 5 action,
+# 6 reason, 7 audit maxlen, 8 channel, 9 target, 10 experiment. Returns the new, strictly greater version.
+APPLY_CONFIG = (
+    """
+local before = redis.call('HGET', KEYS[1], 'doc') or ''
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'updated_ms', ARGV[2])
-return version
+redis.call('HSET', KEYS[1], 'doc', ARGV[2], 'updated_ms', ARGV[3])
+"""
+    + _AUDIT
+    + "return version\n"
+)
+
+# KEYS: version hash (the experiment's config, or the global control hash), control hash, audit stream.
+# ARGV: 1 field, 2 new value ('' deletes), 3 now ms, 4 actor, 5 action, 6 reason, 7 audit maxlen,
+# 8 channel, 9 target, 10 scope. Returns {version, previous value}.
+CHANGE_CONTROL = (
+    """
+local before = redis.call('HGET', KEYS[2], ARGV[1]) or ''
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+else
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+redis.call('HSET', KEYS[2], 'version', version, 'reason', ARGV[6])
+"""
+    + _AUDIT
+    + "return {version, before}\n"
+)
+
+# KEYS: dedup marker, audit stream. ARGV: ttl, now ms, target, before, after.
+# Many replicas notice the same raw edit; the first one records it.
+RECORD_UNATTRIBUTED = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return 0
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'ts_ms', ARGV[2], 'actor', 'unattributed',
+  'action', 'raw-edit', 'target', ARGV[3], 'before', ARGV[4], 'after', ARGV[5],
+  'reason', 'changed in Redis without the CLI (no audit entry)', 'version', '')
+return 1
 """

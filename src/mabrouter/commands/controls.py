@@ -1,0 +1,139 @@
+"""Operator switches: `mabrouter kill|unkill|rollout|audit`. Each change is audited and propagated."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+
+from rich.console import Console
+from rich.table import Table
+
+from mabrouter.commands.common import add_actor, add_redis_url, admin_store, change
+from mabrouter.config import parse_experiment
+from mabrouter.store import keys
+from mabrouter.store.admin_store import AdminStore
+from mabrouter.store.controls_codec import parse_rollout
+
+
+def _check_target(store: AdminStore, args: argparse.Namespace) -> str | None:
+    """The problem with the target of a kill/unkill, or None when it is valid."""
+    if args.experiment is None:
+        return None if args.all else "name an experiment, or pass --all for the global kill switch"
+    if args.all:
+        return "pass either an experiment or --all, not both"
+    stored = store.get(args.experiment)
+    if stored is None:
+        return f"unknown experiment {args.experiment!r} (see `mabrouter experiment list`)"
+    if args.arm is not None:
+        doc = parse_experiment(json.loads(stored.doc_json), args.experiment)
+        names = [arm.name for arm in doc.arms]
+        if args.arm not in names:
+            return f"experiment {args.experiment} has no arm {args.arm!r} (arms: {', '.join(names)})"
+        if args.arm == doc.control:
+            return f"{args.arm} is the control arm, served when nothing else may be: kill the experiment instead"
+    return None
+
+
+def _switch(args: argparse.Namespace, on: bool) -> int:
+    with admin_store(args) as store:
+        problem = _check_target(store, args)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+        scope = keys.GLOBAL_SCOPE if args.all else args.experiment
+        field = keys.kill_arm_field(args.arm) if args.arm else keys.KILL
+        version, before = store.set_control(
+            scope, field, "1" if on else "", change(args, "kill" if on else "unkill")
+        )
+    what = (
+        "every experiment"
+        if args.all
+        else (f"arm {args.arm} of {args.experiment}" if args.arm else args.experiment)
+    )
+    state = "killed" if on else "live"
+    note = " (no change)" if (before == "1") == on else ""
+    print(f"{what} is {state}{note} (version {version})")
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    return _switch(args, on=True)
+
+
+def cmd_unkill(args: argparse.Namespace) -> int:
+    return _switch(args, on=False)
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    percent = parse_rollout(args.percent)  # ValueError -> exit 2 with the message
+    with admin_store(args) as store:
+        if store.get(args.experiment) is None:
+            print(f"error: unknown experiment {args.experiment!r}", file=sys.stderr)
+            return 2
+        version, before = store.set_control(
+            args.experiment, keys.ROLLOUT, f"{percent:g}", change(args, "rollout")
+        )
+    print(f"{args.experiment} rollout {before or 'from file'} -> {percent:g}% (version {version})")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    with admin_store(args) as store:
+        scopes = [args.experiment] if args.experiment else [keys.GLOBAL_SCOPE, *store.names()]
+        entries = store.audit(scopes, args.limit)
+    if args.json:
+        for entry in entries:
+            print(json.dumps({"id": entry.entry_id, "scope": entry.scope, **entry.fields}))
+        return 0
+    table = Table(title=f"audit log ({'all experiments' if not args.experiment else args.experiment})")
+    for column in ("time (UTC)", "actor", "action", "target", "before", "after", "reason", "version"):
+        table.add_column(column)
+    for entry in entries:
+        f = entry.fields
+        when = datetime.fromtimestamp(int(f.get("ts_ms", "0")) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(
+            when,
+            f.get("actor", ""),
+            f.get("action", ""),
+            f.get("target", ""),
+            _short(f.get("before", "")),
+            _short(f.get("after", "")),
+            f.get("reason", ""),
+            f.get("version", ""),
+        )
+    Console().print(table)
+    return 0
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for name, handler, doc in (
+        ("kill", cmd_kill, "stop an experiment (serve control), one arm, or with --all every experiment"),
+        ("unkill", cmd_unkill, "undo a kill"),
+    ):
+        sub = commands.add_parser(name, help=doc)
+        sub.add_argument("experiment", nargs="?")
+        sub.add_argument("--arm", help="kill only this arm (it drops out of sampling)")
+        sub.add_argument("--all", action="store_true", help="the global switch: every experiment")
+        add_actor(sub, reason_required=name == "kill")
+        add_redis_url(sub)
+        sub.set_defaults(handler=handler)
+
+    rollout = commands.add_parser("rollout", help="set the percent of units exposed (decimals allowed)")
+    rollout.add_argument("experiment")
+    rollout.add_argument("percent")
+    add_actor(rollout)
+    add_redis_url(rollout)
+    rollout.set_defaults(handler=cmd_rollout)
+
+    audit = commands.add_parser("audit", help="the audit log: who changed what, when and why")
+    audit.add_argument("experiment", nargs="?")
+    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_redis_url(audit)
+    audit.set_defaults(handler=cmd_audit)

@@ -1,0 +1,105 @@
+"""`mabrouter experiment apply|list` and `mabrouter status`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from mabrouter.commands.common import add_actor, add_redis_url, admin_store, change
+from mabrouter.config import experiment_to_json, load_experiment_file, parse_experiment
+from mabrouter.core.snapshot import build_experiment_state
+from mabrouter.core.summary import summarize
+from mabrouter.store.controls_codec import parse_controls, parse_global_controls
+from mabrouter.store.stats_codec import arm_stats
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    doc = load_experiment_file(Path(args.file))  # ConfigError names the field; nothing is written
+    with admin_store(args) as store:
+        version = store.apply(doc.name, experiment_to_json(doc), change(args, "apply"))
+    print(f"applied experiment {doc.name} (version {version}, {len(doc.arms)} arms, reward {doc.reward})")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with admin_store(args) as store:
+        for name in store.names():
+            stored = store.get(name)
+            print(f"{name}\tversion {stored.version if stored else '?'}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with admin_store(args) as store:
+        stored = store.get(args.experiment)
+        global_control = parse_global_controls(store.global_control())
+    if stored is None:
+        print(f"unknown experiment {args.experiment!r} (see `mabrouter experiment list`)")
+        return 1
+    doc = parse_experiment(json.loads(stored.doc_json), f"experiment {stored.name} in Redis")
+    spec = doc.to_spec()
+    controls = parse_controls(stored.control, spec)
+    stats = arm_stats(spec, stored.stats)
+    rng = np.random.default_rng()
+    state = build_experiment_state(spec, stored.version, stats, rng, controls)
+    summaries = summarize(spec, stats, state.shares, rng)
+    killed = global_control.killed or controls.killed
+    if args.json:
+        report = {
+            "experiment": spec.name,
+            "version": stored.version,
+            "reward": doc.reward,
+            "control": spec.control,
+            "killed": killed,
+            "global_kill": global_control.killed,
+            "rollout": state.rollout,
+            "killed_arms": sorted(controls.killed_arms),
+            "arms": [s.as_json(spec.reward) for s in summaries],
+        }
+        print(json.dumps(report, indent=2))
+        return 0
+    total = "successes" if doc.reward == "bernoulli" else "reward sum"
+    flags = f", rollout {state.rollout:g}%" + (", KILLED" if killed else "")
+    table = Table(
+        title=f"{spec.name} (version {stored.version}, {doc.reward}, control {spec.control}{flags})"
+    )
+    for column in ("arm", "trials", total, "mean", "95% CI", "P(best)", "share"):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    for s in summaries:
+        name = s.arm + (" (killed)" if s.arm in controls.killed_arms else "")
+        table.add_row(
+            name,
+            f"{s.trials:,}",
+            f"{s.reward_sum:,.1f}",
+            f"{s.mean:.4f}",
+            f"[{s.ci_low:.4f}, {s.ci_high:.4f}]",
+            f"{s.p_best:.3f}",
+            f"{s.share:.1%}",
+        )
+    Console().print(table)
+    return 0
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    experiment = commands.add_parser("experiment", help="manage experiments").add_subparsers(
+        dest="action", required=True
+    )
+    apply = experiment.add_parser("apply", help="validate an experiment file and store it in Redis")
+    apply.add_argument("file")
+    add_actor(apply)
+    apply.set_defaults(handler=cmd_apply)
+    listing = experiment.add_parser("list", help="list experiments and their versions")
+    listing.set_defaults(handler=cmd_list)
+    for sub in (apply, listing):
+        add_redis_url(sub)
+
+    status = commands.add_parser("status", help="per-arm trials, mean, 95%% CI, P(best), traffic share")
+    status.add_argument("experiment")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    add_redis_url(status)
+    status.set_defaults(handler=cmd_status)

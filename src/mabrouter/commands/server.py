@@ -1,0 +1,74 @@
+"""`mabrouter serve`, `mabrouter health` and `mabrouter demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from pydantic import ValidationError
+
+from mabrouter.config import Settings, describe_validation_error
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mabrouter import logs  # noqa: PLC0415 - only the server needs these
+    from mabrouter.app import serve  # noqa: PLC0415
+
+    flags = {
+        "redis_url": args.redis_url,
+        "listen": args.listen,
+        "refresh_interval_ms": args.refresh_interval_ms,
+        "flush_interval_ms": args.flush_interval_ms,
+        "log_format": args.log_format,
+    }
+    try:
+        settings = Settings(**{key: value for key, value in flags.items() if value is not None})
+    except ValidationError as exc:
+        print(f"invalid settings:\n{describe_validation_error(exc)}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_format, settings.log_level)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    import grpc  # noqa: PLC0415
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+
+    with grpc.insecure_channel(args.address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"unhealthy: {exc.code().name}: {exc.details()}")
+            return 1
+    print(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mabrouter.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(decisions=args.decisions)
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser("serve", help="run the router (settings also from MABROUTER_* env vars)")
+    serve.add_argument("--redis-url", help="e.g. redis://host:6379/0 (env MABROUTER_REDIS_URL)")
+    serve.add_argument("--listen", help="host:port or unix:PATH (env MABROUTER_LISTEN)")
+    serve.add_argument("--refresh-interval-ms", type=int, help="snapshot refresh period (default 200)")
+    serve.add_argument("--flush-interval-ms", type=int, help="trial-count flush period (default 100)")
+    serve.add_argument("--log-format", choices=["json", "text"])
+    serve.set_defaults(handler=cmd_serve)
+
+    health = commands.add_parser("health", help="ask a router's gRPC health service; exit 0 when SERVING")
+    health.add_argument("--address", default="127.0.0.1:50051", help="host:port or unix:PATH")
+    health.add_argument("--service", default="", help="service name ('' = overall)")
+    health.add_argument("--timeout", type=float, default=2.0)
+    health.set_defaults(handler=cmd_health)
+
+    demo = commands.add_parser("demo", help="private Redis + router + simulated traffic, end to end")
+    demo.add_argument("--decisions", type=int, default=6000)
+    demo.set_defaults(handler=cmd_demo)
