@@ -32,7 +32,7 @@ def _check_target(store: AdminStore, args: argparse.Namespace) -> str | None:
         if args.arm not in names:
             return f"experiment {args.experiment} has no arm {args.arm!r} (arms: {', '.join(names)})"
         if args.arm == doc.control:
-            return f"{args.arm} is the control arm, served when nothing else may be: kill the experiment instead"
+            return f"{args.arm} is the control arm (served when nothing else may be): kill the experiment"
     return None
 
 

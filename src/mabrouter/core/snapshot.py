@@ -12,7 +12,6 @@ from mabrouter.core.model import ArmStats, Controls, ExperimentSpec, GlobalContr
 from mabrouter.core.posterior import Posteriors, posteriors_for
 from mabrouter.core.thompson import ThompsonSampler, win_probabilities
 
-
 NO_CONTROLS = Controls()
 NO_GLOBAL_CONTROLS = GlobalControls()
 
