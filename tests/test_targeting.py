@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mabrouter.core.model import AttributeValue
+from mabrouter.core.semver import parse_semver
 from mabrouter.core.targeting import (
     MAX_CONDITIONS,
     MAX_DEPTH,
@@ -25,7 +26,6 @@ from mabrouter.core.targeting import (
     Operator,
     Rule,
     matches,
-    parse_semver,
 )
 
 Op = Operator

@@ -10,11 +10,13 @@ import signal
 import numpy as np
 
 from mabrouter.config import Settings
+from mabrouter.runtime.engine import RoutingEngine
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.outcomes import OutcomeRecorder
 from mabrouter.runtime.refresher import Refresher, every, watch_changes
 from mabrouter.runtime.signer import DecisionSigner
 from mabrouter.runtime.snapshot_builder import SnapshotBuilder
+from mabrouter.runtime.sticky import StickyAssignments
 from mabrouter.runtime.trials import TrialBuffer, TrialFlusher
 from mabrouter.service.server import HealthReporter, build_server
 from mabrouter.service.servicer import RouterServicer
@@ -63,9 +65,11 @@ class RouterApp:
         self.refresher = Refresher(self.store, self.holder, SnapshotBuilder(rng))
         signing_key, accepted_keys = decision_keys(settings)
         outcomes = OutcomeRecorder(self.store, self.holder, accepted_keys, settings.decision_ttl_seconds)
-        servicer = RouterServicer(
-            self.holder, self.trials, outcomes, DecisionSigner(signing_key, process_prefix), rng
+        self.sticky = StickyAssignments(self.store)
+        engine = RoutingEngine(
+            self.holder, self.trials, self.sticky, DecisionSigner(signing_key, process_prefix), rng
         )
+        servicer = RouterServicer(engine, outcomes)
         self.health = HealthReporter()
         self.server, self.port = build_server(servicer, self.health, settings.listen)
 
@@ -83,8 +87,8 @@ class RouterApp:
                 watch_changes(self.store, self._stopping, self._refresh_now), name="change-feed"
             ),
             asyncio.create_task(
-                every(self.settings.flush_interval_ms / 1000, self._stopping, self.flusher.flush),
-                name="trial-flusher",
+                every(self.settings.flush_interval_ms / 1000, self._stopping, self._flush_writes),
+                name="write-flusher",
             ),
         ]
         log.info(
@@ -93,6 +97,10 @@ class RouterApp:
             self.port,
             _redact(self.settings.redis_url),
         )
+
+    async def _flush_writes(self) -> None:
+        await self.flusher.flush()
+        await self.sticky.flush()
 
     async def _refresh(self) -> None:
         await self.refresher.refresh_once()
@@ -106,7 +114,7 @@ class RouterApp:
         self._refresh_now.set()
         await asyncio.gather(*self._tasks)
         for _ in range(3):  # the drained batch, then retries of it if Redis hiccups
-            await self.flusher.flush()
+            await self._flush_writes()
             if not self.flusher.unsent() and not self.trials.pending():
                 break
         if self.flusher.unsent() or self.trials.pending():

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from mabrouter.client._aio import AsyncRouterClient
 from mabrouter.client._common import CHANNEL_OPTIONS, CLIENT_FALLBACK, Assignment, AttributeValue
-from mabrouter.client._reporter import OutcomeReporter, ReporterStats
+from mabrouter.client._delivery import ReporterStats
+from mabrouter.client._reporter import OutcomeReporter
 from mabrouter.client._sync import RouterClient
 
 __all__ = [

@@ -9,65 +9,20 @@ import random
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final
+from typing import Final
 
 import grpc
 
-from mabrouter.client._common import CHANNEL_OPTIONS, DEFAULT_TARGET, status_error
+from mabrouter.client._common import CHANNEL_OPTIONS, DEFAULT_TARGET
+from mabrouter.client._delivery import MAX_BATCH, Item, ReporterStats, deliver
 from mabrouter.client._sync import RouterClient
-from mabrouter.v1 import router_pb2, router_pb2_grpc
+from mabrouter.v1 import router_pb2_grpc
 
 log = logging.getLogger("mabrouter.client")
 
-MAX_BATCH: Final = 1000  # the router refuses larger ReportOutcomes calls
 INITIAL_BACKOFF: Final = 0.05
 LOG_INTERVAL: Final = 10.0
-# Per-outcome refusals that a retry cannot fix (bad or expired decision id, invalid reward...): dropped.
-PERMANENT_ITEM_CODES: Final = frozenset(
-    code.value[0]
-    for code in (
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.FAILED_PRECONDITION,
-    )
-)
-# Whole-call refusals that a retry cannot fix (wrong server, wrong credentials): the batch is dropped.
-# Every other failure (UNAVAILABLE, DEADLINE_EXCEEDED, connection errors, ...) is retried.
-PERMANENT_CALL_CODES: Final = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.UNIMPLEMENTED,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.UNAUTHENTICATED,
-    }
-)
-
-_Item = tuple[str, float, float]  # decision id, reward, time.monotonic() when accepted
-
-
-@dataclass(frozen=True, slots=True)
-class ReporterStats:
-    """Counters of an :class:`OutcomeReporter` (monotonic, except `pending`).
-
-    sent: outcomes the router acknowledged (including `duplicates`).
-    duplicates: acknowledged outcomes whose decision id had already been rewarded (counted once).
-    rejected: outcomes the router refused for good (bad/expired decision id, invalid reward): dropped.
-    dropped_full: ``report()`` calls refused because the buffer held `max_buffer` outcomes.
-    ignored: ``report()`` calls refused because the decision id was empty or the reporter was closed.
-    pending: outcomes accepted but not acknowledged yet; after ``close()``, the ones that were lost.
-    """
-
-    sent: int
-    duplicates: int
-    rejected: int
-    dropped_full: int
-    ignored: int
-    pending: int
 
 
 class OutcomeReporter:
@@ -142,7 +97,7 @@ class OutcomeReporter:
         self._drained = threading.Condition(self._lock)  # flush() waits here for an empty buffer
         # Accepted, unacknowledged outcomes, oldest first. The batch in flight stays at the head
         # until the router answers, so `pending` and the max_buffer bound include it.
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[Item] = deque()
         self._flushers = 0
         self._closed = False  # report() refuses new outcomes
         self._abandon = False  # the sender stops even if outcomes remain
@@ -278,7 +233,7 @@ class OutcomeReporter:
             with self._lock:
                 self._work.wait_for(lambda: self._abandon, delay)
 
-    def _next_batch(self) -> list[_Item] | None:
+    def _next_batch(self) -> list[Item] | None:
         """Block until a batch is due: `batch_size` outcomes, the oldest one `flush_interval` old, or a
         flush/close in progress. None when the sender must stop."""
         with self._lock:
@@ -293,67 +248,32 @@ class OutcomeReporter:
                 else:
                     self._work.wait()
 
-    def _send(self, batch: list[_Item]) -> bool:
+    def _send(self, batch: list[Item]) -> bool:
         """One ReportOutcomes call. False when (part of) the batch must be retried after a backoff."""
-        request = router_pb2.ReportOutcomesRequest(
-            outcomes=[router_pb2.OutcomeRequest(decision_id=d, reward=r) for d, r, _ in batch]
-        )
-        response, code, error = self._call(request)
-        if response is None:
-            if code in PERMANENT_CALL_CODES:
-                log.error("mabrouter: the router refused %d outcomes (%s): dropped", len(batch), error)
-                self._settle(len(batch), [], rejected=len(batch))
-                return True
+        result = deliver(self._stub, batch, self.rpc_timeout)
+        if result.refused:
+            log.error("mabrouter: the router refused %d outcomes (%s): dropped", len(batch), result.failure)
+        elif result.failure:
             self._log_limited(
-                "call", "mabrouter: reporting %d outcomes failed (%s); retrying", len(batch), error
+                "call", "mabrouter: reporting %d outcomes failed (%s); retrying", len(batch), result.failure
             )
-            return False
-        results = list(response.results)
-        if len(results) != len(batch):
+        if result.refusals:
             self._log_limited(
-                "call", "mabrouter: %d results for %d outcomes; retrying", len(results), len(batch)
+                "item",
+                "mabrouter: %d outcomes refused (%s): dropped",
+                len(result.refusals),
+                result.refusals[0],
             )
-            return False
-        retry: list[_Item] = []
-        sent = duplicates = rejected = 0
-        for item, result in zip(batch, results, strict=True):
-            if result.code == 0:
-                sent += 1
-                duplicates += bool(result.duplicate)
-            elif result.code in PERMANENT_ITEM_CODES:
-                rejected += 1
-                self._log_limited(
-                    "item", "mabrouter: outcome refused (%d: %s): dropped", result.code, result.message
-                )
-            else:
-                retry.append(item)
-        self._settle(len(batch), retry, sent=sent, duplicates=duplicates, rejected=rejected)
-        return not retry
-
-    def _call(self, request: Any) -> tuple[Any, grpc.StatusCode | None, str]:
-        """(response, None, "") or (None, status code or None, error)."""
-        try:
-            response = self._stub.ReportOutcomes(request, timeout=self.rpc_timeout, wait_for_ready=False)
-        except grpc.RpcError as exc:
-            if isinstance(exc, grpc.Call):
-                return None, exc.code(), status_error(exc.code(), exc.details())
-            return None, None, f"UNKNOWN: {exc!r}"
-        except Exception as exc:  # noqa: BLE001 - keep the sender alive; the outcomes stay buffered
-            return None, None, f"UNKNOWN: {exc!r}"
-        return response, None, ""
-
-    def _settle(
-        self, done: int, retry: list[_Item], *, sent: int = 0, duplicates: int = 0, rejected: int = 0
-    ) -> None:
         with self._lock:
-            for _ in range(done):
+            for _ in batch:
                 self._queue.popleft()
-            self._queue.extendleft(reversed(retry))
-            self._sent += sent
-            self._duplicates += duplicates
-            self._rejected += rejected
+            self._queue.extendleft(reversed(result.retry))
+            self._sent += result.sent
+            self._duplicates += result.duplicates
+            self._rejected += result.rejected
             if not self._queue:
                 self._drained.notify_all()
+        return not result.retry
 
     def _should_log(self, key: str) -> bool:
         """Rate limit (call with the lock held)."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mabrouter.core.hashing import bucket_of, in_rollout
+from mabrouter.core.hashing import bucket_of, in_rollout, unit_seed
 from mabrouter.core.model import NAME_PATTERN, NAME_RULE, AttributeValue, Reason
 from mabrouter.core.snapshot import ExperimentState, Snapshot
 from mabrouter.core.targeting import matches
@@ -30,6 +30,9 @@ class RouteInput:
     default_arm: str = ""
     # The arm this unit was first assigned, when the experiment is sticky and the caller knows it.
     sticky_arm: str | None = None
+    # Draw from a generator seeded by the unit (not the shared one): a sticky experiment whose store is
+    # unreachable still gives each unit a stable arm, the same on every replica with the same snapshot.
+    hash_seeded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,4 +120,7 @@ def decide(  # noqa: PLR0911 - the precedence chain reads top-down as early retu
         sticky_index = spec.arm_index(request.sticky_arm)
         if sticky_index is not None and sticky_index in state.live:
             return _sampled(state, sticky_index, Reason.STICKY)
+    if request.hash_seeded:
+        unit_rng = np.random.default_rng(unit_seed(spec.hash_salt, request.unit_id))
+        return _sampled(state, state.sampler.draw_once(unit_rng), Reason.SAMPLED)
     return _sampled(state, state.sampler.next_arm(rng), Reason.SAMPLED)

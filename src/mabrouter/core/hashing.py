@@ -52,3 +52,11 @@ def in_rollout(bucket: int, rollout_percent: float) -> bool:
     if not 0.0 <= rollout_percent <= 100.0:  # also refuses NaN
         raise ValueError(f"rollout_percent must be between 0 and 100, got {rollout_percent!r}")
     return bucket * 100 < round(rollout_percent * _PERCENT_SCALE)
+
+
+def unit_seed(salt: str, unit_id: str) -> int:
+    """A 128-bit seed for a unit's own random draw, the same on every replica.
+
+    Used when a sticky experiment cannot reach Redis: the unit still gets a stable assignment.
+    """
+    return int(mmh3.hash128(f"{salt}:{unit_id}", 0, signed=False))

@@ -21,7 +21,7 @@ Semantics of `matches(rule, attributes)`; it never raises:
 - contains: a string attribute contains the substring, or a list attribute has the element.
 - starts_with / ends_with: string attribute and value. gt / gte / lt / lte: finite numbers.
 - semver_*: MAJOR.MINOR.PATCH[-prerelease][+build], optional leading 'v'; prerelease precedence as
-  semver.org section 11, build metadata ignored. An attribute that is not a version is a mismatch.
+  semver.org section 11, build metadata ignored (core/semver.py). A non-version attribute mismatches.
 - exists / not_exists: take no value. matches: RE2 regex search (unanchored: use ^...$ for a full
   match); RE2 runs in linear time, so no pattern can backtrack catastrophically.
 """
@@ -32,19 +32,18 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from functools import lru_cache
-from operator import eq, ge, gt, le, lt, ne
+from operator import ge, gt, le, lt
 from typing import ClassVar, TypeGuard
 
 import re2
 
 from mabrouter.core.model import AttributeValue
+from mabrouter.core.semver import parse_semver, version_test
 
 MAX_DEPTH = 8  # nested all/any/not levels
 MAX_CONDITIONS = 100  # conditions in one rule tree
 MAX_PATTERN_CHARS = 256
 MAX_ATTRIBUTE_CHARS = 128
-_MAX_VERSION_CHARS = 128  # a longer attribute is not a version; bounds per-request parsing
 
 ConditionValue = str | float | bool | tuple[str, ...] | tuple[float, ...] | None
 _Test = Callable[[object], bool]
@@ -84,53 +83,12 @@ def parse_operator(name: str) -> Operator:
         raise ValueError(f"unknown operator {name!r}; allowed operators: {OPERATOR_NAMES}") from None
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class SemVer:
-    """A parsed version; its field order is semver precedence (a release sorts after its prereleases)."""
-
-    major: int
-    minor: int
-    patch: int
-    is_release: bool
-    # Numeric identifiers sort before alphanumeric ones: (0, number) < (1, text).
-    prerelease: tuple[tuple[int, int | str], ...]
-
-
 def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _all_strings(values: Iterable[object]) -> bool:
     return all(isinstance(item, str) for item in values)
-
-
-def _digits(text: str) -> bool:
-    return text.isascii() and text.isdigit()  # str.isdigit alone accepts '²' and Arabic-Indic digits
-
-
-def _identifier(text: str) -> bool:
-    return bool(text) and text.isascii() and all(char.isalnum() or char == "-" for char in text)
-
-
-@lru_cache(maxsize=4096)  # request versions take few distinct values (app builds), so parse each once
-def parse_semver(text: str) -> SemVer | None:
-    """Parse MAJOR.MINOR.PATCH[-prerelease][+build], optional leading 'v'; None if it is not one."""
-    if len(text) > _MAX_VERSION_CHARS:
-        return None
-    text, plus, build = text.removeprefix("v").partition("+")
-    if plus and not all(_identifier(part) for part in build.split(".")):
-        return None
-    core, dash, pre = text.partition("-")
-    numbers = core.split(".")
-    if len(numbers) != 3 or not all(_digits(n) and (n == "0" or n[0] != "0") for n in numbers):
-        return None
-    identifiers: list[tuple[int, int | str]] = []
-    for part in pre.split(".") if dash else ():
-        if not _identifier(part) or (_digits(part) and part != "0" and part[0] == "0"):
-            return None  # semver.org: no empty identifiers, no leading zeros in numeric ones
-        identifiers.append((0, int(part)) if _digits(part) else (1, part))
-    major, minor, patch = (int(n) for n in numbers)
-    return SemVer(major, minor, patch, not dash, tuple(identifiers))
 
 
 # Each compiler checks the value for its operator and returns (normalised value, attribute test).
@@ -182,14 +140,7 @@ _ORDER: dict[Operator, Callable[[float, float], bool]] = {
     Operator.LT: lt,
     Operator.LTE: le,
 }
-_VERSION_ORDER: dict[Operator, Callable[[SemVer, SemVer], bool]] = {
-    Operator.SEMVER_EQ: eq,
-    Operator.SEMVER_NEQ: ne,
-    Operator.SEMVER_GT: gt,
-    Operator.SEMVER_GTE: ge,
-    Operator.SEMVER_LT: lt,
-    Operator.SEMVER_LTE: le,
-}
+_VERSION_OPERATORS = tuple(operator for operator in Operator if operator.value.startswith("semver_"))
 
 
 def _numeric(operator: Operator, value: object) -> _Compiled:
@@ -205,13 +156,7 @@ def _version(operator: Operator, value: object) -> _Compiled:
         raise ValueError(
             f"{operator.value} takes a semantic version like '2.3.0' or 'v1.0.0-rc.1', not {value!r}"
         )
-    order = _VERSION_ORDER[operator]
-
-    def version_test(a: object) -> bool:
-        parsed = parse_semver(a) if isinstance(a, str) else None
-        return parsed is not None and order(parsed, version)
-
-    return value, version_test
+    return value, version_test(operator.value.removeprefix("semver_"), version)
 
 
 def _text(operator: Operator, value: object) -> _Compiled:
@@ -253,7 +198,7 @@ _COMPILERS: dict[Operator, Callable[[Operator, object], _Compiled]] = {
     Operator.ENDS_WITH: _text,
     Operator.MATCHES: _regex,
     **dict.fromkeys(_ORDER, _numeric),
-    **dict.fromkeys(_VERSION_ORDER, _version),
+    **dict.fromkeys(_VERSION_OPERATORS, _version),
 }
 
 

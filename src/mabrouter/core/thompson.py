@@ -37,6 +37,10 @@ class ThompsonSampler:
             self._winners = winners(self._posteriors, self._live, rng, self._block).tolist()
         return self._winners.pop()
 
+    def draw_once(self, rng: np.random.Generator) -> int:
+        """One independent draw from `rng`, outside the shared block (for hash-seeded decisions)."""
+        return int(winners(self._posteriors, self._live, rng, 1)[0])
+
 
 def winners(
     posteriors: Posteriors, live: npt.NDArray[np.intp], rng: np.random.Generator, size: int

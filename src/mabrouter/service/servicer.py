@@ -6,15 +6,10 @@ import logging
 from typing import Any
 
 import grpc
-import numpy as np
 
-from mabrouter.core.decide import decide
-from mabrouter.core.model import Reason
 from mabrouter.errors import InvalidRequestError, MabrouterError
-from mabrouter.runtime.holder import SnapshotHolder
+from mabrouter.runtime.engine import RoutingEngine
 from mabrouter.runtime.outcomes import MAX_BATCH, Accepted, OutcomeRecorder
-from mabrouter.runtime.signer import DecisionSigner
-from mabrouter.runtime.trials import TrialBuffer
 from mabrouter.service.convert import route_input, route_response
 from mabrouter.service.status import status_of
 from mabrouter.v1 import router_pb2, router_pb2_grpc
@@ -25,32 +20,18 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    def __init__(
-        self,
-        holder: SnapshotHolder,
-        trials: TrialBuffer,
-        outcomes: OutcomeRecorder,
-        signer: DecisionSigner,
-        rng: np.random.Generator,
-    ) -> None:
-        self._holder = holder
-        self._trials = trials
+    def __init__(self, engine: RoutingEngine, outcomes: OutcomeRecorder) -> None:
+        self._engine = engine
         self._outcomes = outcomes
-        self._signer = signer
-        self._rng = rng
 
     async def Route(  # noqa: N802 - gRPC method names are fixed by the proto
         self, request: router_pb2.RouteRequest, context: Context
     ) -> router_pb2.RouteResponse:
         try:
-            decision = decide(route_input(request), self._holder.current, self._rng)
+            decision, decision_id = await self._engine.route(route_input(request))
         except MabrouterError as exc:
             await context.abort(status_of(exc), str(exc))
-        if decision.reason is Reason.FALLBACK_DEFAULT:
-            return route_response(decision, "")  # the router decided nothing: nothing to attribute
-        if decision.counted:
-            self._trials.add(request.experiment, decision.arm)
-        return route_response(decision, self._signer.sign(request.experiment, decision))
+        return route_response(decision, decision_id)
 
     async def ReportOutcome(  # noqa: N802
         self, request: router_pb2.OutcomeRequest, context: Context

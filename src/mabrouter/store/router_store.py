@@ -42,12 +42,23 @@ class OutcomeWrite:
     ttl_seconds: int
 
 
+@dataclass(frozen=True, slots=True)
+class StickyWrite:
+    experiment: str
+    salt: str
+    unit_id: str
+    arm: str
+    ttl_seconds: int
+    replaces: str = ""  # the (killed) arm this assignment replaces; '' for a first assignment
+
+
 class RouterStore:
     def __init__(self, client: aioredis.Redis) -> None:
         self._redis = client
         self._record_outcome = client.register_script(scripts.RECORD_OUTCOME)
         self._apply_trials = client.register_script(scripts.APPLY_TRIALS)
         self._record_unattributed = client.register_script(scripts.RECORD_UNATTRIBUTED)
+        self._sticky_get_or_set = client.register_script(scripts.STICKY_GET_OR_SET)
 
     @classmethod
     def from_url(cls, url: str) -> RouterStore:
@@ -146,3 +157,20 @@ class RouterStore:
                 )
             replies = await pipe.execute()
         return [bool(reply) for reply in replies]
+
+    async def sticky_arm(self, experiment: str, salt: str, unit_id: str, timeout: float) -> str | None:
+        """The arm a unit was assigned, or None. Raises on a slow or unreachable Redis."""
+        value = await asyncio.wait_for(self._redis.get(keys.sticky(experiment, salt, unit_id)), timeout)
+        return None if value is None else str(value)
+
+    async def assign_sticky(self, assignments: Sequence[StickyWrite]) -> list[str]:
+        """Store first assignments (first writer wins); return the arm each unit actually has."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for item in assignments:
+                await self._sticky_get_or_set(
+                    keys=[keys.sticky(item.experiment, item.salt, item.unit_id)],
+                    args=[item.arm, item.ttl_seconds, item.replaces],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        return [str(reply) for reply in replies]

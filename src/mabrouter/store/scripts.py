@@ -80,3 +80,15 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'ts_ms', ARGV[2], 'actor
   'reason', 'changed in Redis without the CLI (no audit entry)', 'version', '')
 return 1
 """
+
+# KEYS[1] sticky assignment. ARGV: arm, ttl seconds, the arm it replaces ('' for a first assignment,
+# or the killed arm being replaced). The first replica to assign a unit wins; the others adopt its arm.
+# Returns the arm the unit is assigned.
+STICKY_GET_OR_SET = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[3] then
+  return current
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return ARGV[1]
+"""
