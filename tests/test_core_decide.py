@@ -54,7 +54,7 @@ def test_hash_seeded_draws_are_the_same_on_every_replica() -> None:
     from core_fixtures import state as build
 
     spec = bernoulli_spec(3)
-    stats = tuple(ArmStats(100, 100, float(10 * i + 20)) for i in range(3))
+    stats = tuple(ArmStats(100, 100, float(30 + 2 * i)) for i in range(3))  # close arms: all get drawn
     replica_a = snapshot(build(spec, stats, seed=1))
     replica_b = snapshot(build(spec, stats, seed=2))
     arms = []

@@ -87,7 +87,7 @@ def _sampled(state: ExperimentState, index: int, reason: Reason) -> Decision:
     )
 
 
-def decide(  # noqa: PLR0911 - the precedence chain reads top-down as early returns
+def decide(  # noqa: PLR0911, PLR0912 - the precedence chain reads top-down as early returns
     request: RouteInput, snapshot: Snapshot | None, rng: np.random.Generator
 ) -> Decision:
     validate(request)
