@@ -203,3 +203,60 @@ def pb_stub(channel: grpc.Channel) -> object:
     from mabrouter.v1 import router_pb2_grpc
 
     return router_pb2_grpc.RouterStub(channel)
+
+
+def test_route_batch_answers_each_request(router: InProcessRouter) -> None:
+    channel, router_stub = stub(router.address)
+    with channel:
+        reply = router_stub.RouteBatch(
+            pb.RouteBatchRequest(
+                requests=[
+                    pb.RouteRequest(experiment="ranker", unit_id="a"),
+                    pb.RouteRequest(experiment="missing", unit_id="b"),
+                    pb.RouteRequest(experiment="ranker", unit_id=""),
+                    pb.RouteRequest(experiment="ranker", unit_id="c"),
+                ]
+            )
+        )
+    codes = [result.code for result in reply.results]
+    assert codes == [0, grpc.StatusCode.NOT_FOUND.value[0], grpc.StatusCode.INVALID_ARGUMENT.value[0], 0]
+    assert reply.results[0].response.arm in ARMS
+    assert reply.results[0].response.decision_id != reply.results[3].response.decision_id
+    assert "unit_id is empty" in reply.results[2].message
+
+
+@pytest.mark.parametrize(
+    ("policy", "reason"), [("serve_stale", pb.SAMPLED), ("serve_control", pb.STALE_CONTROL)]
+)
+def test_a_stale_router_follows_its_policy_and_says_so(policy: str, reason: int) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from support import EXAMPLE, cli, router_settings, running_redis
+
+    with running_redis() as redis_server:
+        cli("experiment", "apply", str(EXAMPLE), redis_url=redis_server.url)
+        settings = router_settings(redis_server.url, max_staleness_seconds=0.5, stale_policy=policy)
+        router = InProcessRouter(settings).start()
+        try:
+            with grpc.insecure_channel(router.address) as channel:
+                router_stub = pb_stub(channel)
+                health = health_pb2_grpc.HealthStub(channel)
+                fresh = router_stub.Route(pb.RouteRequest(experiment="ranker", unit_id="u"))
+                assert (fresh.stale, fresh.reason) == (False, pb.SAMPLED)
+                redis_server.stop(kill=True)
+
+                def snapshot_health() -> int:
+                    request = health_pb2.HealthCheckRequest(service="mabrouter.snapshot")
+                    return health.Check(request).status
+
+                wait_until(
+                    lambda: snapshot_health() == health_pb2.HealthCheckResponse.NOT_SERVING,
+                    10,
+                    what="snapshot health to report staleness",
+                )
+                stale = router_stub.Route(pb.RouteRequest(experiment="ranker", unit_id="u"))
+                assert (stale.stale, stale.reason) == (True, reason)
+                overall = health.Check(health_pb2.HealthCheckRequest()).status
+                assert overall == health_pb2.HealthCheckResponse.SERVING  # still answering: stay in rotation
+        finally:
+            router.stop()

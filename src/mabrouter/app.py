@@ -10,7 +10,7 @@ import signal
 import numpy as np
 
 from mabrouter.config import Settings
-from mabrouter.runtime.engine import RoutingEngine
+from mabrouter.runtime.engine import RoutingEngine, StalenessPolicy
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.outcomes import OutcomeRecorder
 from mabrouter.runtime.refresher import Refresher, every, watch_changes
@@ -66,10 +66,11 @@ class RouterApp:
         signing_key, accepted_keys = decision_keys(settings)
         outcomes = OutcomeRecorder(self.store, self.holder, accepted_keys, settings.decision_ttl_seconds)
         self.sticky = StickyAssignments(self.store)
-        engine = RoutingEngine(
-            self.holder, self.trials, self.sticky, DecisionSigner(signing_key, process_prefix), rng
+        staleness = StalenessPolicy(settings.max_staleness_seconds, settings.stale_policy == "serve_control")
+        self.engine = RoutingEngine(
+            self.holder, self.trials, self.sticky, DecisionSigner(signing_key, process_prefix), rng, staleness
         )
-        servicer = RouterServicer(engine, outcomes)
+        servicer = RouterServicer(self.engine, outcomes)
         self.health = HealthReporter()
         self.server, self.port = build_server(servicer, self.health, settings.listen)
 
@@ -104,7 +105,7 @@ class RouterApp:
 
     async def _refresh(self) -> None:
         await self.refresher.refresh_once()
-        await self.health.set_serving(self.holder.current is not None)
+        await self.health.update(loaded=self.holder.current is not None, fresh=not self.engine.is_stale())
 
     async def stop(self) -> None:
         """Stop taking calls, let in-flight ones finish, flush buffered trial counts, close Redis."""

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     )
     decision_ttl_seconds: int = Field(86_400, ge=60, description="how long a decision accepts an outcome")
     shutdown_grace_seconds: float = Field(5.0, ge=0, description="time in-flight calls get on SIGTERM")
+    max_staleness_seconds: float = Field(
+        30.0, gt=0, description="a snapshot not refreshed for longer than this is stale"
+    )
+    stale_policy: Literal["serve_stale", "serve_control"] = Field(
+        "serve_stale",
+        description="what a stale router does: keep deciding from its last snapshot, or serve control",
+    )
     log_format: Literal["json", "text"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

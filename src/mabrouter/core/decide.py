@@ -88,8 +88,9 @@ def _sampled(state: ExperimentState, index: int, reason: Reason) -> Decision:
 
 
 def decide(  # noqa: PLR0911, PLR0912 - the precedence chain reads top-down as early returns
-    request: RouteInput, snapshot: Snapshot | None, rng: np.random.Generator
+    request: RouteInput, snapshot: Snapshot | None, rng: np.random.Generator, *, stale_control: bool = False
 ) -> Decision:
+    """`stale_control`: the snapshot is too old to experiment on; serve control (kills still apply)."""
     validate(request)
     if snapshot is None:
         if request.default_arm:
@@ -103,6 +104,8 @@ def decide(  # noqa: PLR0911, PLR0912 - the precedence chain reads top-down as e
     spec, control = state.spec, state.control_index
     if snapshot.global_controls.killed or state.controls.killed or state.sampler is None:
         return _fixed(state, control, Reason.KILLED)
+    if stale_control:
+        return _fixed(state, control, Reason.STALE_CONTROL)
     forced = spec.allow.get(request.unit_id)
     if forced is not None:
         if forced in state.controls.killed_arms:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import numpy as np
 
 from mabrouter.core.decide import Decision, RouteInput, decide
@@ -12,6 +15,19 @@ from mabrouter.runtime.sticky import StickyAssignments
 from mabrouter.runtime.trials import TrialBuffer
 
 
+@dataclass(frozen=True, slots=True)
+class StalenessPolicy:
+    max_seconds: float
+    serve_control: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    decision: Decision
+    decision_id: str  # '' when the router decided nothing (FALLBACK_DEFAULT)
+    stale: bool
+
+
 class RoutingEngine:
     def __init__(
         self,
@@ -20,24 +36,31 @@ class RoutingEngine:
         sticky: StickyAssignments,
         signer: DecisionSigner,
         rng: np.random.Generator,
+        staleness: StalenessPolicy,
     ) -> None:
         self._holder = holder
         self._trials = trials
         self._sticky = sticky
         self._signer = signer
         self._rng = rng
+        self._staleness = staleness
 
-    async def route(self, request: RouteInput) -> tuple[Decision, str]:
-        """The decision and its signed id ('' when the router decided nothing). Raises MabrouterError."""
+    def is_stale(self) -> bool:
+        snapshot = self._holder.current
+        return snapshot is not None and time.monotonic() - snapshot.loaded_at > self._staleness.max_seconds
+
+    async def route(self, request: RouteInput) -> Routed:
+        """Decide one request. Raises MabrouterError for a request that cannot be answered."""
         snapshot = self._holder.current
         state = snapshot.experiments.get(request.experiment) if snapshot is not None else None
         if state is not None and state.spec.sticky_ttl_seconds:  # only sticky experiments may await
             request = await self._sticky.resolve(request, state)
-        decision = decide(request, snapshot, self._rng)
+        stale = self.is_stale()
+        decision = decide(request, snapshot, self._rng, stale_control=stale and self._staleness.serve_control)
         if decision.reason is Reason.FALLBACK_DEFAULT:
-            return decision, ""  # nothing to attribute
+            return Routed(decision, "", stale)
         if decision.counted:
             self._trials.add(request.experiment, decision.arm)
         if state is not None and state.spec.sticky_ttl_seconds:
             self._sticky.remember(request, decision, state)
-        return decision, self._signer.sign(request.experiment, decision)
+        return Routed(decision, self._signer.sign(request.experiment, decision), stale)

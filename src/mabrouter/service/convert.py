@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from google.protobuf import struct_pb2
 
-from mabrouter.core.decide import AttributeValue, Decision, RouteInput
+from mabrouter.core.decide import AttributeValue, RouteInput
 from mabrouter.errors import InvalidRequestError
+from mabrouter.runtime.engine import Routed
 from mabrouter.v1 import router_pb2
 
 MAX_ATTRIBUTES = 64
@@ -70,10 +71,12 @@ def route_input(request: router_pb2.RouteRequest) -> RouteInput:
     )
 
 
-def route_response(decision: Decision, decision_id: str) -> router_pb2.RouteResponse:
+def route_response(routed: Routed) -> router_pb2.RouteResponse:
+    decision = routed.decision
     return router_pb2.RouteResponse(
         arm=decision.arm,
-        decision_id=decision_id,
+        decision_id=routed.decision_id,
+        stale=routed.stale,
         reason=router_pb2.Reason.ValueType(decision.reason.value),
         propensity=decision.propensity,
         config_version=decision.config_version,

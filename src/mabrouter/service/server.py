@@ -13,26 +13,39 @@ ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 MAX_MESSAGE_BYTES = 1024 * 1024
 
 
+SNAPSHOT_HEALTH = "mabrouter.snapshot"
+
+
+def _status(ok: bool) -> int:
+    return int(health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
 class HealthReporter:
-    """Sets the same status on the overall ("") and the Router service names."""
+    """Health by service name.
+
+    "" and mabrouter.v1.Router: SERVING once a snapshot is loaded (the router can answer; point
+    readiness probes here). mabrouter.snapshot: SERVING while the snapshot is fresher than the maximum
+    staleness (point alerts here: a stale router keeps answering, so it must not leave the load balancer).
+    """
 
     def __init__(self) -> None:
         self.servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # untyped submodule
         self.serving = False
+        self.fresh = False
 
-    async def set_serving(self, serving: bool) -> None:
-        if serving == self.serving:
-            return
-        self.serving = serving
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", ROUTER_SERVICE):
-            await self.servicer.set(name, status)
+    async def update(self, loaded: bool, fresh: bool) -> None:
+        if loaded != self.serving:
+            self.serving = loaded
+            for name in ("", ROUTER_SERVICE):
+                await self.servicer.set(name, _status(loaded))
+        fresh = loaded and fresh
+        if fresh != self.fresh:
+            self.fresh = fresh
+            await self.servicer.set(SNAPSHOT_HEALTH, _status(fresh))
 
     async def start_not_serving(self) -> None:
-        for name in ("", ROUTER_SERVICE):
-            await self.servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", ROUTER_SERVICE, SNAPSHOT_HEALTH):
+            await self.servicer.set(name, _status(False))
 
 
 def build_server(

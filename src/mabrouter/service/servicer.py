@@ -28,10 +28,28 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self, request: router_pb2.RouteRequest, context: Context
     ) -> router_pb2.RouteResponse:
         try:
-            decision, decision_id = await self._engine.route(route_input(request))
+            routed = await self._engine.route(route_input(request))
         except MabrouterError as exc:
             await context.abort(status_of(exc), str(exc))
-        return route_response(decision, decision_id)
+        return route_response(routed)
+
+    async def RouteBatch(  # noqa: N802
+        self, request: router_pb2.RouteBatchRequest, context: Context
+    ) -> router_pb2.RouteBatchResponse:
+        if len(request.requests) > MAX_BATCH:
+            error = InvalidRequestError(
+                f"{len(request.requests)} requests in one call; the limit is {MAX_BATCH}"
+            )
+            await context.abort(status_of(error), str(error))
+        response = router_pb2.RouteBatchResponse()
+        for item in request.requests:
+            try:
+                routed = await self._engine.route(route_input(item))
+            except MabrouterError as exc:
+                response.results.add(code=status_of(exc).value[0], message=str(exc))
+            else:
+                response.results.add(response=route_response(routed))
+        return response
 
     async def ReportOutcome(  # noqa: N802
         self, request: router_pb2.OutcomeRequest, context: Context

@@ -134,6 +134,7 @@ class RouteResponse(_message.Message):
     PROPENSITY_FIELD_NUMBER: _builtins.int
     CONFIG_VERSION_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     arm: _builtins.str
     """The arm to serve."""
     decision_id: _builtins.str
@@ -145,6 +146,10 @@ class RouteResponse(_message.Message):
     """Probability this arm had of being chosen for this request under the policy at decision time."""
     config_version: _builtins.int
     """Version of the experiment configuration that made the decision (monotonic)."""
+    stale: _builtins.bool
+    """True when the router has not refreshed from Redis for longer than its maximum staleness: the
+    decision came from an old snapshot (or, with the serve-control policy, reason is STALE_CONTROL).
+    """
     @_builtins.property
     def payload(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The arm's payload from the experiment file (e.g. the model endpoint)."""
@@ -158,14 +163,86 @@ class RouteResponse(_message.Message):
         propensity: _builtins.float = ...,
         config_version: _builtins.int = ...,
         payload: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        stale: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "config_version", b"config_version", "decision_id", b"decision_id", "payload", b"payload", "propensity", b"propensity", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "config_version", b"config_version", "decision_id", b"decision_id", "payload", b"payload", "propensity", b"propensity", "reason", b"reason", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RouteResponse: _TypeAlias = RouteResponse  # noqa: Y015
+
+@_typing.final
+class RouteBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteRequest]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___RouteRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteBatchRequest: _TypeAlias = RouteBatchRequest  # noqa: Y015
+
+@_typing.final
+class RouteResult(_message.Message):
+    """The result of one request in a batch, in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """A google.rpc.Code value: 0 (OK), 3 (INVALID_ARGUMENT), 5 (NOT_FOUND), 14 (UNAVAILABLE)..."""
+    message: _builtins.str
+    @_builtins.property
+    def response(self) -> Global___RouteResponse:
+        """Set when code is 0."""
+
+    def __init__(
+        self,
+        *,
+        response: Global___RouteResponse | None = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteResult: _TypeAlias = RouteResult  # noqa: Y015
+
+@_typing.final
+class RouteBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___RouteResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteBatchResponse: _TypeAlias = RouteBatchResponse  # noqa: Y015
 
 @_typing.final
 class OutcomeRequest(_message.Message):

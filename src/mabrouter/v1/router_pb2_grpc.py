@@ -50,6 +50,11 @@ class RouterStub:
                 request_serializer=mabrouter_dot_v1_dot_router__pb2.ReportOutcomesRequest.SerializeToString,
                 response_deserializer=mabrouter_dot_v1_dot_router__pb2.ReportOutcomesResponse.FromString,
                 _registered_method=True)
+        self.RouteBatch = channel.unary_unary(
+                '/mabrouter.v1.Router/RouteBatch',
+                request_serializer=mabrouter_dot_v1_dot_router__pb2.RouteBatchRequest.SerializeToString,
+                response_deserializer=mabrouter_dot_v1_dot_router__pb2.RouteBatchResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -77,6 +82,14 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RouteBatch(self, request, context):
+        """RouteBatch decides many (experiment, unit) pairs in one call (e.g. ranking a page of items);
+        each gets its own result, so one bad request does not fail the others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +107,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.ReportOutcomes,
                     request_deserializer=mabrouter_dot_v1_dot_router__pb2.ReportOutcomesRequest.FromString,
                     response_serializer=mabrouter_dot_v1_dot_router__pb2.ReportOutcomesResponse.SerializeToString,
+            ),
+            'RouteBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RouteBatch,
+                    request_deserializer=mabrouter_dot_v1_dot_router__pb2.RouteBatchRequest.FromString,
+                    response_serializer=mabrouter_dot_v1_dot_router__pb2.RouteBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +196,33 @@ class Router:
             '/mabrouter.v1.Router/ReportOutcomes',
             mabrouter_dot_v1_dot_router__pb2.ReportOutcomesRequest.SerializeToString,
             mabrouter_dot_v1_dot_router__pb2.ReportOutcomesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RouteBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mabrouter.v1.Router/RouteBatch',
+            mabrouter_dot_v1_dot_router__pb2.RouteBatchRequest.SerializeToString,
+            mabrouter_dot_v1_dot_router__pb2.RouteBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
