@@ -176,6 +176,7 @@ def router_settings(redis_url: str, **overrides: Any) -> Settings:
         "refresh_interval_ms": 50,
         "flush_interval_ms": 20,
         "decision_secret": "test-secret-0123456789",
+        "metrics_listen": "127.0.0.1:0",
     }
     values.update(overrides)
     return Settings(**values)
@@ -220,6 +221,7 @@ class RouterProcess:
                 "MABROUTER_DECISION_SECRET": "test-secret-0123456789",
                 "MABROUTER_REFRESH_INTERVAL_MS": "50",
                 "MABROUTER_FLUSH_INTERVAL_MS": "20",
+                "MABROUTER_METRICS_LISTEN": "127.0.0.1:0",
                 **env,
             },
         )

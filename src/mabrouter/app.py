@@ -8,10 +8,14 @@ import secrets
 import signal
 
 import numpy as np
+from opentelemetry import trace
+from prometheus_client import start_http_server
 
 from mabrouter.config import Settings
-from mabrouter.runtime.engine import RoutingEngine, StalenessPolicy
+from mabrouter.runtime.engine import Recorders, RoutingEngine, StalenessPolicy
+from mabrouter.runtime.exposure import ExposureLog, unit_hasher
 from mabrouter.runtime.holder import SnapshotHolder
+from mabrouter.runtime.metrics import RouterMetrics, SnapshotCollector
 from mabrouter.runtime.outcomes import OutcomeRecorder
 from mabrouter.runtime.refresher import Refresher, every, watch_changes
 from mabrouter.runtime.signer import DecisionSigner
@@ -20,7 +24,9 @@ from mabrouter.runtime.sticky import StickyAssignments
 from mabrouter.runtime.trials import TrialBuffer, TrialFlusher
 from mabrouter.service.server import HealthReporter, build_server
 from mabrouter.service.servicer import RouterServicer
+from mabrouter.service.tracing import Tracing
 from mabrouter.store.router_store import RouterStore
+from mabrouter.telemetry import configure_tracing
 
 log = logging.getLogger(__name__)
 
@@ -47,36 +53,81 @@ def decision_keys(settings: Settings) -> tuple[bytes, list[bytes]]:
     return current, accepted
 
 
+def _split_host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 class RouterApp:
     """A running router: start() binds and serves, stop() drains and flushes."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._refresh_now = asyncio.Event()
+        self.metrics_port = 0
         self.store = RouterStore.from_url(settings.redis_url)
         self.holder = SnapshotHolder()
         process_prefix = secrets.token_hex(6)
+        signing_key, accepted_keys = decision_keys(settings)
+        unit_label = unit_hasher(signing_key) if settings.unit_id_privacy == "hash" else str
+        self.metrics = RouterMetrics()
         self.trials = TrialBuffer()
         self.flusher = TrialFlusher(self.trials, self.store, process_prefix)
-        rng = np.random.default_rng()
-        self.refresher = Refresher(self.store, self.holder, SnapshotBuilder(rng))
-        signing_key, accepted_keys = decision_keys(settings)
-        outcomes = OutcomeRecorder(self.store, self.holder, accepted_keys, settings.decision_ttl_seconds)
-        self.sticky = StickyAssignments(self.store)
-        staleness = StalenessPolicy(settings.max_staleness_seconds, settings.stale_policy == "serve_control")
-        self.engine = RoutingEngine(
-            self.holder, self.trials, self.sticky, DecisionSigner(signing_key, process_prefix), rng, staleness
+        self.exposure = ExposureLog(
+            self.store,
+            settings.exposure_log_maxlen,
+            unit_label,
+            on_drop=lambda n: self.metrics.dropped.labels("exposure_log").inc(n),
         )
-        servicer = RouterServicer(self.engine, outcomes)
+        rng = np.random.default_rng()
+        self.builder = SnapshotBuilder(rng)
+        self.refresher = Refresher(self.store, self.holder, self.builder)
+        self.sticky = StickyAssignments(self.store)
+        self.engine = RoutingEngine(
+            self.holder,
+            sticky=self.sticky,
+            signer=DecisionSigner(signing_key, process_prefix),
+            rng=rng,
+            staleness=StalenessPolicy(
+                settings.max_staleness_seconds, settings.stale_policy == "serve_control"
+            ),
+            recorders=Recorders(self.trials, self.exposure, self.metrics),
+        )
+        outcomes = OutcomeRecorder(
+            self.store,
+            self.holder,
+            accepted_keys,
+            settings.decision_ttl_seconds,
+            exposure=self.exposure,
+            metrics=self.metrics,
+        )
+        self.tracer_provider = configure_tracing()
+        tracing = Tracing(trace.get_tracer("mabrouter"), unit_label) if self.tracer_provider else None
         self.health = HealthReporter()
+        servicer = RouterServicer(self.engine, outcomes, self.metrics, tracing)
         self.server, self.port = build_server(servicer, self.health, settings.listen)
+        self.metrics.registry.register(
+            SnapshotCollector(
+                self.holder,
+                invalid_documents=lambda: self.builder.invalid_documents,
+                unattributed=lambda: self.builder.unattributed_total,
+                pending_writes=lambda: {
+                    "trials": self.trials.pending() + self.flusher.unsent(),
+                    "exposure_log": self.exposure.pending(),
+                },
+            )
+        )
 
     async def start(self) -> None:
         await self.health.start_not_serving()
         await self.server.start()
+        if self.settings.metrics_listen:
+            host, port = _split_host_port(self.settings.metrics_listen)
+            http_server, _ = start_http_server(port, host, registry=self.metrics.registry)
+            self._metrics_http = http_server
+            self.metrics_port = int(http_server.server_port)
         self._tasks = [
             asyncio.create_task(
                 every(
@@ -93,22 +144,28 @@ class RouterApp:
             ),
         ]
         log.info(
-            "mabrouter listening on %s (port %d), redis %s",
+            "mabrouter listening on %s (port %d), metrics on %s, redis %s",
             self.settings.listen,
             self.port,
+            self.settings.metrics_listen or "(off)",
             _redact(self.settings.redis_url),
         )
 
     async def _flush_writes(self) -> None:
         await self.flusher.flush()
         await self.sticky.flush()
+        await self.exposure.flush()
 
     async def _refresh(self) -> None:
-        await self.refresher.refresh_once()
+        if not await self.refresher.refresh_once():
+            self.metrics.redis_errors.labels("refresh").inc()
         await self.health.update(loaded=self.holder.current is not None, fresh=not self.engine.is_stale())
 
+    def _unflushed(self) -> int:
+        return self.flusher.unsent() + self.trials.pending() + self.exposure.pending()
+
     async def stop(self) -> None:
-        """Stop taking calls, let in-flight ones finish, flush buffered trial counts, close Redis."""
+        """Stop taking calls, let in-flight ones finish, flush buffered writes, close Redis."""
         await self.health.servicer.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_seconds)
         self._stopping.set()
@@ -116,14 +173,15 @@ class RouterApp:
         await asyncio.gather(*self._tasks)
         for _ in range(3):  # the drained batch, then retries of it if Redis hiccups
             await self._flush_writes()
-            if not self.flusher.unsent() and not self.trials.pending():
+            if not self._unflushed():
                 break
-        if self.flusher.unsent() or self.trials.pending():
-            log.error(
-                "exiting with %d trial counts not written to Redis",
-                self.flusher.unsent() + self.trials.pending(),
-            )
+        if self._unflushed():
+            log.error("exiting with %d buffered writes not in Redis", self._unflushed())
         await self.store.close()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()  # flushes the batch span processor
+        if self.metrics_port:
+            self._metrics_http.shutdown()
         log.info("mabrouter stopped")
 
 

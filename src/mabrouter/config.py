@@ -69,6 +69,16 @@ class Settings(BaseSettings):
         "serve_stale",
         description="what a stale router does: keep deciding from its last snapshot, or serve control",
     )
+    metrics_listen: str = Field(
+        "127.0.0.1:9464",
+        description="host:port of the Prometheus endpoint (loopback by default); '' disables",
+    )
+    exposure_log_maxlen: int = Field(
+        1_000_000, ge=0, description="entries kept per experiment in each log stream; 0 disables the log"
+    )
+    unit_id_privacy: Literal["raw", "hash"] = Field(
+        "raw", description="how unit ids appear in logs and spans: as sent, or as a keyed hash"
+    )
     log_format: Literal["json", "text"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -129,6 +139,9 @@ class ExperimentDoc(_Strict):
     allow: dict[Name, list[UnitId]] = Field(default_factory=dict, description="arm -> unit ids forced to it")
     deny: list[UnitId] = Field(default_factory=list, description="unit ids that always get control")
     sticky: StickyDoc | None = None
+    segments: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list, max_length=16, description="attributes logged with each decision"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentDoc:
@@ -174,6 +187,7 @@ class ExperimentDoc(_Strict):
             allow={unit: arm for arm, units in self.allow.items() for unit in units},
             deny=frozenset(self.deny),
             sticky_ttl_seconds=self.sticky.ttl_seconds if self.sticky is not None else 0,
+            segments=tuple(self.segments),
         )
 
 

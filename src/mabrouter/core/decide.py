@@ -107,12 +107,11 @@ def decide(  # noqa: PLR0911, PLR0912 - the precedence chain reads top-down as e
     if stale_control:
         return _fixed(state, control, Reason.STALE_CONTROL)
     forced = spec.allow.get(request.unit_id)
-    if forced is not None:
-        if forced in state.controls.killed_arms:
+    forced_index = spec.arm_index(forced) if forced is not None else None
+    if forced_index is not None:
+        if forced_index not in state.live:
             return _fixed(state, control, Reason.KILLED)
-        forced_index = spec.arm_index(forced)
-        if forced_index is not None:
-            return _fixed(state, forced_index, Reason.FORCED)
+        return _fixed(state, forced_index, Reason.FORCED)
     if request.unit_id in spec.deny:
         return _fixed(state, control, Reason.DENIED)
     if spec.targeting is not None and not matches(spec.targeting, request.attributes):

@@ -83,6 +83,8 @@ class ExperimentSpec:
     deny: frozenset[str] = frozenset()
     # Keep a unit on the arm it first got, for this long (0 = not sticky).
     sticky_ttl_seconds: int = 0
+    # Request attributes recorded with each decision in the exposure log (for segmented analysis).
+    segments: tuple[str, ...] = ()
 
     @property
     def hash_salt(self) -> str:

@@ -1,4 +1,4 @@
-"""One Route, end to end but for the wire: sticky lookup, decide, count the trial, sign the decision."""
+"""One Route, end to end but for the wire: sticky lookup, decide, then record it everywhere it goes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import numpy as np
 
 from mabrouter.core.decide import Decision, RouteInput, decide
 from mabrouter.core.model import Reason
+from mabrouter.runtime.exposure import ExposureLog
 from mabrouter.runtime.holder import SnapshotHolder
+from mabrouter.runtime.metrics import RouterMetrics
 from mabrouter.runtime.signer import DecisionSigner
 from mabrouter.runtime.sticky import StickyAssignments
 from mabrouter.runtime.trials import TrialBuffer
@@ -19,6 +21,15 @@ from mabrouter.runtime.trials import TrialBuffer
 class StalenessPolicy:
     max_seconds: float
     serve_control: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Recorders:
+    """Where every decision is recorded: trial counts, the exposure log, metrics."""
+
+    trials: TrialBuffer
+    exposure: ExposureLog
+    metrics: RouterMetrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,24 +43,25 @@ class RoutingEngine:
     def __init__(
         self,
         holder: SnapshotHolder,
-        trials: TrialBuffer,
+        *,
         sticky: StickyAssignments,
         signer: DecisionSigner,
         rng: np.random.Generator,
         staleness: StalenessPolicy,
+        recorders: Recorders,
     ) -> None:
         self._holder = holder
-        self._trials = trials
         self._sticky = sticky
         self._signer = signer
         self._rng = rng
         self._staleness = staleness
+        self._record = recorders
 
     def is_stale(self) -> bool:
         snapshot = self._holder.current
         return snapshot is not None and time.monotonic() - snapshot.loaded_at > self._staleness.max_seconds
 
-    async def route(self, request: RouteInput) -> Routed:
+    async def route(self, request: RouteInput, trace: str = "") -> Routed:
         """Decide one request. Raises MabrouterError for a request that cannot be answered."""
         snapshot = self._holder.current
         state = snapshot.experiments.get(request.experiment) if snapshot is not None else None
@@ -57,10 +69,13 @@ class RoutingEngine:
             request = await self._sticky.resolve(request, state)
         stale = self.is_stale()
         decision = decide(request, snapshot, self._rng, stale_control=stale and self._staleness.serve_control)
-        if decision.reason is Reason.FALLBACK_DEFAULT:
+        self._record.metrics.count_decision(request.experiment, decision.arm, decision.reason.name)
+        if decision.reason is Reason.FALLBACK_DEFAULT or state is None:
             return Routed(decision, "", stale)
         if decision.counted:
-            self._trials.add(request.experiment, decision.arm)
-        if state is not None and state.spec.sticky_ttl_seconds:
+            self._record.trials.add(request.experiment, decision.arm)
+        if state.spec.sticky_ttl_seconds:
             self._sticky.remember(request, decision, state)
-        return Routed(decision, self._signer.sign(request.experiment, decision), stale)
+        decision_id, token = self._signer.sign(request.experiment, decision, trace)
+        self._record.exposure.decision(request, decision, token, state.spec.segments)
+        return Routed(decision, decision_id, stale)

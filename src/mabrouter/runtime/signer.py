@@ -15,7 +15,10 @@ class DecisionSigner:
         self._key = key
         self._next_nonce = decision_id.nonce_factory(process_prefix)
 
-    def sign(self, experiment: str, decision: Decision) -> str:
+    def sign(
+        self, experiment: str, decision: Decision, trace: str = ""
+    ) -> tuple[str, decision_id.DecisionToken]:
+        """The signed id and the token it encodes. `trace`: the decision span's trace and span ids."""
         token = decision_id.DecisionToken(
             experiment=experiment,
             arm=decision.arm,
@@ -23,5 +26,6 @@ class DecisionSigner:
             issued_ms=time.time_ns() // 1_000_000,
             nonce=self._next_nonce(),
             counted=decision.counted,
+            trace=trace,
         )
-        return decision_id.encode(token, self._key)
+        return decision_id.encode(token, self._key), token

@@ -58,6 +58,7 @@ class SnapshotBuilder:
         self._reported_bad: set[tuple[str, str]] = set()
         self._global = GlobalControls()
         self.invalid_documents = 0
+        self.unattributed_total = 0
         self.unattributed: list[UnattributedEdit] = []
 
     def build(self, raw: RawState, previous: Snapshot | None, loaded_at: float) -> Snapshot:
@@ -160,6 +161,7 @@ class SnapshotBuilder:
             edit.after[:200],
         )
         self.unattributed.append(edit)
+        self.unattributed_total += 1
 
     def _report_once(self, scope: str, fingerprint: str, message: str) -> None:
         key = (scope, fingerprint)

@@ -2,45 +2,68 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Any
+import time
+from typing import Any, NoReturn
 
 import grpc
 
 from mabrouter.errors import InvalidRequestError, MabrouterError
 from mabrouter.runtime.engine import RoutingEngine
-from mabrouter.runtime.outcomes import MAX_BATCH, Accepted, OutcomeRecorder
+from mabrouter.runtime.metrics import RouterMetrics
+from mabrouter.runtime.outcomes import MAX_BATCH, Accepted, OutcomeRecorder, OutcomeResult
 from mabrouter.service.convert import route_input, route_response
 from mabrouter.service.status import status_of
+from mabrouter.service.tracing import Tracing, trace_ref
 from mabrouter.v1 import router_pb2, router_pb2_grpc
-
-log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+async def _abort(context: Context, error: MabrouterError) -> NoReturn:
+    await context.abort(status_of(error), str(error))
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    def __init__(self, engine: RoutingEngine, outcomes: OutcomeRecorder) -> None:
+    def __init__(
+        self,
+        engine: RoutingEngine,
+        outcomes: OutcomeRecorder,
+        metrics: RouterMetrics,
+        tracing: Tracing | None,
+    ) -> None:
         self._engine = engine
         self._outcomes = outcomes
+        self._route_latency = metrics.route_latency.observe
+        self._outcome_latency = metrics.outcome_latency.observe
+        self._tracing = tracing
 
     async def Route(  # noqa: N802 - gRPC method names are fixed by the proto
         self, request: router_pb2.RouteRequest, context: Context
     ) -> router_pb2.RouteResponse:
+        started = time.perf_counter()
         try:
-            routed = await self._engine.route(route_input(request))
+            if self._tracing is None:
+                return route_response(await self._engine.route(route_input(request)))
+            with self._tracing.span("Route", context.invocation_metadata()) as span:
+                routed = await self._engine.route(route_input(request), trace_ref(span))
+                self._tracing.record_decision(span, request.experiment, request.unit_id, routed)
+                return route_response(routed)
         except MabrouterError as exc:
-            await context.abort(status_of(exc), str(exc))
-        return route_response(routed)
+            await _abort(context, exc)
+        finally:
+            self._route_latency(time.perf_counter() - started)
 
     async def RouteBatch(  # noqa: N802
         self, request: router_pb2.RouteBatchRequest, context: Context
     ) -> router_pb2.RouteBatchResponse:
         if len(request.requests) > MAX_BATCH:
-            error = InvalidRequestError(
-                f"{len(request.requests)} requests in one call; the limit is {MAX_BATCH}"
+            await _abort(
+                context,
+                InvalidRequestError(
+                    f"{len(request.requests)} requests in one call; the limit is {MAX_BATCH}"
+                ),
             )
-            await context.abort(status_of(error), str(error))
         response = router_pb2.RouteBatchResponse()
         for item in request.requests:
             try:
@@ -51,15 +74,30 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 response.results.add(response=route_response(routed))
         return response
 
+    async def _record(self, pairs: list[tuple[str, float]], context: Context) -> list[OutcomeResult]:
+        started = time.perf_counter()
+        try:
+            if self._tracing is None:
+                return await self._outcomes.record(pairs)
+            with self._tracing.span("ReportOutcome", context.invocation_metadata()) as span:
+                results = await self._outcomes.record(pairs)
+                for result in results:
+                    if isinstance(result, Accepted):
+                        self._tracing.record_outcome(
+                            span, result.experiment, result.arm, result.duplicate, result.trace
+                        )
+                return results
+        except MabrouterError as exc:
+            await _abort(context, exc)
+        finally:
+            self._outcome_latency(time.perf_counter() - started)
+
     async def ReportOutcome(  # noqa: N802
         self, request: router_pb2.OutcomeRequest, context: Context
     ) -> router_pb2.OutcomeResponse:
-        try:
-            (result,) = await self._outcomes.record([(request.decision_id, request.reward)])
-        except MabrouterError as exc:
-            await context.abort(status_of(exc), str(exc))
+        (result,) = await self._record([(request.decision_id, request.reward)], context)
         if isinstance(result, MabrouterError):
-            await context.abort(status_of(result), str(result))
+            await _abort(context, result)
         return router_pb2.OutcomeResponse(
             duplicate=result.duplicate, experiment=result.experiment, arm=result.arm
         )
@@ -68,20 +106,18 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self, request: router_pb2.ReportOutcomesRequest, context: Context
     ) -> router_pb2.ReportOutcomesResponse:
         if len(request.outcomes) > MAX_BATCH:
-            error = InvalidRequestError(
-                f"{len(request.outcomes)} outcomes in one call; the limit is {MAX_BATCH}"
+            await _abort(
+                context,
+                InvalidRequestError(
+                    f"{len(request.outcomes)} outcomes in one call; the limit is {MAX_BATCH}"
+                ),
             )
-            await context.abort(status_of(error), str(error))
-        try:
-            results = await self._outcomes.record([(o.decision_id, o.reward) for o in request.outcomes])
-        except MabrouterError as exc:
-            await context.abort(status_of(exc), str(exc))
+        results = await self._record([(o.decision_id, o.reward) for o in request.outcomes], context)
         response = router_pb2.ReportOutcomesResponse()
         for outcome, result in zip(request.outcomes, results, strict=True):
             if isinstance(result, Accepted):
                 response.results.add(decision_id=outcome.decision_id, code=0, duplicate=result.duplicate)
             else:
-                response.results.add(
-                    decision_id=outcome.decision_id, code=status_of(result).value[0], message=str(result)
-                )
+                code = status_of(result).value[0]
+                response.results.add(decision_id=outcome.decision_id, code=code, message=str(result))
         return response

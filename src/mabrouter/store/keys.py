@@ -38,6 +38,16 @@ def unattributed_seen(scope: str, digest: str) -> str:
     return f"{PREFIX}{{{scope}}}:unattributed:{digest}"
 
 
+def decisions_log(experiment: str) -> str:
+    """STREAM (capped): one entry per decision: d (nonce), ts, unit, arm, reason, p, v, counted, seg.*"""
+    return f"{PREFIX}{{{experiment}}}:decisions"
+
+
+def outcomes_log(experiment: str) -> str:
+    """STREAM (capped): one entry per applied outcome: d (nonce), ts, arm, reward"""
+    return f"{PREFIX}{{{experiment}}}:outcomes"
+
+
 def outcome_seen(experiment: str, nonce: str) -> str:
     """STRING with a TTL: marks a decision id as rewarded, so a second report counts nothing."""
     return f"{PREFIX}{{{experiment}}}:seen:{nonce}"

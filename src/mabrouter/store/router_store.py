@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
 from mabrouter.store import keys, scripts
 
@@ -174,3 +175,11 @@ class RouterStore:
                 )
             replies = await pipe.execute()
         return [str(reply) for reply in replies]
+
+    async def append_logs(self, entries: Sequence[tuple[str, Mapping[str, str]]], maxlen: int) -> None:
+        """XADD each (stream key, fields) with an approximate cap, in one pipeline."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream, fields in entries:
+                entry: dict[FieldT, EncodableT] = {key: value for key, value in fields.items()}
+                pipe.xadd(stream, entry, maxlen=maxlen, approximate=True)
+            await pipe.execute()

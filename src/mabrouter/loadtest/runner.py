@@ -1,0 +1,289 @@
+"""Runs a load test: preflight, worker processes, live progress, and the merged counts.
+
+Workers are started with the "spawn" method, not "fork": the parent has already used gRPC (the
+preflight), and gRPC's core is not fork-safe once initialised. Each worker has its own channel and event
+loop; they start together at a shared wall-clock instant once every one of them is connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import queue
+import signal
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.queues import Queue
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event
+from typing import Any, Final
+
+import grpc
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.table import Table
+
+from mabrouter.loadtest.driver import Progress, RunConfig, WorkerResult, new_histogram, run_worker
+from mabrouter.loadtest.stats import Tally
+from mabrouter.v1 import router_pb2, router_pb2_grpc
+
+START_DELAY: Final = 0.2  # seconds between the start signal and the first send
+READY_TIMEOUT: Final = 30.0
+REFRESH: Final = 0.5
+PLAIN_PROGRESS_EVERY: Final = 5.0  # seconds between progress lines when stderr is not a terminal
+SHARE_WINDOW: Final = 2.0  # "current" traffic share: the last ~2 s
+NO_EVENT: Final[tuple[str, int, Any]] = ("", -1, None)
+
+
+class StartError(Exception):
+    """The run could not start (router unreachable, unknown experiment, no worker connected)."""
+
+
+@dataclass
+class RunResult:
+    tally: Tally
+    histograms: list[bytes]
+    elapsed: float
+    started_at: float  # wall clock (epoch seconds)
+    failures: list[str] = field(default_factory=list)
+
+
+def preflight(config: RunConfig, connect_timeout: float) -> None:
+    """Connect and make one Route call; StartError with a message that names the problem otherwise."""
+    with grpc.insecure_channel(config.target) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=connect_timeout)
+        except grpc.FutureTimeoutError:
+            raise StartError(
+                f"cannot reach the router at {config.target} (no connection within {connect_timeout:g} s); "
+                "is `mabrouter serve` running there?"
+            ) from None
+        request = router_pb2.RouteRequest(
+            experiment=config.experiment, unit_id="loadtest-preflight", default_arm=config.default_arm
+        )
+        try:
+            router_pb2_grpc.RouterStub(channel).Route(request, timeout=max(config.timeout, 2.0))
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+            raise StartError(
+                f"the router at {config.target} refused Route for experiment {config.experiment!r}: "
+                f"{code.name}: {details}"
+            ) from None
+
+
+def worker_process(
+    config: RunConfig, index: int, events: Queue[Any], go: Event, start_wall: Synchronized[float]
+) -> None:
+    """A worker process's entry point: run the worker and send ready/progress/done (or failed) events."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops its workers
+
+    def wait_start() -> float:
+        if not go.wait(READY_TIMEOUT * 2):
+            raise TimeoutError("no start signal from the parent")
+        return time.monotonic() + (start_wall.value - time.time())
+
+    try:
+        result = asyncio.run(
+            run_worker(
+                config,
+                index,
+                on_ready=lambda: events.put(("ready", index, None)),
+                wait_start=wait_start,
+                report=lambda progress: events.put(("progress", index, progress)),
+            )
+        )
+    except BaseException as exc:  # noqa: BLE001 - every failure is reported to the parent
+        events.put(("failed", index, f"{type(exc).__name__}: {exc}".rstrip(": ")))
+        return
+    events.put(("done", index, result))
+
+
+class Monitor:
+    """The live view: merges the workers' latest progress; renders elapsed, rate, errors, p50/p99, shares."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.latest: dict[int, Progress] = {}
+        self.history: deque[tuple[float, Counter[str]]] = deque()
+
+    def update(self, index: int, progress: Progress) -> None:
+        self.latest[index] = progress
+
+    def render(self, elapsed: float) -> RenderableType:
+        decisions = sum(p.decisions for p in self.latest.values())
+        errors = sum(p.errors for p in self.latest.values())
+        totals: Counter[str] = Counter()
+        for p in self.latest.values():
+            totals.update(p.arm_totals)
+        now = time.monotonic()
+        self.history.append((now, totals))
+        while len(self.history) > 1 and now - self.history[1][0] >= SHARE_WINDOW:
+            self.history.popleft()
+        recent = totals - self.history[0][1] if len(self.history) > 1 else totals
+        histogram = new_histogram()
+        for p in self.latest.values():
+            histogram.decode_and_add(p.histogram)
+        table = Table(title=f"mabrouter loadtest -> {self.config.target} ({self.config.experiment})")
+        for column in ("elapsed", "decisions", "decisions/s", "errors", "p50", "p99", "share (last 2 s)"):
+            table.add_column(column, justify="right")
+        count = histogram.get_total_count()
+        window = sum(recent.values())
+        table.add_row(
+            f"{min(elapsed, self.config.duration):.1f}/{self.config.duration:g} s",
+            f"{decisions:,}",
+            f"{decisions / elapsed:,.0f}" if elapsed > 0 else "-",
+            f"{errors:,}",
+            f"{histogram.get_value_at_percentile(50) / 1000:.2f} ms" if count else "-",
+            f"{histogram.get_value_at_percentile(99) / 1000:.2f} ms" if count else "-",
+            "  ".join(f"{arm} {n / window:.0%}" for arm, n in sorted(recent.items())) if window else "-",
+        )
+        return table
+
+
+@dataclass
+class _Workers:
+    """The worker processes and what the parent shares with them."""
+
+    processes: list[Any]
+    events: Queue[Any]
+    go: Event
+    start_wall: Synchronized[float]
+
+
+def run(config: RunConfig, console: Console, connect_timeout: float = 5.0) -> RunResult:
+    """Run the load test. StartError when it cannot start; otherwise the merged counts."""
+    preflight(config, connect_timeout)
+    context = multiprocessing.get_context("spawn")
+    events: Queue[Any] = context.Queue()
+    go = context.Event()
+    start_wall: Synchronized[float] = context.Value("d", 0.0)
+    processes = [
+        context.Process(
+            target=worker_process,
+            args=(config, index, events, go, start_wall),
+            name=f"mabrouter-loadtest-{index}",
+            daemon=True,
+        )
+        for index in range(config.processes)
+    ]
+    workers = _Workers(processes, events, go, start_wall)
+    for process in processes:
+        process.start()
+    try:
+        failures: list[str] = []
+        ready = _wait_ready(workers, READY_TIMEOUT + connect_timeout, failures)
+        started_at = time.time() + START_DELAY
+        start_wall.value = started_at
+        go.set()
+        start = time.monotonic() + START_DELAY
+        results = _collect(config, console, workers, ready, start=start, failures=failures)
+        elapsed = max(time.monotonic() - start, 1e-9)  # wall time, with in-flight calls and outcome flush
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join(5)
+    if not results:
+        raise StartError(f"no worker finished: {'; '.join(failures)}")
+    tally = Tally(config.bucket_seconds)
+    for result in results:
+        tally.merge(result.tally)
+    return RunResult(tally, [r.histogram for r in results], elapsed, started_at, failures)
+
+
+def _wait_ready(workers: _Workers, timeout: float, failures: list[str]) -> set[int]:
+    ready: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(ready) + len(failures) < len(workers.processes):
+        kind, index, payload = _next_event(workers.events, deadline, "the workers to connect")
+        if kind == "ready":
+            ready.add(index)
+        elif kind == "failed":
+            failures.append(f"worker {index}: {payload}")
+    if not ready:
+        raise StartError(f"no worker could start: {'; '.join(failures)}")
+    return ready
+
+
+def _collect(
+    config: RunConfig,
+    console: Console,
+    workers: _Workers,
+    ready: set[int],
+    *,
+    start: float,
+    failures: list[str],
+) -> list[WorkerResult]:
+    """Show live progress until every started worker sent its result (or failed, or overran)."""
+    monitor = Monitor(config)
+    results: dict[int, WorkerResult] = {}
+    finish_by = start + config.duration + config.timeout + max(config.reward_delay, 5.0) + 30.0
+    pending = set(ready)
+    with _progress_view(console) as show:
+        next_show = time.monotonic()
+        while pending:
+            event = _poll(workers.events, REFRESH / 2)
+            kind, index, payload = event if event is not None else NO_EVENT
+            if kind == "progress":
+                monitor.update(index, payload)
+            elif kind in {"done", "failed"}:
+                pending.discard(index)
+                if kind == "done":
+                    results[index] = payload
+                else:
+                    failures.append(f"worker {index}: {payload}")
+            now = time.monotonic()
+            if now >= next_show:
+                show(monitor.render(max(0.0, now - start)))
+                next_show = now + REFRESH
+            if now > finish_by:
+                failures.extend(f"worker {index}: did not finish in time" for index in sorted(pending))
+                break
+        show(monitor.render(max(0.0, time.monotonic() - start)))
+    return list(results.values())
+
+
+def _poll(events: Queue[Any], timeout: float) -> tuple[str, int, Any] | None:
+    try:
+        event: tuple[str, int, Any] = events.get(timeout=timeout)
+    except queue.Empty:
+        return None
+    return event
+
+
+def _next_event(events: Queue[Any], deadline: float, what: str) -> tuple[str, int, Any]:
+    while True:
+        event = _poll(events, 0.1)
+        if event is not None:
+            return event
+        if time.monotonic() > deadline:
+            raise StartError(f"timed out waiting for {what}")
+
+
+class _progress_view:  # noqa: N801 - used like a function: `with _progress_view(console) as show:`
+    """Live refresh (~2/s) on a terminal; otherwise a plain progress line every few seconds."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live: Live | None = None
+        self.last_line = 0.0
+
+    def __enter__(self) -> Callable[[RenderableType], None]:
+        if self.console.is_terminal:
+            self.live = Live(console=self.console, auto_refresh=False, transient=False)
+            self.live.__enter__()
+        return self.show
+
+    def show(self, renderable: RenderableType) -> None:
+        if self.live is not None:
+            self.live.update(renderable, refresh=True)
+        elif time.monotonic() - self.last_line >= PLAIN_PROGRESS_EVERY:
+            self.last_line = time.monotonic()
+            self.console.print(renderable)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)

@@ -1,0 +1,105 @@
+"""The exposure and outcome log: every decision and every applied outcome, for unbiased analysis.
+
+Entries are buffered in bounded memory on the request path and written to capped Redis Streams in
+pipelined batches. A decision entry carries the propensity the policy had for the served arm, which is
+what inverse-propensity-weighted (off-policy) estimates need. When the buffer is full, entries are
+dropped and counted (a metric and a log line), never queued without bound.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from mabrouter.core.decide import Decision, RouteInput
+from mabrouter.core.decision_id import DecisionToken
+from mabrouter.store import keys
+from mabrouter.store.router_store import RouterStore
+
+log = logging.getLogger(__name__)
+
+LogEntry = tuple[str, dict[str, str]]
+
+
+def unit_hasher(key: bytes) -> Callable[[str], str]:
+    """Pseudonymise unit ids with a keyed hash (stable across replicas sharing the key)."""
+    return lambda unit_id: hmac.new(key, unit_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+class ExposureLog:
+    def __init__(
+        self,
+        store: RouterStore,
+        maxlen: int,
+        unit_label: Callable[[str], str],
+        max_pending: int = 200_000,
+        on_drop: Callable[[int], None] = lambda _n: None,
+    ) -> None:
+        self._store = store
+        self._maxlen = maxlen
+        self._unit_label = unit_label
+        self._pending: deque[LogEntry] = deque()
+        self._max_pending = max_pending
+        self._on_drop = on_drop
+        self._dropping = False
+
+    @property
+    def enabled(self) -> bool:
+        return self._maxlen > 0
+
+    def _append(self, entry: LogEntry) -> None:
+        if len(self._pending) >= self._max_pending:
+            if not self._dropping:
+                log.warning(
+                    "exposure log buffer full (%d entries, Redis slow or down): dropping", self._max_pending
+                )
+            self._dropping = True
+            self._on_drop(1)
+            return
+        self._pending.append(entry)
+
+    def decision(
+        self, request: RouteInput, decision: Decision, token: DecisionToken, segments: tuple[str, ...]
+    ) -> None:
+        if not self.enabled:
+            return
+        fields = {
+            "d": token.nonce,
+            "ts": str(token.issued_ms),
+            "unit": self._unit_label(request.unit_id),
+            "arm": decision.arm,
+            "reason": decision.reason.name,
+            "p": repr(decision.propensity),
+            "v": str(decision.config_version),
+            "counted": "1" if decision.counted else "0",
+        }
+        for name in segments:
+            value = request.attributes.get(name)
+            if value is not None:
+                fields[f"seg.{name}"] = ",".join(value) if isinstance(value, tuple) else str(value)
+        self._append((keys.decisions_log(request.experiment), fields))
+
+    def outcome(self, token: DecisionToken, reward: float, now_ms: int) -> None:
+        if not self.enabled:
+            return
+        fields = {"d": token.nonce, "ts": str(now_ms), "arm": token.arm, "reward": repr(reward)}
+        self._append((keys.outcomes_log(token.experiment), fields))
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def flush(self, batch: int = 5000) -> None:
+        while self._pending:
+            entries = [self._pending.popleft() for _ in range(min(batch, len(self._pending)))]
+            try:
+                await self._store.append_logs(entries, self._maxlen)
+            except (RedisError, OSError) as exc:
+                log.debug("exposure log not written yet (%s); will retry", exc)
+                self._pending.extendleft(reversed(entries))
+                return
+            self._dropping = False

@@ -1,0 +1,123 @@
+"""Prometheus metrics. Hot-path counters are cached children (one dict lookup + inc per decision);
+everything derived from the snapshot is read at scrape time by a collector, costing Route nothing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from mabrouter.runtime.holder import SnapshotHolder
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class RouterMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter(
+            "mabrouter_decisions", "Decisions made", ["experiment", "arm", "reason"], registry=r
+        )
+        self.route_latency = Histogram(
+            "mabrouter_route_latency_seconds",
+            "Route handling time in the server",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.outcome_latency = Histogram(
+            "mabrouter_report_outcome_latency_seconds",
+            "ReportOutcome(s) handling time in the server",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.outcomes = Counter(
+            "mabrouter_outcomes", "Outcomes by result", ["experiment", "result"], registry=r
+        )
+        self.rewards = Counter(
+            "mabrouter_reward_sum", "Sum of applied rewards", ["experiment", "arm"], registry=r
+        )
+        self.redis_errors = Counter(
+            "mabrouter_redis_errors", "Failed Redis operations", ["operation"], registry=r
+        )
+        self.dropped = Counter(
+            "mabrouter_buffer_dropped",
+            "Entries dropped because a bounded buffer was full",
+            ["buffer"],
+            registry=r,
+        )
+        self._decision_children: dict[tuple[str, str, str], Callable[[], None]] = {}
+
+    def count_decision(self, experiment: str, arm: str, reason: str) -> None:
+        key = (experiment, arm, reason)
+        inc = self._decision_children.get(key)
+        if inc is None:
+            child = self.decisions.labels(experiment, arm, reason)
+            inc = self._decision_children[key] = child.inc
+        inc()
+
+
+class SnapshotCollector(Collector):
+    """Gauges read from the live snapshot at scrape time."""
+
+    def __init__(
+        self,
+        holder: SnapshotHolder,
+        invalid_documents: Callable[[], int],
+        unattributed: Callable[[], int],
+        pending_writes: Callable[[], dict[str, int]],
+    ) -> None:
+        self._holder = holder
+        self._invalid_documents = invalid_documents
+        self._unattributed = unattributed
+        self._pending_writes = pending_writes
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._holder.current
+        age = GaugeMetricFamily("mabrouter_snapshot_age_seconds", "Seconds since the last successful refresh")
+        loaded = GaugeMetricFamily("mabrouter_snapshot_loaded", "1 once a snapshot is loaded")
+        loaded.add_metric([], 0.0 if snapshot is None else 1.0)
+        if snapshot is not None:
+            age.add_metric([], time.monotonic() - snapshot.loaded_at)
+        version = GaugeMetricFamily(
+            "mabrouter_config_version", "Config version in use", labels=["experiment"]
+        )
+        mean = GaugeMetricFamily(
+            "mabrouter_arm_posterior_mean", "Posterior mean reward", labels=["experiment", "arm"]
+        )
+        share = GaugeMetricFamily(
+            "mabrouter_arm_share", "Current traffic share of the policy", labels=["experiment", "arm"]
+        )
+        trials = GaugeMetricFamily(
+            "mabrouter_arm_trials", "Trials in Redis at the last refresh", labels=["experiment", "arm"]
+        )
+        killed = GaugeMetricFamily(
+            "mabrouter_killed", "1 when killed (arm '' = whole experiment)", labels=["experiment", "arm"]
+        )
+        global_kill = snapshot is not None and snapshot.global_controls.killed
+        for name, state in snapshot.experiments.items() if snapshot else ():
+            version.add_metric([name], float(state.version))
+            means = state.posteriors.mean()
+            killed.add_metric([name, ""], 1.0 if state.controls.killed or global_kill else 0.0)
+            for i, arm in enumerate(state.spec.arms):
+                mean.add_metric([name, arm.name], float(means[i]))
+                share.add_metric([name, arm.name], float(state.shares[i]))
+                trials.add_metric([name, arm.name], float(state.stats[i].trials))
+                killed.add_metric([name, arm.name], 1.0 if arm.name in state.controls.killed_arms else 0.0)
+        invalid = GaugeMetricFamily(
+            "mabrouter_invalid_documents", "Invalid documents rejected (last good kept)"
+        )
+        invalid.add_metric([], float(self._invalid_documents()))
+        unattributed = GaugeMetricFamily(
+            "mabrouter_unattributed_edits", "Edits made in Redis without the CLI"
+        )
+        unattributed.add_metric([], float(self._unattributed()))
+        pending = GaugeMetricFamily(
+            "mabrouter_pending_writes", "Buffered writes not yet in Redis", labels=["buffer"]
+        )
+        for buffer, count in self._pending_writes().items():
+            pending.add_metric([buffer], float(count))
+        yield from (age, loaded, version, mean, share, trials, killed, invalid, unattributed, pending)
