@@ -14,7 +14,7 @@ from mabrouter.commands.common import add_actor, add_redis_url, admin_store, cha
 from mabrouter.config import parse_experiment
 from mabrouter.store import keys
 from mabrouter.store.admin_store import AdminStore
-from mabrouter.store.controls_codec import parse_rollout
+from mabrouter.store.controls_codec import parse_controls, parse_rollout
 
 
 def _check_target(store: AdminStore, args: argparse.Namespace) -> str | None:
@@ -36,12 +36,27 @@ def _check_target(store: AdminStore, args: argparse.Namespace) -> str | None:
     return None
 
 
+def _warn_about_bad_fields(store: AdminStore, args: argparse.Namespace) -> None:
+    """An operator in an incident should know about junk left in the switches (routers skip it)."""
+    if args.experiment is None:
+        return
+    stored = store.get(args.experiment)
+    if stored is None:
+        return
+    spec = parse_experiment(json.loads(stored.doc_json), args.experiment).to_spec()
+    for problem in parse_controls(stored.control, spec)[1]:
+        print(
+            f"warning: {problem} (routers ignore this field; remove it with redis-cli HDEL)", file=sys.stderr
+        )
+
+
 def _switch(args: argparse.Namespace, on: bool) -> int:
     with admin_store(args) as store:
         problem = _check_target(store, args)
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2
+        _warn_about_bad_fields(store, args)
         scope = keys.GLOBAL_SCOPE if args.all else args.experiment
         field = keys.kill_arm_field(args.arm) if args.arm else keys.KILL
         version, before = store.set_control(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     doc = parse_experiment(json.loads(stored.doc_json), f"experiment {stored.name} in Redis")
     spec = doc.to_spec()
-    controls = parse_controls(stored.control, spec)
+    controls, problems = parse_controls(stored.control, spec)
+    for problem in problems:
+        print(f"warning: {problem} (routers ignore this field)", file=sys.stderr)
     stats = arm_stats(spec, stored.stats)
     rng = np.random.default_rng()
     state = build_experiment_state(spec, stored.version, stats, rng, controls)

@@ -6,10 +6,12 @@ the parent merges them (latency histograms travel separately, HDR-encoded).
 Sample-ratio mismatch (SRM), the method
 ---------------------------------------
 A RouteResponse carries only the served arm's propensity, so the policy's full share vector at each
-decision is not observed. The check therefore estimates it per time bucket: among SAMPLED decisions of
-bucket t (n_t of them), ``share_t(a)`` is the median propensity reported for arm a in that bucket; an arm
-not served in bucket t keeps its last observed median (0 before it is first served), and the estimates
-of a bucket are normalised to sum to 1. The expected count of arm a is ``E(a) = sum_t n_t * share_t(a)``,
+decision is not observed. The check therefore estimates it per short SRM bucket (0.1 s, finer than the
+report's buckets because the policy moves fast early on): among SAMPLED decisions of bucket t (n_t of
+them), ``share_t(a)`` is the median propensity reported for arm a in that bucket; the arms not served in
+bucket t share what the served arms leave (1 - the sum of their medians) in proportion to their last
+known medians; the shares are normalised to sum to 1. The expected count of arm a is
+``E(a) = sum_t n_t * share_t(a)``,
 the observed count ``O(a)`` is how often the router served a, and ``chi2 = sum_a (O(a) - E(a))^2 / E(a)``
 with ``k - 1`` degrees of freedom (k arms with E(a) > 0). This is an approximation: the policy changes
 whenever the router's snapshot does (several times per bucket), and the propensities are Monte Carlo
@@ -24,11 +26,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+SRM_BUCKET_SECONDS: Final = 0.1
 SRM_METHOD: Final = (
-    "chi-square of observed SAMPLED arm counts against expected = sum over time buckets of "
+    "chi-square of observed SAMPLED arm counts against expected = sum over 0.1 s buckets t of "
     "n_t * share_t(arm), where share_t(arm) is the median propensity the router reported for that arm "
-    "in bucket t (carried forward when the arm was not served; normalised to 1). Approximate: the "
-    "policy changes within a bucket and propensities are Monte Carlo estimates."
+    "in bucket t; arms not served in t split the remaining 1 - sum(medians) by their last known share; "
+    "shares normalised to 1. Approximate: the policy can change within a bucket and propensities are "
+    "Monte Carlo estimates."
 )
 SRM_MIN_EXPECTED: Final = 5.0
 
@@ -38,12 +42,13 @@ class Tally:
     """Counts of one worker (or, after :meth:`merge`, of all of them). Buckets are time slices of the run."""
 
     bucket_seconds: float
+    srm_bucket_seconds: float = SRM_BUCKET_SECONDS
     decisions: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     arm_counts: dict[int, Counter[str]] = field(default_factory=dict)
     regret: dict[int, float] = field(default_factory=dict)
-    # bucket -> arm -> propensity -> how many SAMPLED decisions reported it (few distinct values per bucket)
+    # SRM bucket -> arm -> propensity -> how many SAMPLED decisions reported it (few distinct values each)
     propensities: dict[int, dict[str, Counter[float]]] = field(default_factory=dict)
     unmodeled: Counter[str] = field(default_factory=Counter)
     outcomes_sent: int = 0
@@ -69,10 +74,11 @@ class Tally:
         else:
             self.regret[bucket] = self.regret.get(bucket, 0.0) + regret
         if reason == "SAMPLED":
-            self.propensities.setdefault(bucket, {}).setdefault(arm, Counter())[propensity] += 1
+            srm_bucket = max(0, int(t / self.srm_bucket_seconds))
+            self.propensities.setdefault(srm_bucket, {}).setdefault(arm, Counter())[propensity] += 1
 
     def merge(self, other: Tally) -> None:
-        if other.bucket_seconds != self.bucket_seconds:
+        if (other.bucket_seconds, other.srm_bucket_seconds) != (self.bucket_seconds, self.srm_bucket_seconds):
             raise ValueError("cannot merge tallies with different bucket sizes")
         self.decisions += other.decisions
         self.errors.update(other.errors)
@@ -168,24 +174,33 @@ class SrmResult:
 
 
 def sample_ratio_mismatch(propensities: Mapping[int, Mapping[str, Mapping[float, int]]]) -> SrmResult:
-    """Chi-square of observed SAMPLED arm counts against the counts the logged propensities predict."""
+    """Chi-square of observed SAMPLED arm counts against the counts the logged propensities predict.
+
+    `propensities`: SRM bucket -> arm -> propensity -> count. See the module docstring for the method.
+    """
+    arms = sorted({arm for bucket in propensities.values() for arm, values in bucket.items() if values})
     observed: Counter[str] = Counter()
-    expected: dict[str, float] = {}
-    last_share: dict[str, float] = {}
-    for bucket in sorted(propensities):
-        arms = propensities[bucket]
-        n_t = 0
-        for arm, values in arms.items():
-            count = sum(values.values())
-            observed[arm] += count
-            n_t += count
-            last_share[arm] = weighted_median(values)
-        norm = sum(last_share.values())
-        if n_t == 0 or norm <= 0:
-            continue
-        for arm, share in last_share.items():
-            expected[arm] = expected.get(arm, 0.0) + n_t * share / norm
-    cells = [arm for arm in sorted(expected) if expected[arm] > 0]
+    expected = dict.fromkeys(arms, 0.0)
+    medians = {
+        bucket: {arm: weighted_median(values) for arm, values in propensities[bucket].items() if values}
+        for bucket in sorted(propensities)
+    }
+    first: dict[str, float] = {}
+    for shares in medians.values():
+        for arm, share in shares.items():
+            first.setdefault(arm, share)
+    last: dict[str, float] = {}
+    for bucket, shares in medians.items():
+        counts = {arm: sum(values.values()) for arm, values in propensities[bucket].items()}
+        observed.update(counts)
+        n_t = sum(counts.values())
+        last.update(shares)
+        estimate = impute_shares(
+            shares, {arm: last.get(arm, first[arm]) for arm in arms if arm not in shares}
+        )
+        for arm, share in estimate.items():
+            expected[arm] += n_t * share
+    cells = [arm for arm in arms if expected[arm] > 0]
     df = len(cells) - 1
     if df < 1:
         return SrmResult(dict(observed), expected, None, max(df, 0), None, "fewer than 2 arms were sampled")
@@ -197,6 +212,18 @@ def sample_ratio_mismatch(propensities: Mapping[int, Mapping[str, Mapping[float,
         else None
     )
     return SrmResult(dict(observed), expected, chi2, df, chi2_sf(chi2, df), warning)
+
+
+def impute_shares(observed: Mapping[str, float], missing: Mapping[str, float]) -> dict[str, float]:
+    """One bucket's policy shares: the observed arms' medians, and the mass they leave (1 - their sum)
+    split among the `missing` arms in proportion to their last known shares; normalised to sum to 1."""
+    shares = dict(observed)
+    residual = max(0.0, 1.0 - sum(observed.values()))
+    weight = sum(missing.values())
+    for arm, last in missing.items():
+        shares[arm] = residual * (last / weight if weight > 0 else 1 / len(missing))
+    total = sum(shares.values())
+    return {arm: share / total for arm, share in shares.items()} if total > 0 else shares
 
 
 def chi2_sf(x: float, df: int) -> float:

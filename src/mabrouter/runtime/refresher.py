@@ -49,9 +49,7 @@ class Refresher:
     async def _record_unattributed(self) -> None:
         for edit in self._builder.take_unattributed():
             try:
-                await self._store.record_unattributed(
-                    edit.scope, edit.digest, edit.target, edit.before, edit.after
-                )
+                await self._store.record_unattributed(edit.scope, edit.target, edit.before, edit.after)
             except (RedisError, OSError) as exc:
                 log.warning(
                     "could not write the audit entry for an unattributed edit of %s: %s", edit.target, exc

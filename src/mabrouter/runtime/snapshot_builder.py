@@ -6,7 +6,6 @@ version with every change, so content that changed under an unchanged version is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mabrouter.config import parse_experiment
-from mabrouter.core.model import Controls, ExperimentSpec, GlobalControls
+from mabrouter.core.model import ExperimentSpec, GlobalControls
 from mabrouter.core.snapshot import ExperimentState, Snapshot, build_experiment_state
 from mabrouter.errors import ConfigError
 from mabrouter.store.controls_codec import parse_controls, parse_global_controls
@@ -32,10 +31,6 @@ class UnattributedEdit:
     target: str
     before: str
     after: str
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(f"{self.target}\0{self.before}\0{self.after}".encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,19 +90,23 @@ class SnapshotBuilder:
 
     def _state(self, item: RawExperiment, old: ExperimentState | None) -> ExperimentState | None:
         version = int(item.config.get(VERSION, "0"))
-        if old is not None and version < old.version:
-            log.warning(
-                "experiment %s: ignoring version %d older than version %d in use",
-                item.name,
-                version,
-                old.version,
-            )
-            return old
         inputs = _Inputs(version, item.stats, item.control)
         if old is not None and self._inputs.get(item.name) == inputs:
             return old  # nothing changed: keep the sampler and its propensities
-        spec = self._spec(item, version)
-        controls: Controls = parse_controls(item.control, spec)
+        if old is not None and version < old.version:
+            # The document never goes back (a rewound or restored Redis), but switches and stats still
+            # apply: a kill made after a rewind must be obeyed.
+            message = (
+                f"ignoring document version {version}, older than version {old.version} in use; "
+                "kill switches still apply"
+            )
+            self._report_once(item.name, f"rewound to {version}", message)
+            spec, version = old.spec, old.version
+        else:
+            spec = self._spec(item, version)
+        controls, problems = parse_controls(item.control, spec, old.controls if old is not None else None)
+        if problems:
+            self._report_once(item.name, repr(sorted(item.control.items())), "; ".join(problems))
         state = build_experiment_state(spec, version, arm_stats(spec, item.stats), self._rng, controls)
         self._inputs[item.name] = inputs
         return state

@@ -56,7 +56,7 @@ class Tracing:
 
     @contextmanager
     def span(self, method: str, metadata: Iterable[Any] | None) -> Iterator[Span]:
-        parent = propagate.extract({key: value for key, value in metadata or ()})
+        parent = propagate.extract(dict(metadata or ()))
         with self._tracer.start_as_current_span(
             f"mabrouter.v1.Router/{method}",
             context=parent,

@@ -73,8 +73,8 @@ class AdminStore:
         """Store a validated document; return its new version (strictly greater than any before)."""
         version = int(
             self._apply_config(
-                keys=[keys.config(name), keys.config(name), keys.audit(name)],
-                args=["", doc_json, *self._audit_args(change, name, name)],
+                keys=[keys.config(name), keys.config(name), keys.audit(name), keys.audited(name)],
+                args=["", doc_json, *self._audit_args(change, f"{name}/doc", name)],
             )
         )
         # Listed after the config exists, so a router never lists a name it cannot load.
@@ -86,7 +86,7 @@ class AdminStore:
         version_key = keys.control(scope) if scope == keys.GLOBAL_SCOPE else keys.config(scope)
         target = scope if field == keys.KILL else f"{scope}/{field}"
         version, before = self._change_control(
-            keys=[version_key, keys.control(scope), keys.audit(scope)],
+            keys=[version_key, keys.control(scope), keys.audit(scope), keys.audited(scope)],
             args=[field, value, *self._audit_args(change, target, scope)],
         )
         return int(version), str(before)

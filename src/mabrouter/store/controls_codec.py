@@ -48,32 +48,60 @@ def _reason(raw: Mapping[str, str]) -> str:
     return raw.get(REASON, "")[:MAX_REASON_CHARS]
 
 
-def parse_controls(raw: Mapping[str, str], spec: ExperimentSpec) -> Controls:
+def _arm_killed(field: str, value: str, spec: ExperimentSpec) -> bool:
+    if not field.startswith(KILL_ARM_PREFIX):
+        raise ValueError(
+            f"unknown control field {field!r}; fields are kill, kill:<arm>, rollout, reason, version"
+        )
+    arm = field.removeprefix(KILL_ARM_PREFIX)
+    if spec.arm_index(arm) is None:
+        names = ", ".join(a.name for a in spec.arms)
+        raise ValueError(f"control field {field!r} names no arm of {spec.name} (arms: {names})")
+    killed = parse_flag(field, value)
+    if killed and arm == spec.control:
+        raise ValueError(f"control field {field!r}: the control arm cannot be killed; kill the experiment")
+    return killed
+
+
+def parse_controls(
+    raw: Mapping[str, str], spec: ExperimentSpec, previous: Controls | None = None
+) -> tuple[Controls, list[str]]:
+    """The switches in `raw`, validated field by field, and the problems found.
+
+    A bad field keeps its own last good value (from `previous`) and is reported; it never blocks the
+    other fields: a valid kill must take effect even next to a typo left by redis-cli in an incident.
+    """
+    last = previous or Controls()
+    problems: list[str] = []
+    killed = last.killed
+    try:
+        killed = parse_flag(KILL, raw.get(KILL, "0"))
+    except ValueError as exc:
+        problems.append(str(exc))
     killed_arms: set[str] = set()
     for field, value in raw.items():
-        if field.startswith(KILL_ARM_PREFIX):
-            arm = field.removeprefix(KILL_ARM_PREFIX)
-            if spec.arm_index(arm) is None:
-                names = ", ".join(a.name for a in spec.arms)
-                raise ValueError(f"control field {field!r} names no arm of {spec.name} (arms: {names})")
-            if arm == spec.control and parse_flag(field, value):
-                raise ValueError(
-                    f"control field {field!r}: the control arm cannot be killed; kill the experiment"
-                )
-            if parse_flag(field, value):
-                killed_arms.add(arm)
-        elif field not in (KILL, ROLLOUT, REASON, VERSION):
-            raise ValueError(
-                f"unknown control field {field!r}; fields are kill, kill:<arm>, rollout, reason, version"
-            )
-    control_version(raw)
-    rollout_text = raw.get(ROLLOUT, "")
+        if field in (KILL, ROLLOUT, REASON, VERSION):
+            continue
+        try:
+            if _arm_killed(field, value, spec):
+                killed_arms.add(field.removeprefix(KILL_ARM_PREFIX))
+        except ValueError as exc:
+            problems.append(str(exc))
+            if field.removeprefix(KILL_ARM_PREFIX) in last.killed_arms:
+                killed_arms.add(field.removeprefix(KILL_ARM_PREFIX))
+    rollout = last.rollout
+    try:
+        rollout_text = raw.get(ROLLOUT, "")
+        rollout = parse_rollout(rollout_text) if rollout_text.strip() else None
+    except ValueError as exc:
+        problems.append(str(exc))
+    try:
+        control_version(raw)
+    except ValueError as exc:
+        problems.append(str(exc))
     return Controls(
-        killed=parse_flag(KILL, raw.get(KILL, "0")),
-        killed_arms=frozenset(killed_arms),
-        rollout=parse_rollout(rollout_text) if rollout_text.strip() else None,
-        reason=_reason(raw),
-    )
+        killed=killed, killed_arms=frozenset(killed_arms), rollout=rollout, reason=_reason(raw)
+    ), problems
 
 
 def parse_global_controls(raw: Mapping[str, str]) -> GlobalControls:

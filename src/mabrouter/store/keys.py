@@ -33,9 +33,13 @@ def audit(scope: str) -> str:
     return f"{PREFIX}{{{scope}}}:audit"
 
 
-def unattributed_seen(scope: str, digest: str) -> str:
-    """STRING with a TTL: one audit entry per raw edit, however many replicas notice it."""
-    return f"{PREFIX}{{{scope}}}:unattributed:{digest}"
+def audited(scope: str) -> str:
+    """HASH: target -> sha1 of the value last recorded in the audit log (by the CLI or a replica).
+
+    A replica that notices a raw edit records it only when its new value is not already recorded, so
+    one edit gets one entry however many replicas notice it, and repeating an edit gets a new entry.
+    """
+    return f"{PREFIX}{{{scope}}}:audited"
 
 
 def decisions_log(experiment: str) -> str:

@@ -14,7 +14,6 @@ from redis.typing import EncodableT, FieldT
 from mabrouter.store import keys, scripts
 
 BATCH_MARKER_TTL_SECONDS = 3600
-UNATTRIBUTED_MARKER_TTL_SECONDS = 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +97,10 @@ class RouterStore:
         ]
         return RawState(experiments, replies[0])
 
-    async def record_unattributed(
-        self, scope: str, digest: str, target: str, before: str, after: str
-    ) -> None:
+    async def record_unattributed(self, scope: str, target: str, before: str, after: str) -> None:
         await self._record_unattributed(
-            keys=[keys.unattributed_seen(scope, digest), keys.audit(scope)],
-            args=[UNATTRIBUTED_MARKER_TTL_SECONDS, int(time.time() * 1000), target, before, after],
+            keys=[keys.audited(scope), keys.audit(scope)],
+            args=["", int(time.time() * 1000), target, before, after],
         )
 
     async def watch_changes(
@@ -180,6 +177,6 @@ class RouterStore:
         """XADD each (stream key, fields) with an approximate cap, in one pipeline."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for stream, fields in entries:
-                entry: dict[FieldT, EncodableT] = {key: value for key, value in fields.items()}
+                entry: dict[FieldT, EncodableT] = dict(fields.items())
                 pipe.xadd(stream, entry, maxlen=maxlen, approximate=True)
             await pipe.execute()

@@ -36,11 +36,13 @@ _AUDIT = """
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*',
   'ts_ms', ARGV[3], 'actor', ARGV[4], 'action', ARGV[5], 'target', ARGV[9],
   'before', before, 'after', ARGV[2], 'reason', ARGV[6], 'version', version)
+redis.call('HSET', KEYS[4], ARGV[9], redis.sha1hex(ARGV[2]))
 redis.call('PUBLISH', ARGV[8], ARGV[10])
 """
 
-# KEYS: config hash, (unused), audit stream. ARGV: 1 (unused) 2 doc JSON, 3 now ms, 4 actor, 5 action,
-# 6 reason, 7 audit maxlen, 8 channel, 9 target, 10 experiment. Returns the new, strictly greater version.
+# KEYS: config hash, (unused), audit stream, audited hash. ARGV: 1 (unused) 2 doc JSON, 3 now ms,
+# 4 actor, 5 action, 6 reason, 7 audit maxlen, 8 channel, 9 target, 10 experiment.
+# Returns the new, strictly greater version.
 APPLY_CONFIG = (
     """
 local before = redis.call('HGET', KEYS[1], 'doc') or ''
@@ -51,7 +53,8 @@ redis.call('HSET', KEYS[1], 'doc', ARGV[2], 'updated_ms', ARGV[3])
     + "return version\n"
 )
 
-# KEYS: version hash (the experiment's config, or the global control hash), control hash, audit stream.
+# KEYS: version hash (the experiment's config, or the global control hash), control hash, audit stream,
+# audited hash.
 # ARGV: 1 field, 2 new value ('' deletes), 3 now ms, 4 actor, 5 action, 6 reason, 7 audit maxlen,
 # 8 channel, 9 target, 10 scope. Returns {version, previous value}.
 CHANGE_CONTROL = (
@@ -69,12 +72,14 @@ redis.call('HSET', KEYS[2], 'version', version, 'reason', ARGV[6])
     + "return {version, before}\n"
 )
 
-# KEYS: dedup marker, audit stream. ARGV: ttl, now ms, target, before, after.
-# Many replicas notice the same raw edit; the first one records it.
+# KEYS: audited hash, audit stream. ARGV: (unused), now ms, target, before, after.
+# Many replicas notice the same raw edit; the first one records it (see keys.audited).
 RECORD_UNATTRIBUTED = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+local digest = redis.sha1hex(ARGV[5])
+if redis.call('HGET', KEYS[1], ARGV[3]) == digest then
   return 0
 end
+redis.call('HSET', KEYS[1], ARGV[3], digest)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'ts_ms', ARGV[2], 'actor', 'unattributed',
   'action', 'raw-edit', 'target', ARGV[3], 'before', ARGV[4], 'after', ARGV[5],
   'reason', 'changed in Redis without the CLI (no audit entry)', 'version', '')
