@@ -131,8 +131,9 @@ def running_redis(*extra_args: str) -> Iterator[RedisServer]:
 class InProcessRouter:
     """A real RouterApp serving gRPC on a free port from a background thread's event loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracer: Any = None) -> None:
         self.settings = settings
+        self.tracer = tracer
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.app: RouterApp | None = None
@@ -142,7 +143,7 @@ class InProcessRouter:
         self.thread.start()
 
         async def boot() -> RouterApp:
-            app = RouterApp(self.settings)
+            app = RouterApp(self.settings, self.tracer)
             await app.start()
             return app
 

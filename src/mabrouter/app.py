@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 INSECURE_DEFAULT_SECRET = b"mabrouter-insecure-local-secret"
 
 
+class StartupError(Exception):
+    """The router cannot start; the message says what to change."""
+
+
 def decision_keys(settings: Settings) -> tuple[bytes, list[bytes]]:
     """The key that signs new decision ids, and every key accepted when verifying one."""
     if settings.decision_secret is not None:
@@ -61,7 +65,8 @@ def _split_host_port(listen: str) -> tuple[str, int]:
 class RouterApp:
     """A running router: start() binds and serves, stop() drains and flushes."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracer: trace.Tracer | None = None) -> None:
+        """`tracer` overrides the OTEL_* configuration (tests pass one with an in-memory exporter)."""
         self.settings = settings
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -103,11 +108,19 @@ class RouterApp:
             exposure=self.exposure,
             metrics=self.metrics,
         )
-        self.tracer_provider = configure_tracing()
-        tracing = Tracing(trace.get_tracer("mabrouter"), unit_label) if self.tracer_provider else None
+        self.tracer_provider = None if tracer is not None else configure_tracing()
+        if tracer is None and self.tracer_provider is not None:
+            tracer = self.tracer_provider.get_tracer("mabrouter")
+        tracing = Tracing(tracer, unit_label) if tracer is not None else None
         self.health = HealthReporter()
         servicer = RouterServicer(self.engine, outcomes, self.metrics, tracing)
-        self.server, self.port = build_server(servicer, self.health, settings.listen)
+        self.server, self.port = build_server(
+            servicer,
+            self.health,
+            settings.listen,
+            reuse_port=settings.reuse_port,
+            max_concurrent_rpcs=settings.max_concurrent_rpcs,
+        )
         self.metrics.registry.register(
             SnapshotCollector(
                 self.holder,
@@ -125,7 +138,14 @@ class RouterApp:
         await self.server.start()
         if self.settings.metrics_listen:
             host, port = _split_host_port(self.settings.metrics_listen)
-            http_server, _ = start_http_server(port, host, registry=self.metrics.registry)
+            try:
+                http_server, _ = start_http_server(port, host, registry=self.metrics.registry)
+            except OSError as exc:
+                await self.server.stop(0)
+                raise StartupError(
+                    f"cannot serve metrics on {self.settings.metrics_listen}: {exc.strerror} "
+                    "(set MABROUTER_METRICS_LISTEN to a free host:port, or '' to disable)"
+                ) from exc
             self._metrics_http = http_server
             self.metrics_port = int(http_server.server_port)
         self._tasks = [

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from redis.exceptions import RedisError
 
-from mabrouter.commands import controls, experiments, server
+from mabrouter.commands import controls, experiments, export, server
 from mabrouter.errors import ConfigError
 
 
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.register(commands)
     experiments.register(commands)
     controls.register(commands)
+    export.register(commands)
     return parser
 
 
@@ -28,6 +29,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (RedisError, OSError) as exc:
+    except (RedisError, ConnectionError) as exc:
         print(f"error: cannot reach Redis: {exc}", file=sys.stderr)
         return 3

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     unit_id_privacy: Literal["raw", "hash"] = Field(
         "raw", description="how unit ids appear in logs and spans: as sent, or as a keyed hash"
     )
+    reuse_port: bool = Field(False, description="bind with SO_REUSEPORT (set for each worker by --workers)")
+    max_concurrent_rpcs: int = Field(
+        2000, ge=1, description="calls in flight per process; more get RESOURCE_EXHAUSTED instead of queueing"
+    )
     log_format: Literal["json", "text"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -15,21 +16,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mabrouter import logs  # noqa: PLC0415 - only the server needs these
     from mabrouter.app import serve  # noqa: PLC0415
 
-    flags = {
+    try:
+        settings = Settings(**{key: value for key, value in _flags(args).items() if value is not None})
+    except ValidationError as exc:
+        print(f"invalid settings:\n{describe_validation_error(exc)}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_format, settings.log_level)
+    if args.workers > 1:
+        return _supervise(args, settings)
+    from mabrouter.app import StartupError  # noqa: PLC0415
+
+    try:
+        asyncio.run(serve(settings))
+    except (StartupError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _supervise(args: argparse.Namespace, settings: Settings) -> int:
+    from mabrouter.workers import supervise  # noqa: PLC0415
+
+    if settings.listen.startswith("unix:") or settings.listen.endswith(":0"):
+        print("error: --workers needs a TCP host:port with a fixed port (SO_REUSEPORT)", file=sys.stderr)
+        return 2
+    argv = [
+        f"--{flag.replace('_', '-')}={value}" for flag, value in _flags(args).items() if value is not None
+    ]
+    return supervise(args.workers, argv, settings.metrics_listen)
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {
         "redis_url": args.redis_url,
         "listen": args.listen,
         "refresh_interval_ms": args.refresh_interval_ms,
         "flush_interval_ms": args.flush_interval_ms,
         "log_format": args.log_format,
     }
-    try:
-        settings = Settings(**{key: value for key, value in flags.items() if value is not None})
-    except ValidationError as exc:
-        print(f"invalid settings:\n{describe_validation_error(exc)}", file=sys.stderr)
-        return 2
-    logs.configure(settings.log_format, settings.log_level)
-    asyncio.run(serve(settings))
-    return 0
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -61,6 +85,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument("--refresh-interval-ms", type=int, help="snapshot refresh period (default 200)")
     serve.add_argument("--flush-interval-ms", type=int, help="trial-count flush period (default 100)")
     serve.add_argument("--log-format", choices=["json", "text"])
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     serve.set_defaults(handler=cmd_serve)
 
     health = commands.add_parser("health", help="ask a router's gRPC health service; exit 0 when SERVING")

@@ -35,6 +35,7 @@ SRM_METHOD: Final = (
     "Monte Carlo estimates."
 )
 SRM_MIN_EXPECTED: Final = 5.0
+SRM_MIN_SHARE: Final = 0.01
 
 
 @dataclass(slots=True)
@@ -160,6 +161,7 @@ class SrmResult:
     df: int
     p_value: float | None
     warning: str | None
+    excluded: int = 0  # SAMPLED decisions left out: they served an arm below the share floor
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -170,10 +172,13 @@ class SrmResult:
             "df": self.df,
             "p_value": self.p_value,
             "warning": self.warning,
+            "excluded_decisions": self.excluded,
         }
 
 
-def sample_ratio_mismatch(propensities: Mapping[int, Mapping[str, Mapping[float, int]]]) -> SrmResult:
+def sample_ratio_mismatch(
+    propensities: Mapping[int, Mapping[str, Mapping[float, int]]], min_share: float = SRM_MIN_SHARE
+) -> SrmResult:
     """Chi-square of observed SAMPLED arm counts against the counts the logged propensities predict.
 
     `propensities`: SRM bucket -> arm -> propensity -> count. See the module docstring for the method.
@@ -190,20 +195,27 @@ def sample_ratio_mismatch(propensities: Mapping[int, Mapping[str, Mapping[float,
         for arm, share in shares.items():
             first.setdefault(arm, share)
     last: dict[str, float] = {}
+    excluded = 0
     for bucket, shares in medians.items():
         counts = {arm: sum(values.values()) for arm, values in propensities[bucket].items()}
-        observed.update(counts)
-        n_t = sum(counts.values())
         last.update(shares)
         estimate = impute_shares(
             shares, {arm: last.get(arm, first[arm]) for arm in arms if arm not in shares}
         )
-        for arm, share in estimate.items():
-            expected[arm] += n_t * share
+        # Arms below the floor are left out (and so are the decisions that served them): their logged
+        # propensities are Monte Carlo estimates smoothed away from 0, far too high for a tiny share.
+        resolvable = {arm: share for arm, share in estimate.items() if share >= min_share}
+        norm = sum(resolvable.values())
+        n_t = sum(counts.get(arm, 0) for arm in resolvable)
+        excluded += sum(counts.values()) - n_t
+        for arm, share in resolvable.items():
+            observed[arm] += counts.get(arm, 0)
+            expected[arm] += n_t * share / norm
     cells = [arm for arm in arms if expected[arm] > 0]
     df = len(cells) - 1
     if df < 1:
-        return SrmResult(dict(observed), expected, None, max(df, 0), None, "fewer than 2 arms were sampled")
+        why = f"fewer than 2 arms had a share of at least {min_share:g}: nothing to compare"
+        return SrmResult(dict(observed), expected, None, max(df, 0), None, why, excluded)
     chi2 = sum((observed[arm] - expected[arm]) ** 2 / expected[arm] for arm in cells)
     small = [arm for arm in cells if expected[arm] < SRM_MIN_EXPECTED]
     warning = (
@@ -211,7 +223,7 @@ def sample_ratio_mismatch(propensities: Mapping[int, Mapping[str, Mapping[float,
         if small
         else None
     )
-    return SrmResult(dict(observed), expected, chi2, df, chi2_sf(chi2, df), warning)
+    return SrmResult(dict(observed), expected, chi2, df, chi2_sf(chi2, df), warning, excluded)
 
 
 def impute_shares(observed: Mapping[str, float], missing: Mapping[str, float]) -> dict[str, float]:

@@ -49,22 +49,31 @@ class HealthReporter:
 
 
 def build_server(
-    servicer: RouterServicer, health_reporter: HealthReporter, listen: str
+    servicer: RouterServicer,
+    health_reporter: HealthReporter,
+    listen: str,
+    *,
+    reuse_port: bool = False,
+    max_concurrent_rpcs: int | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Create the server bound to `listen` (host:port or unix:PATH); return it and the bound TCP port."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ]
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ],
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     router_pb2_grpc.add_RouterServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_reporter.servicer, server)
     reflection.enable_server_reflection(
         (ROUTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(listen)
-    if port == 0 and not listen.startswith("unix:"):
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
+        raise OSError(f"cannot listen on {listen}: address in use or invalid") from exc
+    if port == 0 and not listen.startswith("unix:") and not listen.endswith(":0"):
         raise OSError(f"cannot listen on {listen}: address in use or invalid")
     return server, port

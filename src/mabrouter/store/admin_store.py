@@ -6,7 +6,7 @@ the change notice atomically with the change itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import redis
@@ -114,6 +114,18 @@ class AdminStore:
     def global_control(self) -> Mapping[str, str]:
         return _text_map(self._redis.hgetall(keys.control(keys.GLOBAL_SCOPE)))
 
+    def read_log(self, stream: str, since_ms: int, page: int = 10_000) -> Iterator[dict[str, str]]:
+        """Every entry of a log stream from `since_ms` on, oldest first, read in pages."""
+        start = stream_id_at(since_ms)
+        while True:
+            entries = self._redis.xrange(stream, min=start, count=page) or []
+            for entry_id, fields in entries:
+                yield {"id": str(entry_id), **_text_map(fields or {})}
+            if len(entries) < page:
+                return
+            last = str(entries[-1][0])
+            start = "(" + last  # exclusive: continue after the last entry read
+
     def audit(self, scopes: list[str], count: int) -> list[AuditEntry]:
         """The newest `count` entries across `scopes`, oldest first."""
         entries: list[AuditEntry] = []
@@ -127,3 +139,8 @@ class AdminStore:
 def _text_map(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
     """The client decodes responses; this only narrows redis-py's loose types."""
     return {str(key): str(value) for key, value in raw.items()}
+
+
+def stream_id_at(ms: int) -> str:
+    """The smallest stream entry id at or after a wall-clock time in milliseconds."""
+    return f"{ms}-0"
