@@ -20,6 +20,7 @@ from mabrouter.runtime.outcomes import OutcomeRecorder
 from mabrouter.runtime.refresher import Refresher, every, watch_changes
 from mabrouter.runtime.signer import DecisionSigner
 from mabrouter.runtime.snapshot_builder import SnapshotBuilder
+from mabrouter.runtime.spool import OutcomeSpool
 from mabrouter.runtime.sticky import StickyAssignments
 from mabrouter.runtime.trials import TrialBuffer, TrialFlusher
 from mabrouter.service.server import HealthReporter, build_server
@@ -100,20 +101,24 @@ class RouterApp:
             ),
             recorders=Recorders(self.trials, self.exposure, self.metrics),
         )
-        outcomes = OutcomeRecorder(
+        self.spool = (
+            OutcomeSpool(settings.spool_dir, settings.spool_max_entries) if settings.spool_dir else None
+        )
+        self.outcomes = OutcomeRecorder(
             self.store,
             self.holder,
             accepted_keys,
             settings.decision_ttl_seconds,
             exposure=self.exposure,
             metrics=self.metrics,
+            spool=self.spool,
         )
         self.tracer_provider = None if tracer is not None else configure_tracing()
         if tracer is None and self.tracer_provider is not None:
             tracer = self.tracer_provider.get_tracer("mabrouter")
         tracing = Tracing(tracer, unit_label) if tracer is not None else None
         self.health = HealthReporter()
-        servicer = RouterServicer(self.engine, outcomes, self.metrics, tracing)
+        servicer = RouterServicer(self.engine, self.outcomes, self.metrics, tracing)
         self.server, self.port = build_server(
             servicer,
             self.health,
@@ -129,11 +134,14 @@ class RouterApp:
                 pending_writes=lambda: {
                     "trials": self.trials.pending() + self.flusher.unsent(),
                     "exposure_log": self.exposure.pending(),
+                    "outcome_spool": self.outcomes.spooled(),
                 },
             )
         )
 
     async def start(self) -> None:
+        if self.spool is not None:
+            self.spool.adopt_orphans()  # acknowledged by a process that died: replayed by the flusher
         await self.health.start_not_serving()
         await self.server.start()
         if self.settings.metrics_listen:
@@ -172,6 +180,7 @@ class RouterApp:
         )
 
     async def _flush_writes(self) -> None:
+        await self.outcomes.replay_spool()
         await self.flusher.flush()
         await self.sticky.flush()
         await self.exposure.flush()
@@ -198,6 +207,10 @@ class RouterApp:
         if self._unflushed():
             log.error("exiting with %d buffered writes not in Redis", self._unflushed())
         await self.store.close()
+        if self.spool is not None:
+            if len(self.spool):
+                log.warning("%d acknowledged outcomes stay in the spool for the next start", len(self.spool))
+            self.spool.close()
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()  # flushes the batch span processor
         if self.metrics_port:

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     unit_id_privacy: Literal["raw", "hash"] = Field(
         "raw", description="how unit ids appear in logs and spans: as sent, or as a keyed hash"
     )
+    spool_dir: Path | None = Field(
+        None, description="directory for the outcome spool (acknowledge outcomes while Redis is down)"
+    )
+    spool_max_entries: int = Field(1_000_000, ge=1, description="spooled outcomes kept before refusing")
     reuse_port: bool = Field(False, description="bind with SO_REUSEPORT (set for each worker by --workers)")
     max_concurrent_rpcs: int = Field(
         2000, ge=1, description="calls in flight per process; more get RESOURCE_EXHAUSTED instead of queueing"

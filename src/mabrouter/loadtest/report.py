@@ -27,10 +27,14 @@ def build_report(config: RunConfig, result: RunResult, command: list[str]) -> di
     for encoded in result.histograms:
         histogram.decode_and_add(encoded)
     count = histogram.get_total_count()
+    # The histogram reports a bucket's highest equivalent value (3 significant digits); the exact maximum
+    # is tracked apart, and no percentile is reported above it.
     latency: dict[str, Any] = {
-        name: histogram.get_value_at_percentile(p) if count else None for name, p in PERCENTILES
+        name: min(histogram.get_value_at_percentile(p), tally.max_latency_us) if count else None
+        for name, p in PERCENTILES
     }
-    latency["max"] = tally.max_latency_us if count else None  # exact, not the histogram's bucket
+    latency["max"] = tally.max_latency_us if count else None
+    latency["count"] = count
     latency["mean"] = round(histogram.get_mean_value(), 1) if count else None
     arms = arms_seen(tally, config.environment.arms)
     rows = timeline(tally, config.buckets, arms)
@@ -74,6 +78,7 @@ def build_report(config: RunConfig, result: RunResult, command: list[str]) -> di
             "environment": config.environment.as_json(),
         },
         "wall_seconds": round(result.elapsed, 3),
+        "workers": [{"decisions": n} for n in result.worker_decisions],
         "decisions": tally.decisions,
         "throughput_per_second": throughput,
         "latency_us": latency,

@@ -48,6 +48,7 @@ class RunResult:
     elapsed: float
     started_at: float  # wall clock (epoch seconds)
     failures: list[str] = field(default_factory=list)
+    worker_decisions: list[int] = field(default_factory=list)
 
 
 def preflight(config: RunConfig, connect_timeout: float) -> None:
@@ -191,7 +192,8 @@ def run(config: RunConfig, console: Console, connect_timeout: float = 5.0) -> Ru
     tally = Tally(config.bucket_seconds)
     for result in results:
         tally.merge(result.tally)
-    return RunResult(tally, [r.histogram for r in results], elapsed, started_at, failures)
+    histograms = [r.histogram for r in results]
+    return RunResult(tally, histograms, elapsed, started_at, failures, [r.tally.decisions for r in results])
 
 
 def _wait_ready(workers: _Workers, timeout: float, failures: list[str]) -> set[int]:

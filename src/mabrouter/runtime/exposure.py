@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from mabrouter.core.decide import Decision, RouteInput
 from mabrouter.core.decision_id import DecisionToken
 from mabrouter.store import keys
-from mabrouter.store.router_store import RouterStore
+from mabrouter.store.router_store import OutcomeWrite, RouterStore
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,16 @@ class ExposureLog:
         self._append((keys.decisions_log(request.experiment), fields))
 
     def outcome(self, token: DecisionToken, reward: float, now_ms: int) -> None:
+        self._outcome(token.experiment, token.nonce, token.arm, reward, now_ms)
+
+    def outcome_of(self, write: OutcomeWrite, now_ms: int) -> None:
+        self._outcome(write.experiment, write.nonce, write.arm, write.reward, now_ms)
+
+    def _outcome(self, experiment: str, nonce: str, arm: str, reward: float, now_ms: int) -> None:
         if not self.enabled:
             return
-        fields = {"d": token.nonce, "ts": str(now_ms), "arm": token.arm, "reward": repr(reward)}
-        self._append((keys.outcomes_log(token.experiment), fields))
+        fields = {"d": nonce, "ts": str(now_ms), "arm": arm, "reward": repr(reward)}
+        self._append((keys.outcomes_log(experiment), fields))
 
     def pending(self) -> int:
         return len(self._pending)

@@ -1,7 +1,9 @@
 """ReportOutcome(s): verify each decision id, validate the reward, apply all valid ones in one round trip.
 
-"Acknowledged" means applied in Redis: a caller gets OK only after the Lua script has run, so an
-acknowledged outcome is as durable as the Redis deployment (AOF/replication) makes it.
+"Acknowledged" means durable: applied in Redis (as durable as its AOF/replication makes it), or, when
+Redis is unreachable and a spool directory is configured, fsync'd to the local spool, which is replayed
+into Redis (exactly once, by nonce) when it returns. Without a spool, an outcome that cannot reach
+Redis gets UNAVAILABLE and the caller retries (safe: retries are deduplicated).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from mabrouter.errors import MabrouterError, NoSnapshotError, StoreUnavailableEr
 from mabrouter.runtime.exposure import ExposureLog
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.metrics import RouterMetrics
+from mabrouter.runtime.spool import OutcomeSpool, SpoolFullError
 from mabrouter.store.router_store import OutcomeWrite, RouterStore
 
 MAX_BATCH = 1000
@@ -44,6 +47,7 @@ class OutcomeRecorder:
         *,
         exposure: ExposureLog,
         metrics: RouterMetrics,
+        spool: OutcomeSpool | None = None,
     ) -> None:
         self._store = store
         self._holder = holder
@@ -51,6 +55,7 @@ class OutcomeRecorder:
         self._ttl_seconds = ttl_seconds
         self._exposure = exposure
         self._metrics = metrics
+        self._spool = spool
 
     async def record(self, outcomes: Sequence[tuple[str, float]]) -> list[OutcomeResult]:
         """One result per (decision_id, reward), in order. Raises only when nothing can be applied."""
@@ -76,13 +81,13 @@ class OutcomeRecorder:
             accepted.append((len(results), token, write))
             results.append(Accepted(token.experiment, token.arm, duplicate=False, trace=token.trace))
         if accepted:
+            writes = [write for _, _, write in accepted]
             try:
-                applied = await self._store.record_outcomes([write for _, _, write in accepted])
+                applied = await self._store.record_outcomes(writes)
             except (RedisError, OSError) as exc:
                 self._metrics.redis_errors.labels("record_outcomes").inc()
-                raise StoreUnavailableError(
-                    f"outcome not recorded, Redis is unavailable ({exc}); retry it"
-                ) from exc
+                self._spool_or_raise(writes, exc)
+                return results  # spooled: acknowledged, applied when Redis returns
             for (slot, token, write), was_applied in zip(accepted, applied, strict=True):
                 results[slot] = Accepted(
                     write.experiment, write.arm, duplicate=not was_applied, trace=token.trace
@@ -94,3 +99,40 @@ class OutcomeRecorder:
                     self._metrics.rewards.labels(write.experiment, write.arm).inc(write.reward)
                     self._exposure.outcome(token, write.reward, now_ms)
         return results
+
+    def _spool_or_raise(self, writes: list[OutcomeWrite], cause: Exception) -> None:
+        if self._spool is None:
+            raise StoreUnavailableError(
+                f"outcome not recorded, Redis is unavailable ({cause}); retry it"
+            ) from cause
+        try:
+            self._spool.append(writes)
+        except (SpoolFullError, OSError) as exc:
+            self._metrics.dropped.labels("outcome_spool").inc(len(writes))
+            raise StoreUnavailableError(
+                f"outcome not recorded: Redis is unavailable and {exc}; retry it"
+            ) from exc
+        self._metrics.outcomes.labels("", "spooled").inc(len(writes))
+
+    def spooled(self) -> int:
+        return len(self._spool) if self._spool is not None else 0
+
+    async def replay_spool(self, batch: int = 500) -> None:
+        """Apply spooled outcomes to Redis (exactly once, by nonce); stop at the first Redis error."""
+        if self._spool is None:
+            return
+        while len(self._spool):
+            writes = self._spool.peek(batch)
+            try:
+                applied = await self._store.record_outcomes(writes)
+            except (RedisError, OSError):
+                return
+            now_ms = int(time.time() * 1000)
+            for write, was_applied in zip(writes, applied, strict=True):
+                self._metrics.outcomes.labels(
+                    write.experiment, "applied" if was_applied else "duplicate"
+                ).inc()
+                if was_applied:
+                    self._metrics.rewards.labels(write.experiment, write.arm).inc(write.reward)
+                    self._exposure.outcome_of(write, now_ms)
+            self._spool.drop(len(writes))
