@@ -26,6 +26,7 @@ from mabrouter.runtime.trials import TrialBuffer, TrialFlusher
 from mabrouter.service.server import HealthReporter, build_server
 from mabrouter.service.servicer import RouterServicer
 from mabrouter.service.tracing import Tracing
+from mabrouter.store.connect import redact
 from mabrouter.store.router_store import RouterStore
 from mabrouter.telemetry import configure_tracing
 
@@ -176,7 +177,7 @@ class RouterApp:
             self.settings.listen,
             self.port,
             self.settings.metrics_listen or "(off)",
-            _redact(self.settings.redis_url),
+            redact(self.settings.redis_url),
         )
 
     async def _flush_writes(self) -> None:
@@ -216,14 +217,6 @@ class RouterApp:
         if self.metrics_port:
             self._metrics_http.shutdown()
         log.info("mabrouter stopped")
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a Redis URL before it reaches a log."""
-    scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    return f"{scheme}{sep}***@{rest.rsplit('@', 1)[1]}"
 
 
 async def serve(settings: Settings) -> None:

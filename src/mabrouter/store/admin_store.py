@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from mabrouter.store import keys, scripts
+from mabrouter.store.connect import sync_client
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,16 +45,14 @@ class AuditEntry:
 
 
 class AdminStore:
-    def __init__(self, client: redis.Redis) -> None:
-        self._redis = client
+    def __init__(self, client: redis.Redis | RedisCluster) -> None:
+        self._redis: Any = client  # redis-py's cluster and single clients share no typed protocol
         self._apply_config = client.register_script(scripts.APPLY_CONFIG)
         self._change_control = client.register_script(scripts.CHANGE_CONTROL)
 
     @classmethod
     def from_url(cls, url: str) -> AdminStore:
-        return cls(
-            redis.Redis.from_url(url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=5.0)
-        )
+        return cls(sync_client(url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=5.0))
 
     def close(self) -> None:
         self._redis.close()

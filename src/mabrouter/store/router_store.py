@@ -6,12 +6,15 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from mabrouter.store import keys, scripts
+from mabrouter.store.connect import async_client
 
 BATCH_MARKER_TTL_SECONDS = 3600
 
@@ -53,23 +56,30 @@ class StickyWrite:
 
 
 class RouterStore:
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._redis = client
-        self._record_outcome = client.register_script(scripts.RECORD_OUTCOME)
-        self._apply_trials = client.register_script(scripts.APPLY_TRIALS)
-        self._record_unattributed = client.register_script(scripts.RECORD_UNATTRIBUTED)
-        self._sticky_get_or_set = client.register_script(scripts.STICKY_GET_OR_SET)
+    def __init__(self, client: aioredis.Redis | AsyncRedisCluster) -> None:
+        self._redis: Any = client  # redis-py's cluster and single clients share no typed protocol
+        self._cluster = isinstance(client, AsyncRedisCluster)
+        self._scripts = {
+            text: client.register_script(text)
+            for text in (
+                scripts.RECORD_OUTCOME,
+                scripts.APPLY_TRIALS,
+                scripts.RECORD_UNATTRIBUTED,
+                scripts.STICKY_GET_OR_SET,
+            )
+        }
+
+    async def _run(self, pipe: Any, text: str, script_keys: list[str], args: list[Any]) -> None:
+        """Queue a script on a pipeline: EVALSHA (loading it on NOSCRIPT), or EVAL on a cluster, where a
+        failover can leave a new primary without the script cache."""
+        if self._cluster:
+            pipe.eval(text, len(script_keys), *script_keys, *args)
+        else:
+            await self._scripts[text](keys=script_keys, args=args, client=pipe)
 
     @classmethod
     def from_url(cls, url: str) -> RouterStore:
-        client = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=2.0,
-            socket_connect_timeout=2.0,
-            health_check_interval=5,
-        )
-        return cls(client)
+        return cls(async_client(url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0))
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -98,10 +108,10 @@ class RouterStore:
         return RawState(experiments, replies[0])
 
     async def record_unattributed(self, scope: str, target: str, before: str, after: str) -> None:
-        await self._record_unattributed(
-            keys=[keys.audited(scope), keys.audit(scope)],
-            args=["", int(time.time() * 1000), target, before, after],
-        )
+        async with self._redis.pipeline(transaction=False) as pipe:
+            args = ["", int(time.time() * 1000), target, before, after]
+            await self._run(pipe, scripts.RECORD_UNATTRIBUTED, [keys.audited(scope), keys.audit(scope)], args)
+            await pipe.execute()
 
     async def watch_changes(
         self, stop: asyncio.Event, on_change: Callable[[str], None], on_subscribed: Callable[[], None]
@@ -119,7 +129,7 @@ class RouterStore:
                 if message is not None and message.get("type") == "message":
                     on_change(str(message["data"]))
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            await pubsub.aclose()
 
     async def apply_trials(self, batch_id: str, trials: Mapping[str, Mapping[str, int]]) -> None:
         """Add trial counts per experiment and arm; idempotent per (experiment, batch_id)."""
@@ -128,10 +138,11 @@ class RouterStore:
                 args: list[str | int] = [BATCH_MARKER_TTL_SECONDS]
                 for arm, count in per_arm.items():
                     args += [arm, count]
-                await self._apply_trials(
-                    keys=[keys.stats(experiment), keys.batch_seen(experiment, batch_id)],
-                    args=args,
-                    client=pipe,
+                await self._run(
+                    pipe,
+                    scripts.APPLY_TRIALS,
+                    [keys.stats(experiment), keys.batch_seen(experiment, batch_id)],
+                    args,
                 )
             await pipe.execute()
 
@@ -139,19 +150,20 @@ class RouterStore:
         """Apply outcomes atomically and idempotently; True where applied, False where a duplicate."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for outcome in outcomes:
-                await self._record_outcome(
-                    keys=[
+                await self._run(
+                    pipe,
+                    scripts.RECORD_OUTCOME,
+                    [
                         keys.stats(outcome.experiment),
                         keys.outcome_seen(outcome.experiment, outcome.nonce),
                     ],
-                    args=[
+                    [
                         outcome.arm,
                         repr(outcome.reward),
                         repr(outcome.reward * outcome.reward),
                         outcome.ttl_seconds,
                         "1" if outcome.counted else "0",
                     ],
-                    client=pipe,
                 )
             replies = await pipe.execute()
         return [bool(reply) for reply in replies]
@@ -165,10 +177,11 @@ class RouterStore:
         """Store first assignments (first writer wins); return the arm each unit actually has."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for item in assignments:
-                await self._sticky_get_or_set(
-                    keys=[keys.sticky(item.experiment, item.salt, item.unit_id)],
-                    args=[item.arm, item.ttl_seconds, item.replaces],
-                    client=pipe,
+                await self._run(
+                    pipe,
+                    scripts.STICKY_GET_OR_SET,
+                    [keys.sticky(item.experiment, item.salt, item.unit_id)],
+                    [item.arm, item.ttl_seconds, item.replaces],
                 )
             replies = await pipe.execute()
         return [str(reply) for reply in replies]
