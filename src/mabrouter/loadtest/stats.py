@@ -6,16 +6,24 @@ the parent merges them (latency histograms travel separately, HDR-encoded).
 Sample-ratio mismatch (SRM), the method
 ---------------------------------------
 A RouteResponse carries only the served arm's propensity, so the policy's full share vector at each
-decision is not observed. The check therefore estimates it per short SRM bucket (0.1 s, finer than the
-report's buckets because the policy moves fast early on): among SAMPLED decisions of bucket t (n_t of
-them), ``share_t(a)`` is the median propensity reported for arm a in that bucket; the arms not served in
-bucket t share what the served arms leave (1 - the sum of their medians) in proportion to their last
-known medians; the shares are normalised to sum to 1. The expected count of arm a is
-``E(a) = sum_t n_t * share_t(a)``,
-the observed count ``O(a)`` is how often the router served a, and ``chi2 = sum_a (O(a) - E(a))^2 / E(a)``
-with ``k - 1`` degrees of freedom (k arms with E(a) > 0). This is an approximation: the policy changes
-whenever the router's snapshot does (several times per bucket), and the propensities are Monte Carlo
-estimates. Only SAMPLED decisions count (STICKY, FORCED, KILLED... are not random draws of the policy).
+decision is not observed; the check estimates it per short SRM bucket t (0.05 s: the policy moves fast
+early on, and coarser buckets make the check raise false alarms). Among the SAMPLED decisions of bucket t:
+
+- ``share_t(a)`` is the median propensity the router reported for arm a in that bucket;
+- arms not served in t split what the served arms leave (1 - the sum of their medians) in proportion to
+  their last known medians; the shares are normalised to sum to 1;
+- arms with ``share_t(a) < 0.01`` are left out of bucket t, with the decisions that served them: a tiny
+  share's logged propensity is a Monte Carlo estimate smoothed away from 0 (the router adds half a draw),
+  far above its true share, and would raise an alarm on every long run;
+- ``n_t`` counts the decisions served to the remaining arms, ``E(a) += n_t * share_t(a) / sum(shares)``
+  and ``O(a) +=`` how often a was served in t.
+
+Then ``chi2 = sum_a (O(a) - E(a))^2 / E(a)`` with ``k - 1`` degrees of freedom (k arms with E(a) > 0).
+This is an approximation (the policy can change within a bucket; propensities are Monte Carlo
+estimates); pooling buckets with different shares makes the statistic conservative. In simulations of a
+3-arm Beta-Bernoulli Thompson policy (30 to 1,000 decisions/s, snapshots every 50-200 ms, 4,000-draw
+propensities) it rejected at the 5% level in 2-5% of faithful runs and never at 0.1%. Only SAMPLED
+decisions count (STICKY, FORCED, KILLED... are not random draws of the policy).
 """
 
 from __future__ import annotations
@@ -26,13 +34,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-SRM_BUCKET_SECONDS: Final = 0.1
+SRM_BUCKET_SECONDS: Final = 0.05
 SRM_METHOD: Final = (
-    "chi-square of observed SAMPLED arm counts against expected = sum over 0.1 s buckets t of "
+    "chi-square of observed SAMPLED arm counts against expected = sum over 0.05 s buckets t of "
     "n_t * share_t(arm), where share_t(arm) is the median propensity the router reported for that arm "
     "in bucket t; arms not served in t split the remaining 1 - sum(medians) by their last known share; "
-    "shares normalised to 1. Approximate: the policy can change within a bucket and propensities are "
-    "Monte Carlo estimates."
+    "arms below a 0.01 share (and the decisions serving them) are left out of the bucket; shares "
+    "normalised to 1. Approximate: the policy can change within a bucket and propensities are Monte "
+    "Carlo estimates."
 )
 SRM_MIN_EXPECTED: Final = 5.0
 SRM_MIN_SHARE: Final = 0.01

@@ -84,8 +84,9 @@ async def watch_changes(store: RouterStore, stop: asyncio.Event, wake: asyncio.E
         try:
             await store.watch_changes(stop, on_change=lambda _scope: wake.set(), on_subscribed=wake.set)
             backoff = 0.1
-        except (RedisError, OSError) as exc:
-            log.debug("change feed lost (%s); polling continues, resubscribing in %.1fs", exc, backoff)
+        except Exception as exc:  # noqa: BLE001 - the change feed is an optimisation: never let it stop the router
+            level = logging.DEBUG if isinstance(exc, (RedisError, OSError)) else logging.WARNING
+            log.log(level, "change feed lost (%r); polling continues, resubscribing in %.1fs", exc, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, MAX_RECONNECT_BACKOFF_SECONDS)

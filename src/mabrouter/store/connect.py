@@ -107,3 +107,17 @@ def sync_client(url: str, **options: Any) -> redis.Redis | RedisCluster:
         target.service, db=target.db, username=target.username, password=target.password, **options
     )
     return primary
+
+
+def async_pubsub_client(url: str, **options: Any) -> aioredis.Redis:
+    """A client for SUBSCRIBE. On a cluster, a plain connection to one startup node: PUBLISH reaches
+    every node, and redis-py's cluster pub/sub is less robust than a node connection."""
+    target = parse_target(url)
+    if target.kind != "cluster":
+        client = async_client(url, **options)
+        assert isinstance(client, aioredis.Redis)
+        return client
+    host, port = target.hosts[0]
+    return aioredis.Redis(
+        host=host, port=port, ssl=target.tls, username=target.username, password=target.password, **options
+    )

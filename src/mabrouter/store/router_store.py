@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from mabrouter.store import keys, scripts
-from mabrouter.store.connect import async_client
+from mabrouter.store.connect import async_client, async_pubsub_client
 
 BATCH_MARKER_TTL_SECONDS = 3600
 
@@ -56,8 +56,11 @@ class StickyWrite:
 
 
 class RouterStore:
-    def __init__(self, client: aioredis.Redis | AsyncRedisCluster) -> None:
+    def __init__(
+        self, client: aioredis.Redis | AsyncRedisCluster, pubsub_client: aioredis.Redis | None = None
+    ) -> None:
         self._redis: Any = client  # redis-py's cluster and single clients share no typed protocol
+        self._pubsub_client = pubsub_client
         self._cluster = isinstance(client, AsyncRedisCluster)
         self._scripts = {
             text: client.register_script(text)
@@ -79,10 +82,19 @@ class RouterStore:
 
     @classmethod
     def from_url(cls, url: str) -> RouterStore:
-        return cls(async_client(url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0))
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": 2.0,
+            "socket_connect_timeout": 2.0,
+        }
+        client = async_client(url, **options)
+        pubsub = async_pubsub_client(url, **options) if isinstance(client, AsyncRedisCluster) else None
+        return cls(client, pubsub)
 
     async def close(self) -> None:
         await self._redis.aclose()
+        if self._pubsub_client is not None:
+            await self._pubsub_client.aclose()
 
     async def ping(self) -> bool:
         try:
@@ -120,7 +132,7 @@ class RouterStore:
 
         Pub/sub is at-most-once: callers keep polling too, and resync fully after every (re)subscribe.
         """
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = (self._pubsub_client or self._redis).pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(keys.CHANGES_CHANNEL)
             on_subscribed()
