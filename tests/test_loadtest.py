@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ def test_gaussian_environment_and_parse_errors() -> None:
         (["a=0.1"], [], 3.0, ["b=0.2"], "does not model"),
         ([], [], None, [], "at least one arm"),
     ]:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ValueError, match=re.escape(message)):
             build_environment(rates, means, at, drifts)
 
 
@@ -140,7 +141,7 @@ def test_regret_uses_the_true_rates_at_decision_time() -> None:
 
 
 def test_tallies_merge_by_adding_counts() -> None:
-    one, two = Tally(1.0), Tally(1.0)
+    one, two = Tally(1.0, srm_bucket_seconds=1.0), Tally(1.0, srm_bucket_seconds=1.0)
     one.record_decision(0.5, "a", "SAMPLED", 0.25, 0.1)
     two.record_decision(0.7, "a", "SAMPLED", 0.25, 0.1)
     two.record_decision(1.5, "b", "STICKY", 0.75, 0.0)
@@ -155,7 +156,7 @@ def test_tallies_merge_by_adding_counts() -> None:
     assert one.errors == Counter({"DEADLINE_EXCEEDED": 2})
     assert one.max_latency_us == 900
     with pytest.raises(ValueError):
-        one.merge(Tally(2.0))
+        one.merge(Tally(2.0, srm_bucket_seconds=1.0))
 
 
 def test_weighted_median_and_share_imputation() -> None:

@@ -7,6 +7,7 @@ import logging
 import secrets
 import signal
 
+import grpc
 import numpy as np
 from opentelemetry import trace
 from prometheus_client import start_http_server
@@ -23,7 +24,7 @@ from mabrouter.runtime.snapshot_builder import SnapshotBuilder
 from mabrouter.runtime.spool import OutcomeSpool
 from mabrouter.runtime.sticky import StickyAssignments
 from mabrouter.runtime.trials import TrialBuffer, TrialFlusher
-from mabrouter.service.server import HealthReporter, build_server
+from mabrouter.service.server import HealthReporter, build_server, server_credentials
 from mabrouter.service.servicer import RouterServicer
 from mabrouter.service.tracing import Tracing
 from mabrouter.store.connect import redact
@@ -57,6 +58,12 @@ def decision_keys(settings: Settings) -> tuple[bytes, list[bytes]]:
     if settings.decision_secret_previous is not None:
         accepted.append(settings.decision_secret_previous.get_secret_value().encode())
     return current, accepted
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    return server_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
 
 
 def _split_host_port(listen: str) -> tuple[str, int]:
@@ -125,6 +132,7 @@ class RouterApp:
             self.health,
             settings.listen,
             reuse_port=settings.reuse_port,
+            credentials=_credentials(settings),
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         self.metrics.registry.register(

@@ -83,12 +83,25 @@ class Settings(BaseSettings):
         None, description="directory for the outcome spool (acknowledge outcomes while Redis is down)"
     )
     spool_max_entries: int = Field(1_000_000, ge=1, description="spooled outcomes kept before refusing")
+    tls_cert_file: Path | None = Field(None, description="server certificate (PEM): serve gRPC over TLS")
+    tls_key_file: Path | None = Field(None, description="server private key (PEM)")
+    tls_client_ca_file: Path | None = Field(
+        None, description="CA bundle (PEM) for client certificates: when set, clients must present one (mTLS)"
+    )
     reuse_port: bool = Field(False, description="bind with SO_REUSEPORT (set for each worker by --workers)")
     max_concurrent_rpcs: int = Field(
         2000, ge=1, description="calls in flight per process; more get RESOURCE_EXHAUSTED instead of queueing"
     )
     log_format: Literal["json", "text"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+        return self
 
 
 class _Strict(BaseModel):

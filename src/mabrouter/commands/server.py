@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -60,7 +61,16 @@ def cmd_health(args: argparse.Namespace) -> int:
     import grpc  # noqa: PLC0415
     from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
 
-    with grpc.insecure_channel(args.address) as channel:
+    if args.tls_ca:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=Path(args.tls_ca).read_bytes(),
+            private_key=Path(args.tls_key).read_bytes() if args.tls_key else None,
+            certificate_chain=Path(args.tls_cert).read_bytes() if args.tls_cert else None,
+        )
+        channel = grpc.secure_channel(args.address, credentials)
+    else:
+        channel = grpc.insecure_channel(args.address)
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
@@ -92,6 +102,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     health.add_argument("--address", default="127.0.0.1:50051", help="host:port or unix:PATH")
     health.add_argument("--service", default="", help="service name ('' = overall)")
     health.add_argument("--timeout", type=float, default=2.0)
+    health.add_argument("--tls-ca", help="CA bundle to verify a TLS router (enables TLS)")
+    health.add_argument("--tls-cert", help="client certificate, for a router requiring mTLS")
+    health.add_argument("--tls-key", help="client private key, for a router requiring mTLS")
     health.set_defaults(handler=cmd_health)
 
     demo = commands.add_parser("demo", help="private Redis + router + simulated traffic, end to end")

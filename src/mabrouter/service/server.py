@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -55,6 +57,7 @@ def build_server(
     *,
     reuse_port: bool = False,
     max_concurrent_rpcs: int | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Create the server bound to `listen` (host:port or unix:PATH); return it and the bound TCP port."""
     server = grpc.aio.server(
@@ -71,9 +74,20 @@ def build_server(
         (ROUTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(listen)
+        port = (
+            server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
+        )
     except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
         raise OSError(f"cannot listen on {listen}: address in use or invalid") from exc
     if port == 0 and not listen.startswith("unix:") and not listen.endswith(":0"):
         raise OSError(f"cannot listen on {listen}: address in use or invalid")
     return server, port
+
+
+def server_credentials(cert: Path, key: Path, client_ca: Path | None) -> grpc.ServerCredentials:
+    """TLS with the given certificate; with a client CA, mutual TLS (clients must present a cert)."""
+    return grpc.ssl_server_credentials(
+        [(key.read_bytes(), cert.read_bytes())],
+        root_certificates=client_ca.read_bytes() if client_ca else None,
+        require_client_auth=client_ca is not None,
+    )
