@@ -11,6 +11,7 @@ import pytest
 
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
+
 from support import InProcessRouter, RedisServer, cli, router_settings
 
 
@@ -120,9 +121,8 @@ def test_mtls_requires_a_client_certificate(tls_router: InProcessRouter, pki: Pa
         assert _route(channel).arm.startswith("ranker-")
     with grpc.secure_channel(
         tls_router.address, grpc.ssl_channel_credentials(root_certificates=ca)
-    ) as channel:
-        with pytest.raises(grpc.RpcError) as info:
-            _route(channel)
+    ) as channel, pytest.raises(grpc.RpcError) as info:
+        _route(channel)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     health = cli(
         "health",
