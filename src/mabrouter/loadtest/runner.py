@@ -113,7 +113,8 @@ class Monitor:
     def update(self, index: int, progress: Progress) -> None:
         self.latest[index] = progress
 
-    def render(self, elapsed: float) -> RenderableType:
+    def fields(self, elapsed: float) -> dict[str, str]:
+        """The progress so far, column -> value (call it at a steady pace: it keeps the share window)."""
         decisions = sum(p.decisions for p in self.latest.values())
         errors = sum(p.errors for p in self.latest.values())
         totals: Counter[str] = Counter()
@@ -127,20 +128,25 @@ class Monitor:
         histogram = new_histogram()
         for p in self.latest.values():
             histogram.decode_and_add(p.histogram)
-        table = Table(title=f"mabrouter loadtest -> {self.config.target} ({self.config.experiment})")
-        for column in ("elapsed", "decisions", "decisions/s", "errors", "p50", "p99", "share (last 2 s)"):
-            table.add_column(column, justify="right")
         count = histogram.get_total_count()
         window = sum(recent.values())
-        table.add_row(
-            f"{min(elapsed, self.config.duration):.1f}/{self.config.duration:g} s",
-            f"{decisions:,}",
-            f"{decisions / elapsed:,.0f}" if elapsed > 0 else "-",
-            f"{errors:,}",
-            f"{histogram.get_value_at_percentile(50) / 1000:.2f} ms" if count else "-",
-            f"{histogram.get_value_at_percentile(99) / 1000:.2f} ms" if count else "-",
-            "  ".join(f"{arm} {n / window:.0%}" for arm, n in sorted(recent.items())) if window else "-",
-        )
+        return {
+            "elapsed": f"{min(elapsed, self.config.duration):.1f}/{self.config.duration:g} s",
+            "decisions": f"{decisions:,}",
+            "decisions/s": f"{decisions / elapsed:,.0f}" if elapsed > 0 else "-",
+            "errors": f"{errors:,}",
+            "p50": f"{histogram.get_value_at_percentile(50) / 1000:.2f} ms" if count else "-",
+            "p99": f"{histogram.get_value_at_percentile(99) / 1000:.2f} ms" if count else "-",
+            "share (last 2 s)": "  ".join(f"{arm} {n / window:.0%}" for arm, n in sorted(recent.items()))
+            if window
+            else "-",
+        }
+
+    def table(self, fields: dict[str, str]) -> RenderableType:
+        table = Table(title=f"mabrouter loadtest -> {self.config.target} ({self.config.experiment})")
+        for column in fields:
+            table.add_column(column, justify="right", no_wrap=column != "share (last 2 s)")
+        table.add_row(*fields.values())
         return table
 
 
@@ -239,12 +245,12 @@ def _collect(
                     failures.append(f"worker {index}: {payload}")
             now = time.monotonic()
             if now >= next_show:
-                show(monitor.render(max(0.0, now - start)))
+                show(monitor, max(0.0, now - start))
                 next_show = now + REFRESH
             if now > finish_by:
                 failures.extend(f"worker {index}: did not finish in time" for index in sorted(pending))
                 break
-        show(monitor.render(max(0.0, time.monotonic() - start)))
+        show(monitor, max(0.0, time.monotonic() - start))
     return list(results.values())
 
 
@@ -271,20 +277,23 @@ class _progress_view:  # noqa: N801 - used like a function: `with _progress_view
     def __init__(self, console: Console) -> None:
         self.console = console
         self.live: Live | None = None
-        self.last_line = 0.0
+        self.last_line = time.monotonic()
 
-    def __enter__(self) -> Callable[[RenderableType], None]:
+    def __enter__(self) -> Callable[[Monitor, float], None]:
         if self.console.is_terminal:
             self.live = Live(console=self.console, auto_refresh=False, transient=False)
             self.live.__enter__()
         return self.show
 
-    def show(self, renderable: RenderableType) -> None:
+    def show(self, monitor: Monitor, elapsed: float) -> None:
+        fields = monitor.fields(elapsed)
         if self.live is not None:
-            self.live.update(renderable, refresh=True)
+            self.live.update(monitor.table(fields), refresh=True)
         elif time.monotonic() - self.last_line >= PLAIN_PROGRESS_EVERY:
             self.last_line = time.monotonic()
-            self.console.print(renderable)
+            self.console.print(
+                ", ".join(f"{name} {value}" for name, value in fields.items()), highlight=False
+            )
 
     def __exit__(self, *exc: object) -> None:
         if self.live is not None:
