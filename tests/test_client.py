@@ -422,3 +422,22 @@ def test_python_example_routes_and_reports(router: InProcessRouter, redis_server
     assert '"arm": "ranker-v' in result.stdout
     counts, _ = stats_by_arm(redis_server)
     assert sum(counts.values()) == 1
+
+
+def test_an_unconvertible_number_fails_open_instead_of_raising() -> None:
+    """Regression: an int too large for a double raised OverflowError out of route()."""
+    client = RouterClient(f"127.0.0.1:{free_port()}", timeout=0.05)
+    try:
+        assignment = client.route("ranker", "u", attributes={"big": 10**400}, default_arm="ranker-v1")
+    finally:
+        client.close()
+    assert (assignment.arm, assignment.fallback) == ("ranker-v1", True)
+    assert assignment.error is not None
+    assert "too large" in assignment.error
+
+
+def test_assignment_reports_a_fresh_snapshot_as_not_stale(router: InProcessRouter) -> None:
+    with RouterClient(router.address, timeout=2.0) as client:
+        assignment = client.route("ranker", "u", default_arm="ranker-v1")
+    assert assignment.stale is False
+    assert assignment.reason == "SAMPLED"

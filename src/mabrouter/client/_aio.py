@@ -74,7 +74,7 @@ class AsyncRouterClient:
         check_route_arguments(default_arm, timeout)
         try:
             request = route_request(experiment, unit_id, attributes, default_arm)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             return self._fail(
                 experiment, grpc.StatusCode.INVALID_ARGUMENT, f"INVALID_ARGUMENT: {exc}", default_arm
             )

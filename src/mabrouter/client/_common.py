@@ -66,6 +66,8 @@ class Assignment:
     payload: dict[str, str] = field(default_factory=dict)
     fallback: bool = False
     error: str | None = None
+    # True when the router decided from a snapshot older than its maximum staleness (Redis unreachable).
+    stale: bool = False
 
 
 def fallback_assignment(default_arm: str, error: str) -> Assignment:
@@ -147,6 +149,7 @@ def assignment_from(response: Any, default_arm: str) -> Assignment:
         config_version=int(response.config_version),
         payload=dict(response.payload),
         fallback=reason_value == router_pb2.FALLBACK_DEFAULT,
+        stale=bool(response.stale),
     )
 
 

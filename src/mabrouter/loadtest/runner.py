@@ -12,8 +12,6 @@ import multiprocessing
 import queue
 import signal
 import time
-from collections import Counter, deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
@@ -21,19 +19,16 @@ from multiprocessing.synchronize import Event
 from typing import Any, Final
 
 import grpc
-from rich.console import Console, RenderableType
-from rich.live import Live
-from rich.table import Table
+from rich.console import Console
 
-from mabrouter.loadtest.driver import Progress, RunConfig, WorkerResult, new_histogram, run_worker
+from mabrouter.loadtest.driver import RunConfig, WorkerResult, run_worker
+from mabrouter.loadtest.progress import Monitor, progress_view
 from mabrouter.loadtest.stats import Tally
 from mabrouter.v1 import router_pb2, router_pb2_grpc
 
 START_DELAY: Final = 0.2  # seconds between the start signal and the first send
 READY_TIMEOUT: Final = 30.0
 REFRESH: Final = 0.5
-PLAIN_PROGRESS_EVERY: Final = 5.0  # seconds between progress lines when stderr is not a terminal
-SHARE_WINDOW: Final = 2.0  # "current" traffic share: the last ~2 s
 NO_EVENT: Final[tuple[str, int, Any]] = ("", -1, None)
 
 
@@ -100,54 +95,6 @@ def worker_process(
         events.put(("failed", index, f"{type(exc).__name__}: {exc}".rstrip(": ")))
         return
     events.put(("done", index, result))
-
-
-class Monitor:
-    """The live view: merges the workers' latest progress; renders elapsed, rate, errors, p50/p99, shares."""
-
-    def __init__(self, config: RunConfig) -> None:
-        self.config = config
-        self.latest: dict[int, Progress] = {}
-        self.history: deque[tuple[float, Counter[str]]] = deque()
-
-    def update(self, index: int, progress: Progress) -> None:
-        self.latest[index] = progress
-
-    def fields(self, elapsed: float) -> dict[str, str]:
-        """The progress so far, column -> value (call it at a steady pace: it keeps the share window)."""
-        decisions = sum(p.decisions for p in self.latest.values())
-        errors = sum(p.errors for p in self.latest.values())
-        totals: Counter[str] = Counter()
-        for p in self.latest.values():
-            totals.update(p.arm_totals)
-        now = time.monotonic()
-        self.history.append((now, totals))
-        while len(self.history) > 1 and now - self.history[1][0] >= SHARE_WINDOW:
-            self.history.popleft()
-        recent = totals - self.history[0][1] if len(self.history) > 1 else totals
-        histogram = new_histogram()
-        for p in self.latest.values():
-            histogram.decode_and_add(p.histogram)
-        count = histogram.get_total_count()
-        window = sum(recent.values())
-        return {
-            "elapsed": f"{min(elapsed, self.config.duration):.1f}/{self.config.duration:g} s",
-            "decisions": f"{decisions:,}",
-            "decisions/s": f"{decisions / elapsed:,.0f}" if elapsed > 0 else "-",
-            "errors": f"{errors:,}",
-            "p50": f"{histogram.get_value_at_percentile(50) / 1000:.2f} ms" if count else "-",
-            "p99": f"{histogram.get_value_at_percentile(99) / 1000:.2f} ms" if count else "-",
-            "share (last 2 s)": "  ".join(f"{arm} {n / window:.0%}" for arm, n in sorted(recent.items()))
-            if window
-            else "-",
-        }
-
-    def table(self, fields: dict[str, str]) -> RenderableType:
-        table = Table(title=f"mabrouter loadtest -> {self.config.target} ({self.config.experiment})")
-        for column in fields:
-            table.add_column(column, justify="right", no_wrap=column != "share (last 2 s)")
-        table.add_row(*fields.values())
-        return table
 
 
 @dataclass
@@ -230,7 +177,7 @@ def _collect(
     results: dict[int, WorkerResult] = {}
     finish_by = start + config.duration + config.timeout + max(config.reward_delay, 5.0) + 30.0
     pending = set(ready)
-    with _progress_view(console) as show:
+    with progress_view(console) as show:
         next_show = time.monotonic()
         while pending:
             event = _poll(workers.events, REFRESH / 2)
@@ -269,32 +216,3 @@ def _next_event(events: Queue[Any], deadline: float, what: str) -> tuple[str, in
             return event
         if time.monotonic() > deadline:
             raise StartError(f"timed out waiting for {what}")
-
-
-class _progress_view:  # noqa: N801 - used like a function: `with _progress_view(console) as show:`
-    """Live refresh (~2/s) on a terminal; otherwise a plain progress line every few seconds."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.live: Live | None = None
-        self.last_line = time.monotonic()
-
-    def __enter__(self) -> Callable[[Monitor, float], None]:
-        if self.console.is_terminal:
-            self.live = Live(console=self.console, auto_refresh=False, transient=False)
-            self.live.__enter__()
-        return self.show
-
-    def show(self, monitor: Monitor, elapsed: float) -> None:
-        fields = monitor.fields(elapsed)
-        if self.live is not None:
-            self.live.update(monitor.table(fields), refresh=True)
-        elif time.monotonic() - self.last_line >= PLAIN_PROGRESS_EVERY:
-            self.last_line = time.monotonic()
-            self.console.print(
-                ", ".join(f"{name} {value}" for name, value in fields.items()), highlight=False
-            )
-
-    def __exit__(self, *exc: object) -> None:
-        if self.live is not None:
-            self.live.__exit__(None, None, None)
