@@ -259,7 +259,7 @@ def measure(path: str, flips: int, observers: list[Observer], redis_url: str, re
     return samples
 
 
-def machine() -> dict[str, Any]:
+def machine(load_at_start: float) -> dict[str, Any]:
     redis_version = subprocess.run(
         ["redis-server", "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
@@ -267,6 +267,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        "loadavg_1m_at_start": load_at_start,
         "loadavg_1m_at_end": os.getloadavg()[0],
         "redis_server": redis_version,
         "grpcio": grpc.__version__,
@@ -352,6 +353,7 @@ def main() -> int:
         print("redis-cli is not installed (apt-get install -y redis-tools)", file=sys.stderr)
         return 1
 
+    load_at_start = os.getloadavg()[0]
     with running_redis() as redis_server:
         cli("experiment", "apply", str(EXAMPLE), redis_url=redis_server.url)
         routers = [Router(redis_server.url) for _ in range(args.replicas)]
@@ -395,7 +397,7 @@ def main() -> int:
         "observer_calls": [observer.calls for observer in observers],
         "observer_errors": [observer.errors for observer in observers],
         "samples": samples,
-        "machine": machine(),
+        "machine": machine(load_at_start),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

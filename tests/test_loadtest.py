@@ -226,6 +226,8 @@ def _run(tmp_path: Path, router: InProcessRouter, *args: str, name: str = "run")
         str(json_out),
         "--seed",
         "1",
+        "--timeout",
+        "5",  # generous: a loaded CI machine must not turn slow calls into errors
         *args,
         redis_url="redis://127.0.0.1:1/0",
     )

@@ -145,6 +145,16 @@ def audit(redis_server: RedisServer, scope: str | None = None) -> list[dict[str,
     return [json.loads(line) for line in cli(*args, redis_url=redis_server.url).stdout.splitlines()]
 
 
+def unattributed_entries(redis_server: RedisServer) -> list[tuple[str, str]]:
+    """(before, after) of the raw-edit entries in ranker's audit stream, read straight from Redis."""
+    client = redis_server.client()
+    try:
+        entries = [fields for _, fields in client.xrange(AUDIT)]
+    finally:
+        client.close()
+    return [(e["before"], e["after"]) for e in entries if e["actor"] == "unattributed"]
+
+
 def stored_state(redis_server: RedisServer) -> tuple[dict[str, str], dict[str, str], int, dict[str, str]]:
     client = redis_server.client()
     try:
@@ -262,6 +272,12 @@ def test_global_kill_stops_every_experiment_until_unkilled(
 def test_redis_cli_kill_reaches_every_replica_by_polling_and_is_audited_once(
     applied_ranker: RedisServer,
 ) -> None:
+    def audit_is(expected: list[tuple[str, str]]) -> Callable[[], None]:
+        def check() -> None:
+            assert unattributed_entries(applied_ranker) == expected
+
+        return check
+
     watcher = applied_ranker.client()
     feed = watcher.pubsub(ignore_subscribe_messages=True)
     feed.subscribe(CHANGES)
@@ -272,8 +288,10 @@ def test_redis_cli_kill_reaches_every_replica_by_polling_and_is_audited_once(
             obeyed(group, lambda r: r.route().reason == pb.KILLED, "the raw kill")
             for replica in group:
                 assert {reply.reason for reply in replica.route_many(UNITS[:100])} == {pb.KILLED}
-            # All three noticed the edit (each logs it), yet it has one audit entry.
+            # All three noticed the edit (each logs it, then records it), yet it has one audit entry.
             obeyed(group, lambda r: r.log_count("unattributed change to ranker: '' -> '1'") == 1, "notice")
+            wait_until(lambda: unattributed_entries(applied_ranker), DEADLINE, what="the audit entry")
+            assert keeps(audit_is([("", "1")])) > 10
             raw = [entry for entry in audit(applied_ranker, "ranker") if entry["actor"] == "unattributed"]
             assert len(raw) == 1, raw
             assert (raw[0]["action"], raw[0]["target"], raw[0]["before"], raw[0]["after"]) == (
@@ -286,8 +304,8 @@ def test_redis_cli_kill_reaches_every_replica_by_polling_and_is_audited_once(
             assert redis_cli(applied_ranker, "HSET", CONTROL, "kill", "0") == "0"
             obeyed(group, lambda r: r.route().reason == pb.SAMPLED, "the raw unkill")
             obeyed(group, lambda r: r.log_count("unattributed change to ranker: '1' -> '0'") == 1, "notice")
-            raw = [entry for entry in audit(applied_ranker, "ranker") if entry["actor"] == "unattributed"]
-            assert [(entry["before"], entry["after"]) for entry in raw] == [("", "1"), ("1", "0")]
+            wait_until(lambda: len(unattributed_entries(applied_ranker)) > 1, DEADLINE, what="the entry")
+            assert keeps(audit_is([("", "1"), ("1", "0")])) > 10
         # Nothing announced these edits: the replicas found them by polling.
         assert feed.get_message(timeout=0.1) is None
     finally:
@@ -550,14 +568,6 @@ def test_every_raw_edit_gets_an_audit_entry_even_when_it_repeats(applied_ranker:
             obeyed([replica], lambda r, want=reason: r.route().reason == want, f"kill {value}")
         obeyed([replica], lambda r: r.log_count("unattributed change to ranker: '1' -> '0'") == 2, "notice")
 
-        def raw_entries() -> list[tuple[str, str]]:
-            client = applied_ranker.client()
-            try:
-                entries = [fields for _, fields in client.xrange(AUDIT)]
-            finally:
-                client.close()
-            return [(e["before"], e["after"]) for e in entries if e["actor"] == "unattributed"]
-
         with suppress(TimeoutError):
-            wait_until(lambda: len(raw_entries()) >= 4, 1)
-        assert raw_entries() == [("", "1"), ("1", "0"), ("0", "1"), ("1", "0")]
+            wait_until(lambda: len(unattributed_entries(applied_ranker)) >= 4, 1)
+        assert unattributed_entries(applied_ranker) == [("", "1"), ("1", "0"), ("0", "1"), ("1", "0")]

@@ -1,7 +1,8 @@
 """decide(request, snapshot, rng) -> Decision: the whole routing decision, pure and replayable.
 
 Precedence, highest first (README "Operator controls" has the table; tests check every combination):
-global kill > experiment kill > arm kill > allow/deny lists > targeting and rollout > sticky > sampling.
+global kill > experiment kill > arm kill > allow/deny lists > targeting and rollout > holdout > sticky >
+sampling.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class Decision:
     # Whether this decision counts as a trial of the policy (and its outcome updates the posterior).
     # Only decisions the policy made count: forced or fallback answers would bias the posterior.
     counted: bool
+    # The arm the shadow policy would have chosen ('' without shadow arms or for imposed answers).
+    shadow_arm: str = ""
 
 
 def validate(request: RouteInput) -> None:
@@ -76,7 +79,8 @@ def _fixed(state: ExperimentState, index: int, reason: Reason) -> Decision:
     )
 
 
-def _sampled(state: ExperimentState, index: int, reason: Reason) -> Decision:
+def _sampled(state: ExperimentState, index: int, reason: Reason, rng: np.random.Generator) -> Decision:
+    shadow = state.shadow_sampler
     return Decision(
         arm=state.spec.arms[index].name,
         reason=reason,
@@ -84,6 +88,7 @@ def _sampled(state: ExperimentState, index: int, reason: Reason) -> Decision:
         config_version=state.version,
         payload=state.payloads[index],
         counted=True,
+        shadow_arm=state.spec.arms[shadow.next_arm(rng)].name if shadow is not None else "",
     )
 
 
@@ -118,11 +123,15 @@ def decide(  # noqa: PLR0911, PLR0912 - the precedence chain reads top-down as e
         return _fixed(state, control, Reason.NOT_TARGETED)
     if state.rollout < 100.0 and not in_rollout(bucket_of(spec.hash_salt, request.unit_id), state.rollout):
         return _fixed(state, control, Reason.NOT_EXPOSED)
+    if spec.holdout_percent > 0 and in_rollout(
+        bucket_of(spec.holdout_salt, request.unit_id), spec.holdout_percent
+    ):
+        return _fixed(state, control, Reason.HOLDOUT)
     if request.sticky_arm is not None:
         sticky_index = spec.arm_index(request.sticky_arm)
         if sticky_index is not None and sticky_index in state.live:
-            return _sampled(state, sticky_index, Reason.STICKY)
+            return _sampled(state, sticky_index, Reason.STICKY, rng)
     if request.hash_seeded:
         unit_rng = np.random.default_rng(unit_seed(spec.hash_salt, request.unit_id))
-        return _sampled(state, state.sampler.draw_once(unit_rng), Reason.SAMPLED)
-    return _sampled(state, state.sampler.next_arm(rng), Reason.SAMPLED)
+        return _sampled(state, state.sampler.draw_once(unit_rng), Reason.SAMPLED, rng)
+    return _sampled(state, state.sampler.next_arm(rng), Reason.SAMPLED, rng)

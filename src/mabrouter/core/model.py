@@ -37,6 +37,7 @@ class Reason(Enum):
     STICKY = 7
     FALLBACK_DEFAULT = 8
     STALE_CONTROL = 9
+    HOLDOUT = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +60,61 @@ Prior = BetaPrior | NormalPrior
 
 
 @dataclass(frozen=True, slots=True)
+class RampStep:
+    """Cap the arm at `share` of sampled traffic for at least `min_seconds` before the next step."""
+
+    share: float
+    min_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """The reward an arm was expected to earn offline, and how far online may credibly stray."""
+
+    mean: float
+    tolerance: float
+
+
+@dataclass(frozen=True, slots=True)
 class ArmSpec:
     name: str
     prior: Prior
     payload: Mapping[str, str] = field(default_factory=dict)
+    # Bounds on the arm's share of sampled traffic (a canary cap; an exploration floor).
+    max_share: float = 1.0
+    min_share: float = 0.0
+    # Never served; the shadow policy reports what it would have chosen.
+    shadow: bool = False
+    expected: Expectation | None = None
+    ramp: tuple[RampStep, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Guardrail:
+    """An outcome metric an arm must not regress on, judged by posterior probability.
+
+    kind "rate": the metric is 0/1 (e.g. error); "mean": a continuous metric (e.g. latency_ms).
+    Breached when P(arm - control > max_increase) >= probability, or P(arm > max_value) >= probability,
+    once both the arm and control have min_samples observations of the metric.
+    """
+
+    metric: str
+    kind: str = "rate"
+    max_increase: float | None = None
+    max_value: float | None = None
+    probability: float = 0.95
+    min_samples: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class MetricStats:
+    n: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +137,17 @@ class ExperimentSpec:
     sticky_ttl_seconds: int = 0
     # Request attributes recorded with each decision in the exposure log (for segmented analysis).
     segments: tuple[str, ...] = ()
+    # Percent of exposed units that always get control (hashed independently of the rollout).
+    holdout_percent: float = 0.0
+    # Uniform allocation over live arms until every one has this many trials.
+    burn_in_trials: int = 0
+    guardrails: tuple[Guardrail, ...] = ()
+    # Treat a credible divergence from an arm's offline expectation as a guardrail breach.
+    divergence_guardrail: bool = False
+
+    @property
+    def holdout_salt(self) -> str:
+        return f"{self.hash_salt}:holdout"
 
     @property
     def hash_salt(self) -> str:
@@ -106,6 +169,9 @@ class Controls:
     # Overrides the document's rollout when set.
     rollout: float | None = None
     reason: str = ""
+    # Ramp position per arm: the step index it is on (absent: step 0) and when it entered it (epoch ms).
+    ramp_steps: Mapping[str, int] = field(default_factory=dict)
+    ramp_since_ms: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +194,7 @@ class ArmStats:
     reward_count: int = 0
     reward_sum: float = 0.0
     reward_sq_sum: float = 0.0
+    # Decisions that sampling served to this arm, and the number the allocations in force expected.
+    sampled: int = 0
+    expected_trials: float = 0.0
+    metrics: Mapping[str, MetricStats] = field(default_factory=dict)

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from mabrouter.core.allocation import CategoricalSampler, constrained_allocation, ramp_cap
 from mabrouter.core.model import ArmStats, Controls, ExperimentSpec, GlobalControls
-from mabrouter.core.posterior import Posteriors, posteriors_for
+from mabrouter.core.posterior import FloatArray, Posteriors, posteriors_for
 from mabrouter.core.thompson import ThompsonSampler, win_probabilities
 
 NO_CONTROLS = Controls()
@@ -28,7 +29,9 @@ class ExperimentState:
     # Probability each arm has of being served by sampling (the policy's traffic share now).
     shares: npt.NDArray[np.float64]
     # None when only the control arm is live (every experimenting arm killed).
-    sampler: ThompsonSampler | None
+    sampler: ThompsonSampler | CategoricalSampler | None
+    # Thompson sampling over the live and the shadow arms; None without shadow arms.
+    shadow_sampler: ThompsonSampler | None
     control_index: int
     rollout: float
     # Per-arm payloads, frozen once so Route never copies them.
@@ -44,6 +47,47 @@ class Snapshot:
     errors: Mapping[str, str] = field(default_factory=dict)
 
 
+def _limits(spec: ExperimentSpec, controls: Controls) -> tuple[FloatArray, FloatArray]:
+    floors = np.array([arm.min_share for arm in spec.arms], dtype=np.float64)
+    caps = np.array(
+        [
+            min(
+                arm.max_share,
+                ramp_cap(tuple(step.share for step in arm.ramp), controls.ramp_steps.get(arm.name, 0)),
+            )
+            if arm.ramp
+            else arm.max_share
+            for arm in spec.arms
+        ],
+        dtype=np.float64,
+    )
+    return floors, caps
+
+
+def _allocation(
+    spec: ExperimentSpec,
+    stats: tuple[ArmStats, ...],
+    posteriors: Posteriors,
+    *,
+    live: tuple[int, ...],
+    controls: Controls,
+    rng: np.random.Generator,
+) -> tuple[FloatArray, ThompsonSampler | CategoricalSampler]:
+    """The policy's shares of sampled traffic and the sampler that realises them."""
+    floors, caps = _limits(spec, controls)
+    burning_in = spec.burn_in_trials > 0 and any(stats[i].trials < spec.burn_in_trials for i in live)
+    limited = burning_in or any(floors[i] > 0 or caps[i] < 1 for i in live)
+    if not limited:
+        return win_probabilities(posteriors, live, rng), ThompsonSampler(posteriors, live)
+    if burning_in:
+        p = np.zeros(len(spec.arms), dtype=np.float64)
+        p[list(live)] = 1.0 / len(live)
+    else:
+        p = win_probabilities(posteriors, live, rng)
+    shares = constrained_allocation(p, live, floors, caps)
+    return shares, CategoricalSampler(shares)
+
+
 def build_experiment_state(
     spec: ExperimentSpec,
     version: int,
@@ -56,15 +100,22 @@ def build_experiment_state(
         raise ValueError(f"experiment {spec.name!r}: control arm {spec.control!r} is not one of its arms")
     posteriors = posteriors_for(spec, stats)
     # The control arm cannot be killed: it is what the router serves when it must not experiment.
+    # Shadow arms are never served.
     live = tuple(
-        i for i, arm in enumerate(spec.arms) if i == control_index or arm.name not in controls.killed_arms
+        i
+        for i, arm in enumerate(spec.arms)
+        if i == control_index or (arm.name not in controls.killed_arms and not arm.shadow)
     )
-    control_only = live == (control_index,)
-    if control_only:
+    shadows = tuple(
+        i for i, arm in enumerate(spec.arms) if arm.shadow and arm.name not in controls.killed_arms
+    )
+    sampler: ThompsonSampler | CategoricalSampler | None
+    if live == (control_index,):
         shares = np.zeros(len(spec.arms), dtype=np.float64)
         shares[control_index] = 1.0
+        sampler = None
     else:
-        shares = win_probabilities(posteriors, live, rng)
+        shares, sampler = _allocation(spec, stats, posteriors, live=live, controls=controls, rng=rng)
     return ExperimentState(
         spec=spec,
         version=version,
@@ -73,7 +124,8 @@ def build_experiment_state(
         posteriors=posteriors,
         live=live,
         shares=shares,
-        sampler=None if control_only else ThompsonSampler(posteriors, live),
+        sampler=sampler,
+        shadow_sampler=ThompsonSampler(posteriors, tuple(sorted(live + shadows))) if shadows else None,
         control_index=control_index,
         rollout=spec.rollout if controls.rollout is None else controls.rollout,
         payloads=tuple(dict(arm.payload) for arm in spec.arms),

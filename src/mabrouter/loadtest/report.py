@@ -43,10 +43,15 @@ def build_report(config: RunConfig, result: RunResult, command: list[str]) -> di
     modeled = tally.decisions - tally.unmodeled.total()
     throughput = tally.decisions / config.duration
     warnings = [*result.failures]
-    if config.rate is not None and throughput < KEEP_UP * config.rate:
+    sent = tally.decisions + tally.errors.total()
+    if config.rate is not None and sent < KEEP_UP * config.rate * config.duration:
         warnings.append(
-            f"throughput {throughput:,.0f}/s is below the target {config.rate:,.0f}/s: the router or the "
-            "generator could not keep up (try --processes)"
+            f"only {sent / config.duration:,.0f} calls/s were sent of the target {config.rate:,.0f}/s: the "
+            "generator could not keep up (try --processes; is the machine saturated?)"
+        )
+    if tally.errors:
+        warnings.append(
+            f"{tally.errors.total():,} of {sent:,} Route calls failed ({tally.errors.total() / sent:.1%})"
         )
     if tally.skipped:
         warnings.append(f"{tally.skipped:,} sends skipped: {config.max_inflight:,} calls were in flight")

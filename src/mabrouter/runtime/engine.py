@@ -15,6 +15,7 @@ from mabrouter.runtime.metrics import RouterMetrics
 from mabrouter.runtime.signer import DecisionSigner
 from mabrouter.runtime.sticky import StickyAssignments
 from mabrouter.runtime.trials import TrialBuffer
+from mabrouter.store.keys import SPLIT_HOLDOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,10 @@ class RoutingEngine:
         if decision.reason is Reason.FALLBACK_DEFAULT or state is None:
             return Routed(decision, "", stale)
         if decision.counted:
-            self._record.trials.add(request.experiment, decision.arm)
+            sampled_from = state if decision.reason is Reason.SAMPLED else None
+            self._record.trials.add(request.experiment, decision.arm, sampled_from)
+        elif decision.reason is Reason.HOLDOUT:
+            self._record.trials.add_split(request.experiment, SPLIT_HOLDOUT)
         if state.spec.sticky_ttl_seconds:
             self._sticky.remember(request, decision, state)
         decision_id, token = self._signer.sign(request.experiment, decision, trace)

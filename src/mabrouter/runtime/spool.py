@@ -33,8 +33,10 @@ def _encode(write: OutcomeWrite) -> str:
 
 def _decode(line: str) -> OutcomeWrite | None:
     try:
-        return OutcomeWrite(**json.loads(line))
-    except (ValueError, TypeError):
+        fields = json.loads(line)
+        fields["metrics"] = tuple((str(name), float(value)) for name, value in fields.get("metrics", ()))
+        return OutcomeWrite(**fields)
+    except (ValueError, TypeError, AttributeError):
         return None  # a torn last line from a crash mid-write: it was never acknowledged
 
 

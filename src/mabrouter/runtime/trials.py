@@ -1,4 +1,9 @@
-"""Counts trials on the request path and flushes them to Redis in idempotent batches."""
+"""Counts decisions on the request path and flushes them to Redis in idempotent batches.
+
+Per arm it counts trials (policy decisions served) and expected trials: for every sampled decision, the
+share each arm had under the allocation in force. Their comparison is the sample-ratio-mismatch check.
+It also counts the holdout split (holdout vs bandit decisions among exposed units).
+"""
 
 from __future__ import annotations
 
@@ -7,29 +12,64 @@ from collections import defaultdict
 
 from redis.exceptions import RedisError
 
+from mabrouter.core.snapshot import ExperimentState
+from mabrouter.store.keys import EXPECTED, SAMPLED, SPLIT_BANDIT, TRIALS, stat_field
 from mabrouter.store.router_store import RouterStore
 
 log = logging.getLogger(__name__)
 
+Increments = dict[str, dict[str, float]]  # experiment -> stats field -> increment
+
 
 class TrialBuffer:
-    """Per-(experiment, arm) counters. `add` is a dict increment: cheap enough for every Route."""
+    """`add` is two dict increments: cheap enough for every Route."""
 
-    __slots__ = ("_counts",)
+    __slots__ = ("_allocations", "_counts", "_sampled", "_splits")
 
     def __init__(self) -> None:
         self._counts: dict[tuple[str, str], int] = {}
+        # Decisions sampled under each allocation (keyed by the state object that holds it).
+        self._allocations: dict[int, tuple[ExperimentState, int]] = {}
+        self._splits: dict[tuple[str, str], int] = {}
+        self._sampled: dict[tuple[str, str], int] = {}
 
-    def add(self, experiment: str, arm: str) -> None:
+    def add(self, experiment: str, arm: str, sampled_from: ExperimentState | None = None) -> None:
+        """A trial of `arm`; `sampled_from`: the state whose allocation sampled it (SAMPLED decisions)."""
         key = (experiment, arm)
         self._counts[key] = self._counts.get(key, 0) + 1
+        self.add_split(experiment, SPLIT_BANDIT)
+        if sampled_from is not None:
+            self._sampled[key] = self._sampled.get(key, 0) + 1
+            entry = self._allocations.get(id(sampled_from))
+            self._allocations[id(sampled_from)] = (sampled_from, entry[1] + 1 if entry else 1)
 
-    def drain(self) -> dict[tuple[str, str], int]:
+    def add_split(self, experiment: str, side: str) -> None:
+        key = (experiment, side)
+        self._splits[key] = self._splits.get(key, 0) + 1
+
+    def drain(self) -> Increments:
         counts, self._counts = self._counts, {}
-        return counts
+        allocations, self._allocations = self._allocations, {}
+        splits, self._splits = self._splits, {}
+        sampled, self._sampled = self._sampled, {}
+        increments: Increments = defaultdict(dict)
+        for (experiment, arm), count in counts.items():
+            increments[experiment][stat_field(arm, TRIALS)] = float(count)
+        for (experiment, arm), count in sampled.items():
+            increments[experiment][stat_field(arm, SAMPLED)] = float(count)
+        for state, decisions in allocations.values():
+            fields = increments[state.spec.name]
+            for index, arm_spec in enumerate(state.spec.arms):
+                share = float(state.shares[index])
+                if share > 0:
+                    field = stat_field(arm_spec.name, EXPECTED)
+                    fields[field] = fields.get(field, 0.0) + decisions * share
+        for (experiment, side), count in splits.items():
+            increments[experiment][side] = float(count)
+        return dict(increments)
 
     def pending(self) -> int:
-        return sum(self._counts.values())
+        return sum(self._counts.values()) + sum(self._splits.values())
 
 
 class TrialFlusher:
@@ -40,25 +80,26 @@ class TrialFlusher:
         self._store = store
         self._prefix = process_prefix
         self._sequence = 0
-        self._unsent: dict[tuple[str, str], int] | None = None
+        self._unsent: Increments | None = None
         self._unsent_id = ""
 
     async def flush(self) -> None:
         if self._unsent is None:
-            counts = self._buffer.drain()
-            if not counts:
+            increments = self._buffer.drain()
+            if not increments:
                 return
             self._sequence += 1
-            self._unsent, self._unsent_id = counts, f"{self._prefix}-{self._sequence}"
-        grouped: dict[str, dict[str, int]] = defaultdict(dict)
-        for (experiment, arm), count in self._unsent.items():
-            grouped[experiment][arm] = count
+            self._unsent, self._unsent_id = increments, f"{self._prefix}-{self._sequence}"
         try:
-            await self._store.apply_trials(self._unsent_id, grouped)
+            await self._store.apply_increments(self._unsent_id, self._unsent)
         except (RedisError, OSError) as exc:
             log.warning("trial flush %s failed, will retry: %s", self._unsent_id, exc)
             return
         self._unsent = None
 
     def unsent(self) -> int:
-        return sum(self._unsent.values()) if self._unsent else 0
+        if not self._unsent:
+            return 0
+        return int(
+            sum(v for fields in self._unsent.values() for k, v in fields.items() if k.endswith(f":{TRIALS}"))
+        )

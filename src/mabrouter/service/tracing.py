@@ -28,6 +28,7 @@ SEMCONV_REASON = {
     Reason.KILLED: "disabled",
     Reason.STALE_CONTROL: "stale",
     Reason.FALLBACK_DEFAULT: "error",
+    Reason.HOLDOUT: "default",
 }
 
 

@@ -68,7 +68,13 @@ def sticky(experiment: str, salt: str, unit_id: str) -> str:
 
 
 TRIALS, COUNT, SUM, SUMSQ = "trials", "count", "sum", "sumsq"
+# Sampled decisions served, and the count the allocation in force expected: the sample-ratio check.
+SAMPLED, EXPECTED = "sampled", "expected"
+# Holdout split counters in the stats hash (names no arm can take: arms start with a letter or digit).
+SPLIT_HOLDOUT, SPLIT_BANDIT = "_split:holdout", "_split:bandit"
+METRIC_PREFIX = "m:"  # <arm>:m:<metric>:n|sum|sumsq: guardrail metrics of counted outcomes
 KILL, KILL_ARM_PREFIX, ROLLOUT, REASON, VERSION = "kill", "kill:", "rollout", "reason", "version"
+RAMP_PREFIX, RAMP_SINCE_PREFIX = "ramp:", "ramp_since:"  # ramp:<arm> = step index, ramp_since:<arm> = ms
 AUDIT_MAXLEN = 100_000
 
 

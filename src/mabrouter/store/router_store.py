@@ -43,6 +43,8 @@ class OutcomeWrite:
     reward: float
     counted: bool
     ttl_seconds: int
+    # Guardrail metrics (name, value) observed with the outcome.
+    metrics: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,13 +145,13 @@ class RouterStore:
         finally:
             await pubsub.aclose()
 
-    async def apply_trials(self, batch_id: str, trials: Mapping[str, Mapping[str, int]]) -> None:
-        """Add trial counts per experiment and arm; idempotent per (experiment, batch_id)."""
+    async def apply_increments(self, batch_id: str, increments: Mapping[str, Mapping[str, float]]) -> None:
+        """Add to stats fields per experiment (trials, expected trials, splits); idempotent per batch id."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            for experiment, per_arm in trials.items():
-                args: list[str | int] = [BATCH_MARKER_TTL_SECONDS]
-                for arm, count in per_arm.items():
-                    args += [arm, count]
+            for experiment, fields in increments.items():
+                args: list[str | int | float] = [BATCH_MARKER_TTL_SECONDS]
+                for field, increment in fields.items():
+                    args += [field, repr(increment)]
                 await self._run(
                     pipe,
                     scripts.APPLY_TRIALS,
@@ -175,6 +177,11 @@ class RouterStore:
                         repr(outcome.reward * outcome.reward),
                         outcome.ttl_seconds,
                         "1" if outcome.counted else "0",
+                        *(
+                            part
+                            for name, value in outcome.metrics
+                            for part in (name, repr(value), repr(value * value))
+                        ),
                     ],
                 )
             replies = await pipe.execute()

@@ -5,7 +5,8 @@ Every script touches keys of one hash tag only, so each is legal on Redis Cluste
 
 from __future__ import annotations
 
-# KEYS[1] stats hash, KEYS[2] seen marker. ARGV: arm, reward, reward^2, marker ttl seconds, counted.
+# KEYS[1] stats hash, KEYS[2] seen marker. ARGV: arm, reward, reward^2, marker ttl seconds, counted,
+# then metric name, value, value^2 triples (guardrail metrics).
 # Returns 1 when applied, 0 when this decision was already rewarded (idempotent retry or duplicate).
 RECORD_OUTCOME = """
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then
@@ -15,18 +16,24 @@ if ARGV[5] == '1' then
   redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':count', 1)
   redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. ':sum', ARGV[2])
   redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. ':sumsq', ARGV[3])
+  for i = 6, #ARGV, 3 do
+    local prefix = ARGV[1] .. ':m:' .. ARGV[i]
+    redis.call('HINCRBY', KEYS[1], prefix .. ':n', 1)
+    redis.call('HINCRBYFLOAT', KEYS[1], prefix .. ':sum', ARGV[i + 1])
+    redis.call('HINCRBYFLOAT', KEYS[1], prefix .. ':sumsq', ARGV[i + 2])
+  end
 end
 return 1
 """
 
-# KEYS[1] stats hash, KEYS[2] batch marker. ARGV: marker ttl seconds, then arm, count pairs.
+# KEYS[1] stats hash, KEYS[2] batch marker. ARGV: marker ttl seconds, then field, increment pairs.
 # A flush that is retried after a lost reply is applied once.
 APPLY_TRIALS = """
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
   return 0
 end
 for i = 2, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[1], ARGV[i] .. ':trials', ARGV[i + 1])
+  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 return 1
 """

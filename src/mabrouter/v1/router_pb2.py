@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mabrouter/v1/router.proto\x12\x0cmabrouter.v1\x1a\x1cgoogle/protobuf/struct.proto\"u\n\x0cRouteRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0f\n\x07unit_id\x18\x02 \x01(\t\x12+\n\nattributes\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0b\x64\x65\x66\x61ult_arm\x18\x04 \x01(\t\"\xfd\x01\n\rRouteResponse\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12$\n\x06reason\x18\x03 \x01(\x0e\x32\x14.mabrouter.v1.Reason\x12\x12\n\npropensity\x18\x04 \x01(\x01\x12\x16\n\x0e\x63onfig_version\x18\x05 \x01(\x03\x12\x39\n\x07payload\x18\x06 \x03(\x0b\x32(.mabrouter.v1.RouteResponse.PayloadEntry\x12\r\n\x05stale\x18\x07 \x01(\x08\x1a.\n\x0cPayloadEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x11RouteBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.mabrouter.v1.RouteRequest\"[\n\x0bRouteResult\x12-\n\x08response\x18\x01 \x01(\x0b\x32\x1b.mabrouter.v1.RouteResponse\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"@\n\x12RouteBatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.mabrouter.v1.RouteResult\"5\n\x0eOutcomeRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06reward\x18\x02 \x01(\x01\"E\n\x0fOutcomeResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x12\n\nexperiment\x18\x02 \x01(\t\x12\x0b\n\x03\x61rm\x18\x03 \x01(\t\"G\n\x15ReportOutcomesRequest\x12.\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1c.mabrouter.v1.OutcomeRequest\"V\n\rOutcomeResult\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"F\n\x16ReportOutcomesResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.mabrouter.v1.OutcomeResult*\xa9\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x0b\n\x07SAMPLED\x10\x01\x12\n\n\x06KILLED\x10\x02\x12\x0f\n\x0bNOT_EXPOSED\x10\x03\x12\x10\n\x0cNOT_TARGETED\x10\x04\x12\n\n\x06\x46ORCED\x10\x05\x12\n\n\x06\x44\x45NIED\x10\x06\x12\n\n\x06STICKY\x10\x07\x12\x14\n\x10\x46\x41LLBACK_DEFAULT\x10\x08\x12\x11\n\rSTALE_CONTROL\x10\t2\xc6\x02\n\x06Router\x12@\n\x05Route\x12\x1a.mabrouter.v1.RouteRequest\x1a\x1b.mabrouter.v1.RouteResponse\x12L\n\rReportOutcome\x12\x1c.mabrouter.v1.OutcomeRequest\x1a\x1d.mabrouter.v1.OutcomeResponse\x12[\n\x0eReportOutcomes\x12#.mabrouter.v1.ReportOutcomesRequest\x1a$.mabrouter.v1.ReportOutcomesResponse\x12O\n\nRouteBatch\x12\x1f.mabrouter.v1.RouteBatchRequest\x1a .mabrouter.v1.RouteBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mabrouter/v1/router.proto\x12\x0cmabrouter.v1\x1a\x1cgoogle/protobuf/struct.proto\"u\n\x0cRouteRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0f\n\x07unit_id\x18\x02 \x01(\t\x12+\n\nattributes\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0b\x64\x65\x66\x61ult_arm\x18\x04 \x01(\t\"\x91\x02\n\rRouteResponse\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12$\n\x06reason\x18\x03 \x01(\x0e\x32\x14.mabrouter.v1.Reason\x12\x12\n\npropensity\x18\x04 \x01(\x01\x12\x16\n\x0e\x63onfig_version\x18\x05 \x01(\x03\x12\x39\n\x07payload\x18\x06 \x03(\x0b\x32(.mabrouter.v1.RouteResponse.PayloadEntry\x12\r\n\x05stale\x18\x07 \x01(\x08\x12\x12\n\nshadow_arm\x18\x08 \x01(\t\x1a.\n\x0cPayloadEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x11RouteBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.mabrouter.v1.RouteRequest\"[\n\x0bRouteResult\x12-\n\x08response\x18\x01 \x01(\x0b\x32\x1b.mabrouter.v1.RouteResponse\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"@\n\x12RouteBatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.mabrouter.v1.RouteResult\"\xa1\x01\n\x0eOutcomeRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06reward\x18\x02 \x01(\x01\x12:\n\x07metrics\x18\x03 \x03(\x0b\x32).mabrouter.v1.OutcomeRequest.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"E\n\x0fOutcomeResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x12\n\nexperiment\x18\x02 \x01(\t\x12\x0b\n\x03\x61rm\x18\x03 \x01(\t\"G\n\x15ReportOutcomesRequest\x12.\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1c.mabrouter.v1.OutcomeRequest\"V\n\rOutcomeResult\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"F\n\x16ReportOutcomesResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.mabrouter.v1.OutcomeResult*\xb6\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x0b\n\x07SAMPLED\x10\x01\x12\n\n\x06KILLED\x10\x02\x12\x0f\n\x0bNOT_EXPOSED\x10\x03\x12\x10\n\x0cNOT_TARGETED\x10\x04\x12\n\n\x06\x46ORCED\x10\x05\x12\n\n\x06\x44\x45NIED\x10\x06\x12\n\n\x06STICKY\x10\x07\x12\x14\n\x10\x46\x41LLBACK_DEFAULT\x10\x08\x12\x11\n\rSTALE_CONTROL\x10\t\x12\x0b\n\x07HOLDOUT\x10\n2\xc6\x02\n\x06Router\x12@\n\x05Route\x12\x1a.mabrouter.v1.RouteRequest\x1a\x1b.mabrouter.v1.RouteResponse\x12L\n\rReportOutcome\x12\x1c.mabrouter.v1.OutcomeRequest\x1a\x1d.mabrouter.v1.OutcomeResponse\x12[\n\x0eReportOutcomes\x12#.mabrouter.v1.ReportOutcomesRequest\x1a$.mabrouter.v1.ReportOutcomesResponse\x12O\n\nRouteBatch\x12\x1f.mabrouter.v1.RouteBatchRequest\x1a .mabrouter.v1.RouteBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,30 +34,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROUTERESPONSE_PAYLOADENTRY']._loaded_options = None
   _globals['_ROUTERESPONSE_PAYLOADENTRY']._serialized_options = b'8\001'
-  _globals['_REASON']._serialized_start=1034
-  _globals['_REASON']._serialized_end=1203
+  _globals['_OUTCOMEREQUEST_METRICSENTRY']._loaded_options = None
+  _globals['_OUTCOMEREQUEST_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_REASON']._serialized_start=1163
+  _globals['_REASON']._serialized_end=1345
   _globals['_ROUTEREQUEST']._serialized_start=73
   _globals['_ROUTEREQUEST']._serialized_end=190
   _globals['_ROUTERESPONSE']._serialized_start=193
-  _globals['_ROUTERESPONSE']._serialized_end=446
-  _globals['_ROUTERESPONSE_PAYLOADENTRY']._serialized_start=400
-  _globals['_ROUTERESPONSE_PAYLOADENTRY']._serialized_end=446
-  _globals['_ROUTEBATCHREQUEST']._serialized_start=448
-  _globals['_ROUTEBATCHREQUEST']._serialized_end=513
-  _globals['_ROUTERESULT']._serialized_start=515
-  _globals['_ROUTERESULT']._serialized_end=606
-  _globals['_ROUTEBATCHRESPONSE']._serialized_start=608
-  _globals['_ROUTEBATCHRESPONSE']._serialized_end=672
-  _globals['_OUTCOMEREQUEST']._serialized_start=674
-  _globals['_OUTCOMEREQUEST']._serialized_end=727
-  _globals['_OUTCOMERESPONSE']._serialized_start=729
-  _globals['_OUTCOMERESPONSE']._serialized_end=798
-  _globals['_REPORTOUTCOMESREQUEST']._serialized_start=800
-  _globals['_REPORTOUTCOMESREQUEST']._serialized_end=871
-  _globals['_OUTCOMERESULT']._serialized_start=873
-  _globals['_OUTCOMERESULT']._serialized_end=959
-  _globals['_REPORTOUTCOMESRESPONSE']._serialized_start=961
-  _globals['_REPORTOUTCOMESRESPONSE']._serialized_end=1031
-  _globals['_ROUTER']._serialized_start=1206
-  _globals['_ROUTER']._serialized_end=1532
+  _globals['_ROUTERESPONSE']._serialized_end=466
+  _globals['_ROUTERESPONSE_PAYLOADENTRY']._serialized_start=420
+  _globals['_ROUTERESPONSE_PAYLOADENTRY']._serialized_end=466
+  _globals['_ROUTEBATCHREQUEST']._serialized_start=468
+  _globals['_ROUTEBATCHREQUEST']._serialized_end=533
+  _globals['_ROUTERESULT']._serialized_start=535
+  _globals['_ROUTERESULT']._serialized_end=626
+  _globals['_ROUTEBATCHRESPONSE']._serialized_start=628
+  _globals['_ROUTEBATCHRESPONSE']._serialized_end=692
+  _globals['_OUTCOMEREQUEST']._serialized_start=695
+  _globals['_OUTCOMEREQUEST']._serialized_end=856
+  _globals['_OUTCOMEREQUEST_METRICSENTRY']._serialized_start=810
+  _globals['_OUTCOMEREQUEST_METRICSENTRY']._serialized_end=856
+  _globals['_OUTCOMERESPONSE']._serialized_start=858
+  _globals['_OUTCOMERESPONSE']._serialized_end=927
+  _globals['_REPORTOUTCOMESREQUEST']._serialized_start=929
+  _globals['_REPORTOUTCOMESREQUEST']._serialized_end=1000
+  _globals['_OUTCOMERESULT']._serialized_start=1002
+  _globals['_OUTCOMERESULT']._serialized_end=1088
+  _globals['_REPORTOUTCOMESRESPONSE']._serialized_start=1090
+  _globals['_REPORTOUTCOMESRESPONSE']._serialized_end=1160
+  _globals['_ROUTER']._serialized_start=1348
+  _globals['_ROUTER']._serialized_end=1674
 # @@protoc_insertion_point(module_scope)

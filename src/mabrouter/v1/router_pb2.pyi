@@ -45,6 +45,10 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """The router could not decide (no usable snapshot) and served the caller's default_arm."""
     STALE_CONTROL: _Reason.ValueType  # 9
     """The snapshot is older than the configured maximum staleness: the control arm is served."""
+    HOLDOUT: _Reason.ValueType  # 10
+    """The unit is in the experiment's holdout: a fixed, randomised fraction of units that always gets
+    control, so the bandit's effect can be measured against a randomised baseline.
+    """
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Why the router served the arm it served. A kill or a non-exposure is a normal answer, not an error."""
@@ -68,6 +72,10 @@ FALLBACK_DEFAULT: Reason.ValueType  # 8
 """The router could not decide (no usable snapshot) and served the caller's default_arm."""
 STALE_CONTROL: Reason.ValueType  # 9
 """The snapshot is older than the configured maximum staleness: the control arm is served."""
+HOLDOUT: Reason.ValueType  # 10
+"""The unit is in the experiment's holdout: a fixed, randomised fraction of units that always gets
+control, so the bandit's effect can be measured against a randomised baseline.
+"""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
 @_typing.final
@@ -135,6 +143,7 @@ class RouteResponse(_message.Message):
     CONFIG_VERSION_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     STALE_FIELD_NUMBER: _builtins.int
+    SHADOW_ARM_FIELD_NUMBER: _builtins.int
     arm: _builtins.str
     """The arm to serve."""
     decision_id: _builtins.str
@@ -150,6 +159,10 @@ class RouteResponse(_message.Message):
     """True when the router has not refreshed from Redis for longer than its maximum staleness: the
     decision came from an old snapshot (or, with the serve-control policy, reason is STALE_CONTROL).
     """
+    shadow_arm: _builtins.str
+    """The arm the shadow policy (Thompson sampling over the live arms and the shadow arms) would have
+    chosen: mirror the request to it to compare. Empty when the experiment has no shadow arms.
+    """
     @_builtins.property
     def payload(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The arm's payload from the experiment file (e.g. the model endpoint)."""
@@ -164,10 +177,11 @@ class RouteResponse(_message.Message):
         config_version: _builtins.int = ...,
         payload: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         stale: _builtins.bool = ...,
+        shadow_arm: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "config_version", b"config_version", "decision_id", b"decision_id", "payload", b"payload", "propensity", b"propensity", "reason", b"reason", "stale", b"stale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "config_version", b"config_version", "decision_id", b"decision_id", "payload", b"payload", "propensity", b"propensity", "reason", b"reason", "shadow_arm", b"shadow_arm", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -248,21 +262,49 @@ Global___RouteBatchResponse: _TypeAlias = RouteBatchResponse  # noqa: Y015
 class OutcomeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DECISION_ID_FIELD_NUMBER: _builtins.int
     REWARD_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     """The decision_id from RouteResponse."""
     reward: _builtins.float
     """The reward: in [0, 1] for bernoulli experiments, any finite number for gaussian ones."""
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Guardrail metrics observed with this outcome, e.g. {"error": 1, "latency_ms": 212.5}. Finite numbers;
+        the experiment's guardrails say which ones it watches.
+        """
+
     def __init__(
         self,
         *,
         decision_id: _builtins.str = ...,
         reward: _builtins.float = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "reward", b"reward"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "metrics", b"metrics", "reward", b"reward"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,78 @@
+"""Traffic allocation with exposure limits: caps (canaries), floors (exploration), burn-in, ramps.
+
+Without limits the router samples Thompson winners directly. With limits it computes the Thompson
+allocation p (each live arm's probability of being best), projects it onto [floor, cap] per arm, and
+samples arms from that allocation q. The logged propensity of an arm is then exactly q[arm], which is what
+inverse-propensity estimates need (GrowthBook's bandits work the same way, with a 1% floor).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+_EPSILON = 1e-12
+
+
+def constrained_allocation(
+    p: FloatArray, live: tuple[int, ...], floors: FloatArray, caps: FloatArray
+) -> FloatArray:
+    """The allocation q = clip(lambda * p, floor, cap) over live arms that sums to 1.
+
+    The sum is non-decreasing in lambda, so bisection finds it; arms keep p's proportions except where a
+    bound binds. If the bounds cannot all hold (floors summing above 1, or caps below 1), floors win
+    over caps and the remaining mass is spread evenly: the result always sums to 1 over live arms.
+    """
+    q = np.zeros_like(p)
+    live_index = np.array(live, dtype=np.intp)
+    lo = np.minimum(floors[live_index], 1.0)
+    hi = np.maximum(caps[live_index], lo)
+    if lo.sum() >= 1.0 - _EPSILON:
+        q[live_index] = lo / lo.sum()
+        return q
+    if hi.sum() <= 1.0 + _EPSILON:  # caps cannot absorb everything: fill to caps, spread the rest
+        q[live_index] = hi + (1.0 - hi.sum()) / len(live_index)
+        return q
+    weights = np.maximum(p[live_index], _EPSILON)
+    low, high = 0.0, 1.0
+    while np.clip(high * weights, lo, hi).sum() < 1.0:
+        high *= 2.0
+    for _ in range(100):
+        middle = (low + high) / 2.0
+        if np.clip(middle * weights, lo, hi).sum() < 1.0:
+            low = middle
+        else:
+            high = middle
+    values = np.clip(high * weights, lo, hi)
+    q[live_index] = values / values.sum()
+    return q
+
+
+class CategoricalSampler:
+    """Draws arm indices from a fixed allocation, a block of uniform draws at a time."""
+
+    __slots__ = ("_block", "_cumulative", "_indices", "_winners")
+
+    def __init__(self, allocation: FloatArray, block: int = 128) -> None:
+        indices = np.flatnonzero(allocation > 0)
+        self._indices = indices.astype(np.intp)
+        cumulative = np.cumsum(allocation[indices])
+        self._cumulative = cumulative / cumulative[-1]
+        self._block = block
+        self._winners: list[int] = []
+
+    def next_arm(self, rng: np.random.Generator) -> int:
+        if not self._winners:
+            picks = np.searchsorted(self._cumulative, rng.random(self._block), side="right")
+            self._winners = self._indices[np.minimum(picks, len(self._indices) - 1)].tolist()
+        return self._winners.pop()
+
+    def draw_once(self, rng: np.random.Generator) -> int:
+        pick = int(np.searchsorted(self._cumulative, rng.random(), side="right"))
+        return int(self._indices[min(pick, len(self._indices) - 1)])
+
+
+def ramp_cap(steps_shares: tuple[float, ...], step: int) -> float:
+    """The cap of a ramping arm on `step` (past the last step: uncapped)."""
+    return steps_shares[step] if 0 <= step < len(steps_shares) else 1.0
