@@ -221,9 +221,7 @@ class RedisClusterTopology:
         """The port of the master that owns `slot`, as every live node sees it (they must agree)."""
         owners = set()
         for node in self.live():
-            masters = [
-                v for v in self.view(node.port) if v.is_master and not v.failed and v.owns(slot)
-            ]
+            masters = [v for v in self.view(node.port) if v.is_master and not v.failed and v.owns(slot)]
             owners.add(masters[0].port if len(masters) == 1 else None)
         if len(owners) != 1 or None in owners:
             raise AssertionError(f"live nodes disagree on the owner of slot {slot}: {owners}")
@@ -539,7 +537,9 @@ def running_sentinel(replicas: int = 1, sentinels: int = 3) -> Iterator[Sentinel
                     ]
                 )
             )
-            sentinel = Node(port, [redis_binary(), str(config), "--sentinel"], directory / f"sentinel-{port}.log")
+            sentinel = Node(
+                port, [redis_binary(), str(config), "--sentinel"], directory / f"sentinel-{port}.log"
+            )
             topology.sentinels.append(sentinel)
             sentinel.start()
         topology.wait_settled()
@@ -549,3 +549,158 @@ def running_sentinel(replicas: int = 1, sentinels: int = 3) -> Iterator[Sentinel
             with suppress(Exception):
                 node.kill()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- Live traffic against a router ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ack:
+    """An outcome the router acknowledged (ReportOutcome returned OK)."""
+
+    at: float  # time.monotonic() when the OK arrived
+    decision_id: str
+    nonce: str
+    arm: str
+    reward: float
+    duplicate: bool
+    attempts: int
+
+
+class Traffic:
+    """A caller that never stops: one thread calls Route in a loop (paced), another reports an outcome
+    for every decision, retrying UNAVAILABLE / DEADLINE_EXCEEDED with the same decision id (the README's
+    contract: retries are safe) until it is acknowledged. Only acknowledged outcomes are counted."""
+
+    def __init__(self, address: str, experiment: str = "ranker", pace: float = 0.002) -> None:
+        import queue
+        import threading
+
+        import grpc
+
+        from mabrouter.v1 import router_pb2_grpc
+
+        self._grpc = grpc
+        self.experiment = experiment
+        self.pace = pace
+        self.channel = grpc.insecure_channel(address)
+        self.stub = router_pb2_grpc.RouterStub(self.channel)
+        self.decisions: queue.Queue[tuple[str, float]] = queue.Queue()
+        self.lock = threading.Lock()
+        self.routes = 0
+        self.counted = 0  # SAMPLED/STICKY decisions: each one is a trial
+        self.route_times: list[float] = []  # monotonic time of every counted decision
+        self.route_errors: list[str] = []
+        self.reasons: dict[str, int] = {}
+        self.acks: list[Ack] = []
+        self.retries = 0  # outcome attempts answered UNAVAILABLE / DEADLINE_EXCEEDED
+        self.retry_messages: dict[str, int] = {}
+        self.outcome_errors: list[str] = []
+        self._stop_routing = threading.Event()
+        self._stop_reporting = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._route_loop, daemon=True, name="traffic-route"),
+            threading.Thread(target=self._report_loop, daemon=True, name="traffic-report"),
+        ]
+
+    def start(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _route_loop(self) -> None:
+        from mabrouter.v1 import router_pb2 as pb
+
+        i = 0
+        while not self._stop_routing.is_set():
+            i += 1
+            try:
+                reply = self.stub.Route(
+                    pb.RouteRequest(experiment=self.experiment, unit_id=f"unit-{i}"), timeout=2
+                )
+            except self._grpc.RpcError as exc:
+                with self.lock:
+                    self.route_errors.append(f"{exc.code()}: {exc.details()}")
+                continue
+            reason = pb.Reason.Name(reply.reason)
+            now = time.monotonic()
+            with self.lock:
+                self.routes += 1
+                self.reasons[reason] = self.reasons.get(reason, 0) + 1
+                if reason in ("SAMPLED", "STICKY"):
+                    self.counted += 1
+                    self.route_times.append(now)
+            if reply.decision_id:
+                self.decisions.put((reply.decision_id, float(i % 2)))  # rewards 1, 0, 1, 0, ...
+            time.sleep(self.pace)
+
+    def _report_loop(self) -> None:
+        import queue
+
+        from mabrouter.core import decision_id as ids
+        from mabrouter.v1 import router_pb2 as pb
+
+        retryable = (self._grpc.StatusCode.UNAVAILABLE, self._grpc.StatusCode.DEADLINE_EXCEEDED)
+        while True:
+            try:
+                raw_id, reward = self.decisions.get(timeout=0.05)
+            except queue.Empty:
+                if self._stop_reporting.is_set():
+                    return
+                continue
+            token = ids.decode(raw_id, [DECISION_SECRET.encode()], int(time.time() * 1000), 86_400_000)
+            attempts = 0
+            while True:
+                attempts += 1
+                try:
+                    reply = self.stub.ReportOutcome(
+                        pb.OutcomeRequest(decision_id=raw_id, reward=reward), timeout=5
+                    )
+                except self._grpc.RpcError as exc:
+                    if exc.code() in retryable and attempts < 2000:
+                        with self.lock:
+                            self.retries += 1
+                            key = f"{exc.code().name}: {str(exc.details())[:90]}"
+                            self.retry_messages[key] = self.retry_messages.get(key, 0) + 1
+                        time.sleep(0.02)
+                        continue
+                    with self.lock:
+                        self.outcome_errors.append(f"{exc.code()}: {exc.details()}")
+                    break
+                ack = Ack(time.monotonic(), raw_id, token.nonce, token.arm, reward, reply.duplicate, attempts)
+                with self.lock:
+                    self.acks.append(ack)
+                break
+
+    def acked(self) -> int:
+        with self.lock:
+            return len(self.acks)
+
+    def wait_acks(self, more: int, timeout: float = 30) -> None:
+        """Wait until `more` outcomes beyond those acknowledged so far are acknowledged."""
+        target = self.acked() + more
+        wait_until(lambda: self.acked() >= target, timeout, interval=0.02, what=f"{more} more acks")
+
+    def stop(self, drain_timeout: float = 60) -> None:
+        """Stop routing, then report every decision made (each one acknowledged or an error)."""
+        self._stop_routing.set()
+        self._threads[0].join(10)
+        self._stop_reporting.set()
+        self._threads[1].join(drain_timeout)
+        if self._threads[1].is_alive():
+            raise AssertionError(f"outcomes not all acknowledged within {drain_timeout}s")
+        self.channel.close()
+
+    def close(self) -> None:
+        """Stop at once, acknowledged or not (teardown after a failure)."""
+        self._stop_routing.set()
+        self._stop_reporting.set()
+        while not self.decisions.empty():
+            self.decisions.get_nowait()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(10)
+        self.channel.close()
+
+
+DECISION_SECRET = "test-secret-0123456789"  # what support.RouterProcess gives every router

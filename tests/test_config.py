@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mabrouter.config import load_experiment_file, parse_experiment
 from mabrouter.core.model import BetaPrior, NormalPrior, RewardKind
 from mabrouter.errors import ConfigError
+from mabrouter.schema import load_experiment_file, parse_experiment
 
 from support import EXAMPLE
 

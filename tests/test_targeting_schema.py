@@ -8,7 +8,6 @@ import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from mabrouter.config import describe_validation_error
 from mabrouter.core.targeting import (
     MAX_CONDITIONS,
     MAX_DEPTH,
@@ -19,6 +18,7 @@ from mabrouter.core.targeting import (
     Operator,
     matches,
 )
+from mabrouter.schema import describe_validation_error
 from mabrouter.targeting_schema import NODE_SHAPES, TargetingDoc, to_rule
 
 

@@ -119,9 +119,12 @@ def test_mtls_requires_a_client_certificate(tls_router: InProcessRouter, pki: Pa
     )
     with grpc.secure_channel(tls_router.address, with_cert) as channel:
         assert _route(channel).arm.startswith("ranker-")
-    with grpc.secure_channel(
-        tls_router.address, grpc.ssl_channel_credentials(root_certificates=ca)
-    ) as channel, pytest.raises(grpc.RpcError) as info:
+    with (
+        grpc.secure_channel(
+            tls_router.address, grpc.ssl_channel_credentials(root_certificates=ca)
+        ) as channel,
+        pytest.raises(grpc.RpcError) as info,
+    ):
         _route(channel)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     health = cli(

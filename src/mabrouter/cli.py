@@ -6,7 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mabrouter.commands import controls, experiments, export, server
 from mabrouter.errors import ConfigError
@@ -29,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (RedisError, ConnectionError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
         print(f"error: cannot reach Redis: {exc}", file=sys.stderr)
+        return 3
+    except RedisError as exc:
+        print(f"error: Redis refused the command: {exc}", file=sys.stderr)
         return 3

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mabrouter.commands.common import add_actor, add_redis_url, admin_store, change
-from mabrouter.config import parse_experiment
+from mabrouter.schema import parse_experiment
 from mabrouter.store import keys
 from mabrouter.store.admin_store import AdminStore
 from mabrouter.store.controls_codec import parse_controls, parse_rollout

@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from mabrouter.commands.common import add_actor, add_redis_url, admin_store, change
-from mabrouter.config import experiment_to_json, load_experiment_file, parse_experiment
 from mabrouter.core.snapshot import build_experiment_state
 from mabrouter.core.summary import summarize
+from mabrouter.schema import experiment_to_json, load_experiment_file, parse_experiment
 from mabrouter.store.controls_codec import parse_controls, parse_global_controls
 from mabrouter.store.stats_codec import arm_stats
 

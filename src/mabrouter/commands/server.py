@@ -10,7 +10,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mabrouter.config import Settings, describe_validation_error
+from mabrouter.config import Settings
+from mabrouter.schema import describe_validation_error
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -2,8 +2,10 @@
 
 Open loop (`rate`): sends are scheduled at fixed intervals and never wait for earlier answers (up to
 `max_inflight` calls in flight; a send beyond that is counted as skipped). Closed loop (`concurrency`):
-that many tasks each call Route again as soon as the previous answer arrives. Route latency is measured
-around the awaited Route call only. Outcomes are drawn from the simulated environment at decision time
+that many tasks each call Route again as soon as the previous answer arrives (pausing 10 ms after a
+failed call, so a down router is not spun on). Route latency is measured around the awaited Route call
+only; it includes the worker's own event-loop delays when the worker is saturated (the report warns
+when sends ran late). Outcomes are drawn from the simulated environment at decision time
 and reported with ReportOutcomes batches (up to 1,000) once `reward_delay` has passed; outcomes still
 pending when the run ends are sent at once.
 """
@@ -34,6 +36,7 @@ SIGNIFICANT_DIGITS: Final = 3
 OUTCOME_BATCH: Final = 1000  # the router refuses larger ReportOutcomes calls
 OUTCOME_TICK: Final = 0.05
 PROGRESS_INTERVAL: Final = 0.5
+ERROR_PAUSE: Final = 0.01  # closed loop: pause after a failed call
 
 
 def new_histogram() -> Any:
@@ -140,7 +143,7 @@ class Worker:
     async def _open_loop(self, stub: router_pb2_grpc.RouterStub, rate: float, deadline: float) -> None:
         interval = 1.0 / rate
         total = math.ceil(self.config.duration * rate - 1e-9)
-        tasks: set[asyncio.Task[None]] = set()
+        tasks: set[asyncio.Task[bool]] = set()
         sent = 0
         while sent < total:
             now = time.monotonic()
@@ -153,7 +156,7 @@ class Worker:
                 if self.inflight >= self.config.max_inflight:
                     self.tally.skipped += 1
                     continue
-                task = asyncio.create_task(self._route(stub))
+                task: asyncio.Task[bool] = asyncio.create_task(self._route(stub))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             sent = max(sent, due)
@@ -163,9 +166,11 @@ class Worker:
 
     async def _closed_loop(self, stub: router_pb2_grpc.RouterStub, deadline: float) -> None:
         while time.monotonic() < deadline:
-            await self._route(stub)
+            if not await self._route(stub):
+                await asyncio.sleep(ERROR_PAUSE)  # a down router fails fast: do not spin on errors
 
-    async def _route(self, stub: router_pb2_grpc.RouterStub) -> None:
+    async def _route(self, stub: router_pb2_grpc.RouterStub) -> bool:
+        """One Route call, timed around the call only; False when it failed."""
         config = self.config
         request = router_pb2.RouteRequest(
             experiment=config.experiment,
@@ -179,7 +184,7 @@ class Worker:
             response = await stub.Route(request, timeout=config.timeout, wait_for_ready=False)
         except grpc.aio.AioRpcError as exc:
             self.tally.errors[exc.code().name] += 1
-            return
+            return False
         finally:
             self.inflight -= 1
         elapsed_us = max(1, (time.perf_counter_ns() - began) // 1000)
@@ -195,6 +200,7 @@ class Worker:
             self.sequence += 1
             due = time.monotonic() + config.reward_delay
             heapq.heappush(self.pending, (due, self.sequence, str(response.decision_id), reward))
+        return True
 
     async def _report_outcomes(self, stub: router_pb2_grpc.RouterStub, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -13,11 +13,12 @@ from rich.table import Table
 
 from mabrouter.loadtest.driver import RunConfig, new_histogram
 from mabrouter.loadtest.runner import RunResult
-from mabrouter.loadtest.stats import arms_seen, sample_ratio_mismatch, timeline
+from mabrouter.loadtest.stats import SrmResult, Tally, arms_seen, sample_ratio_mismatch, timeline
 
 PERCENTILES: Final = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
 TABLE_ROWS: Final = 10
 SRM_ALPHA: Final = 0.001  # the usual SRM alarm threshold: a mismatch this unlikely means a broken split
+LATE_SEND_US: Final = 50_000  # an open-loop send this late: the generator's event loop was saturated
 KEEP_UP: Final = 0.9  # an open-loop run below 90% of its target rate: the generator could not keep up
 
 
@@ -42,28 +43,7 @@ def build_report(config: RunConfig, result: RunResult, command: list[str]) -> di
     total_regret = rows[-1]["cumulative_regret"] if rows else 0.0
     modeled = tally.decisions - tally.unmodeled.total()
     throughput = tally.decisions / config.duration
-    warnings = [*result.failures]
-    sent = tally.decisions + tally.errors.total()
-    if config.rate is not None and sent < KEEP_UP * config.rate * config.duration:
-        warnings.append(
-            f"only {sent / config.duration:,.0f} calls/s were sent of the target {config.rate:,.0f}/s: the "
-            "generator could not keep up (try --processes; is the machine saturated?)"
-        )
-    if tally.errors:
-        warnings.append(
-            f"{tally.errors.total():,} of {sent:,} Route calls failed ({tally.errors.total() / sent:.1%})"
-        )
-    if tally.skipped:
-        warnings.append(f"{tally.skipped:,} sends skipped: {config.max_inflight:,} calls were in flight")
-    if tally.unmodeled:
-        warnings.append(
-            "arms without a simulated reward (rewards 0, left out of the regret): "
-            + ", ".join(tally.unmodeled)
-        )
-    if srm.warning:
-        warnings.append(f"SRM: {srm.warning}")
-    if srm.p_value is not None and srm.p_value < SRM_ALPHA:
-        warnings.append(f"SRM: p = {srm.p_value:.2g} < {SRM_ALPHA}: served counts do not match propensities")
+    warnings = [*result.failures, *_warnings(config, tally, srm)]
     return {
         "command": command,
         "started_at": datetime.fromtimestamp(result.started_at, UTC).isoformat(),
@@ -117,6 +97,38 @@ def build_report(config: RunConfig, result: RunResult, command: list[str]) -> di
         "generator": {"skipped": tally.skipped, "max_dispatch_lag_us": tally.max_dispatch_lag_us},
         "warnings": warnings,
     }
+
+
+def _warnings(config: RunConfig, tally: Tally, srm: SrmResult) -> list[str]:
+    """What a reader must know before trusting the numbers."""
+    warnings: list[str] = []
+    sent = tally.decisions + tally.errors.total()
+    if config.rate is not None and sent < KEEP_UP * config.rate * config.duration:
+        warnings.append(
+            f"only {sent / config.duration:,.0f} calls/s were sent of the target {config.rate:,.0f}/s: the "
+            "generator could not keep up (try --processes; is the machine saturated?)"
+        )
+    if tally.errors:
+        warnings.append(
+            f"{tally.errors.total():,} of {sent:,} Route calls failed ({tally.errors.total() / sent:.1%})"
+        )
+    if tally.max_dispatch_lag_us > LATE_SEND_US:
+        warnings.append(
+            f"sends ran up to {tally.max_dispatch_lag_us / 1000:,.0f} ms late: the generator was busy, "
+            "and its own delays are in the latencies (try --processes)"
+        )
+    if tally.skipped:
+        warnings.append(f"{tally.skipped:,} sends skipped: {config.max_inflight:,} calls were in flight")
+    if tally.unmodeled:
+        warnings.append(
+            "arms without a simulated reward (rewards 0, left out of the regret): "
+            + ", ".join(tally.unmodeled)
+        )
+    if srm.warning:
+        warnings.append(f"SRM: {srm.warning}")
+    if srm.p_value is not None and srm.p_value < SRM_ALPHA:
+        warnings.append(f"SRM: p = {srm.p_value:.2g} < {SRM_ALPHA}: served counts do not match propensities")
+    return warnings
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mabrouter.config import parse_experiment
 from mabrouter.core.model import ExperimentSpec, GlobalControls
 from mabrouter.core.snapshot import ExperimentState, Snapshot, build_experiment_state
 from mabrouter.errors import ConfigError
+from mabrouter.schema import parse_experiment
 from mabrouter.store.controls_codec import parse_controls, parse_global_controls
 from mabrouter.store.keys import GLOBAL_SCOPE, VERSION
 from mabrouter.store.router_store import RawExperiment, RawState

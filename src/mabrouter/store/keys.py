@@ -36,8 +36,9 @@ def audit(scope: str) -> str:
 def audited(scope: str) -> str:
     """HASH: target -> sha1 of the value last recorded in the audit log (by the CLI or a replica).
 
-    A replica that notices a raw edit records it only when its new value is not already recorded, so
-    one edit gets one entry however many replicas notice it, and repeating an edit gets a new entry.
+    A replica that notices a raw edit records it only when the recorded value is the edit's `before`,
+    so one edit gets one entry however many replicas notice it (or notice it late), and repeating an
+    edit later gets a new entry.
     """
     return f"{PREFIX}{{{scope}}}:audited"
 

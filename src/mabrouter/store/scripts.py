@@ -82,10 +82,13 @@ redis.call('HSET', KEYS[2], 'version', version, 'reason', ARGV[6])
 # KEYS: audited hash, audit stream. ARGV: (unused), now ms, target, before, after.
 # Many replicas notice the same raw edit; the first one records it (see keys.audited).
 RECORD_UNATTRIBUTED = """
-local digest = redis.sha1hex(ARGV[5])
-if redis.call('HGET', KEYS[1], ARGV[3]) == digest then
+local audited = redis.call('HGET', KEYS[1], ARGV[3])
+-- Record only the next link of the chain: the audited value must be this edit's `before`. A replica
+-- that notices an edit late (after a newer one was recorded) sees a different value and skips it.
+if audited and audited ~= redis.sha1hex(ARGV[4]) then
   return 0
 end
+local digest = redis.sha1hex(ARGV[5])
 redis.call('HSET', KEYS[1], ARGV[3], digest)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'ts_ms', ARGV[2], 'actor', 'unattributed',
   'action', 'raw-edit', 'target', ARGV[3], 'before', ARGV[4], 'after', ARGV[5],
