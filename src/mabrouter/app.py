@@ -15,6 +15,7 @@ from prometheus_client import start_http_server
 from mabrouter.config import Settings
 from mabrouter.runtime.engine import Recorders, RoutingEngine, StalenessPolicy
 from mabrouter.runtime.exposure import ExposureLog, unit_hasher
+from mabrouter.runtime.guardian import Guardian
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.metrics import RouterMetrics, SnapshotCollector
 from mabrouter.runtime.outcomes import OutcomeRecorder
@@ -34,6 +35,7 @@ from mabrouter.telemetry import configure_tracing
 log = logging.getLogger(__name__)
 
 INSECURE_DEFAULT_SECRET = b"mabrouter-insecure-local-secret"
+GUARDIAN_INTERVAL_SECONDS = 1.0
 
 
 class StartupError(Exception):
@@ -99,6 +101,9 @@ class RouterApp:
         self.builder = SnapshotBuilder(rng)
         self.refresher = Refresher(self.store, self.holder, self.builder)
         self.sticky = StickyAssignments(self.store)
+        self.guardian = Guardian(
+            self.store, self.holder, np.random.default_rng(), self.metrics.guardian_actions
+        )
         self.engine = RoutingEngine(
             self.holder,
             sticky=self.sticky,
@@ -174,6 +179,9 @@ class RouterApp:
             ),
             asyncio.create_task(
                 watch_changes(self.store, self._stopping, self._refresh_now), name="change-feed"
+            ),
+            asyncio.create_task(
+                every(GUARDIAN_INTERVAL_SECONDS, self._stopping, self.guardian.check), name="guardian"
             ),
             asyncio.create_task(
                 every(self.settings.flush_interval_ms / 1000, self._stopping, self._flush_writes),

@@ -3,11 +3,38 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from mabrouter.core.decision_id import DecisionToken
 from mabrouter.core.model import RewardKind
 from mabrouter.core.snapshot import Snapshot
 from mabrouter.errors import InvalidRequestError, UnknownArmError, UnknownExperimentError
+
+MAX_METRICS = 16
+
+
+def guardrail_metrics(
+    token: DecisionToken, metrics: Mapping[str, float], snapshot: Snapshot
+) -> tuple[tuple[str, float], ...]:
+    """The metrics this experiment's guardrails watch, validated; others are ignored."""
+    if not metrics:
+        return ()
+    if len(metrics) > MAX_METRICS:
+        raise InvalidRequestError(f"{len(metrics)} metrics sent with one outcome; the limit is {MAX_METRICS}")
+    state = snapshot.experiments[token.experiment]
+    kinds = {guardrail.metric: guardrail.kind for guardrail in state.spec.guardrails}
+    watched = []
+    for name, value in sorted(metrics.items()):
+        if name not in kinds:
+            continue
+        if not math.isfinite(value):
+            raise InvalidRequestError(f"metric {name!r} must be a finite number, got {value!r}")
+        if kinds[name] == "rate" and not 0.0 <= value <= 1.0:
+            raise InvalidRequestError(
+                f"metric {name!r} is a rate guardrail: it takes 0 or 1 (or a value in [0, 1])"
+            )
+        watched.append((name, value))
+    return tuple(watched)
 
 
 def validate_outcome(token: DecisionToken, reward: float, snapshot: Snapshot) -> None:

@@ -148,8 +148,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         f"rate {config['rate']:g}/s" if config["rate"] is not None else f"concurrency {config['concurrency']}"
     )
     summary = Table(
-        title=f"loadtest {config['experiment']} @ {config['target']}: {config['duration_seconds']:g} s, "
-        f"{load}, {config['processes']} process(es)"
+        title=f"loadtest {config['experiment']} @ {config['target']}",
+        caption=f"{config['mode']}, {load}, {config['duration_seconds']:g} s, "
+        f"{config['processes']} process(es)",
     )
     summary.add_column("metric")
     summary.add_column("value", justify="right")
@@ -169,7 +170,10 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         ("regret per decision", "-" if regret["per_decision"] is None else f"{regret['per_decision']:.4f}"),
         (
             "SRM chi-square",
-            "-" if srm["chi2"] is None else f"chi2 {srm['chi2']:.2f}, df {srm['df']}, p {srm['p_value']:.3g}",
+            "-"
+            if srm["chi2"] is None
+            else f"chi2 {srm['chi2']:.2f}, df {srm['df']}, p {srm['p_value']:.3g} "
+            f"({sum(srm['observed'].values()):,} decisions, {srm['excluded_decisions']:,} left out)",
         ),
     ]
     for name, value in rows:

@@ -133,8 +133,8 @@ def timeline(tally: Tally, buckets: int, arms: Sequence[str]) -> list[dict[str, 
                 "decisions": total,
                 "counts": {arm: counts[arm] for arm in arms},
                 "shares": {arm: counts[arm] / total for arm in arms} if total else {},
-                "regret": regret,
-                "cumulative_regret": cumulative,
+                "regret": round(regret, 9),
+                "cumulative_regret": round(cumulative, 9),
             }
         )
     return rows

@@ -49,6 +49,12 @@ class RouterMetrics:
             ["buffer"],
             registry=r,
         )
+        self.guardian_actions = Counter(
+            "mabrouter_guardian_actions",
+            "Automatic kills and ramp steps this replica won",
+            ["experiment", "arm", "action"],
+            registry=r,
+        )
         self._decision_children: dict[tuple[str, str, str], Callable[[], None]] = {}
 
     def count_decision(self, experiment: str, arm: str, reason: str) -> None:

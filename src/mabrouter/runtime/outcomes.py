@@ -9,13 +9,13 @@ Redis gets UNAVAILABLE and the caller retries (safe: retries are deduplicated).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
 from mabrouter.core import decision_id
-from mabrouter.core.outcome import validate_outcome
+from mabrouter.core.outcome import guardrail_metrics, validate_outcome
 from mabrouter.errors import MabrouterError, NoSnapshotError, StoreUnavailableError
 from mabrouter.runtime.exposure import ExposureLog
 from mabrouter.runtime.holder import SnapshotHolder
@@ -35,6 +35,8 @@ class Accepted:
 
 
 OutcomeResult = Accepted | MabrouterError
+# (decision id, reward, guardrail metrics)
+Outcome = tuple[str, float, Mapping[str, float]]
 
 
 class OutcomeRecorder:
@@ -57,8 +59,8 @@ class OutcomeRecorder:
         self._metrics = metrics
         self._spool = spool
 
-    async def record(self, outcomes: Sequence[tuple[str, float]]) -> list[OutcomeResult]:
-        """One result per (decision_id, reward), in order. Raises only when nothing can be applied."""
+    async def record(self, outcomes: Sequence[Outcome]) -> list[OutcomeResult]:
+        """One result per outcome, in order. Raises only when nothing can be applied."""
         snapshot = self._holder.current
         if snapshot is None:
             raise NoSnapshotError(
@@ -68,16 +70,19 @@ class OutcomeRecorder:
         max_age_ms = self._ttl_seconds * 1000
         results: list[OutcomeResult] = []
         accepted: list[tuple[int, decision_id.DecisionToken, OutcomeWrite]] = []
-        for raw_id, reward in outcomes:
+        for raw_id, reward, metrics in outcomes:
             try:
                 token = decision_id.decode(raw_id, self._keys, now_ms, max_age_ms)
                 validate_outcome(token, reward, snapshot)
+                watched = guardrail_metrics(token, metrics, snapshot)
             except MabrouterError as exc:
                 self._metrics.outcomes.labels("", f"refused_{exc.code.value}").inc()
                 results.append(exc)
                 continue
             remaining = max(1, (token.issued_ms + max_age_ms - now_ms) // 1000 + 1)
-            write = OutcomeWrite(token.experiment, token.arm, token.nonce, reward, token.counted, remaining)
+            write = OutcomeWrite(
+                token.experiment, token.arm, token.nonce, reward, token.counted, remaining, metrics=watched
+            )
             accepted.append((len(results), token, write))
             results.append(Accepted(token.experiment, token.arm, duplicate=False, trace=token.trace))
         if accepted:

@@ -10,7 +10,7 @@ import grpc
 from mabrouter.errors import InvalidRequestError, MabrouterError
 from mabrouter.runtime.engine import RoutingEngine
 from mabrouter.runtime.metrics import RouterMetrics
-from mabrouter.runtime.outcomes import MAX_BATCH, Accepted, OutcomeRecorder, OutcomeResult
+from mabrouter.runtime.outcomes import MAX_BATCH, Accepted, Outcome, OutcomeRecorder, OutcomeResult
 from mabrouter.service.convert import route_input, route_response
 from mabrouter.service.status import status_of
 from mabrouter.service.tracing import Tracing, trace_ref
@@ -74,7 +74,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 response.results.add(response=route_response(routed))
         return response
 
-    async def _record(self, pairs: list[tuple[str, float]], context: Context) -> list[OutcomeResult]:
+    async def _record(self, pairs: list[Outcome], context: Context) -> list[OutcomeResult]:
         started = time.perf_counter()
         try:
             if self._tracing is None:
@@ -95,7 +95,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def ReportOutcome(  # noqa: N802
         self, request: router_pb2.OutcomeRequest, context: Context
     ) -> router_pb2.OutcomeResponse:
-        (result,) = await self._record([(request.decision_id, request.reward)], context)
+        (result,) = await self._record([(request.decision_id, request.reward, request.metrics)], context)
         if isinstance(result, MabrouterError):
             await _abort(context, result)
         return router_pb2.OutcomeResponse(
@@ -112,7 +112,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     f"{len(request.outcomes)} outcomes in one call; the limit is {MAX_BATCH}"
                 ),
             )
-        results = await self._record([(o.decision_id, o.reward) for o in request.outcomes], context)
+        results = await self._record(
+            [(o.decision_id, o.reward, o.metrics) for o in request.outcomes], context
+        )
         response = router_pb2.ReportOutcomesResponse()
         for outcome, result in zip(request.outcomes, results, strict=True):
             if isinstance(result, Accepted):

@@ -11,7 +11,15 @@ import math
 from collections.abc import Mapping
 
 from mabrouter.core.model import Controls, ExperimentSpec, GlobalControls
-from mabrouter.store.keys import KILL, KILL_ARM_PREFIX, REASON, ROLLOUT, VERSION
+from mabrouter.store.keys import (
+    KILL,
+    KILL_ARM_PREFIX,
+    RAMP_PREFIX,
+    RAMP_SINCE_PREFIX,
+    REASON,
+    ROLLOUT,
+    VERSION,
+)
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -63,6 +71,18 @@ def _arm_killed(field: str, value: str, spec: ExperimentSpec) -> bool:
     return killed
 
 
+def _ramp_entry(field: str, value: str, spec: ExperimentSpec) -> tuple[bool, str, int]:
+    """(is ramp_since, arm, value) of ramp:<arm> (step index) or ramp_since:<arm> (epoch ms)."""
+    is_since = field.startswith(RAMP_SINCE_PREFIX)
+    arm = field.removeprefix(RAMP_SINCE_PREFIX if is_since else RAMP_PREFIX)
+    index = spec.arm_index(arm)
+    if index is None or not spec.arms[index].ramp:
+        raise ValueError(f"control field {field!r} names no ramping arm of {spec.name}")
+    if not value.isdigit():
+        raise ValueError(f"control field {field!r} is {value[:40]!r}; it must be a non-negative integer")
+    return is_since, arm, int(value)
+
+
 def parse_controls(
     raw: Mapping[str, str], spec: ExperimentSpec, previous: Controls | None = None
 ) -> tuple[Controls, list[str]]:
@@ -79,8 +99,18 @@ def parse_controls(
     except ValueError as exc:
         problems.append(str(exc))
     killed_arms: set[str] = set()
+    ramp_steps: dict[str, int] = {}
+    ramp_since: dict[str, int] = {}
     for field, value in raw.items():
         if field in (KILL, ROLLOUT, REASON, VERSION):
+            continue
+        if field.startswith((RAMP_PREFIX, RAMP_SINCE_PREFIX)):
+            try:
+                is_since, arm, number = _ramp_entry(field, value, spec)
+            except ValueError as exc:
+                problems.append(str(exc))
+                continue
+            (ramp_since if is_since else ramp_steps)[arm] = number
             continue
         try:
             if _arm_killed(field, value, spec):
@@ -100,7 +130,12 @@ def parse_controls(
     except ValueError as exc:
         problems.append(str(exc))
     return Controls(
-        killed=killed, killed_arms=frozenset(killed_arms), rollout=rollout, reason=_reason(raw)
+        ramp_steps=ramp_steps,
+        ramp_since_ms=ramp_since,
+        killed=killed,
+        killed_arms=frozenset(killed_arms),
+        rollout=rollout,
+        reason=_reason(raw),
     ), problems
 
 

@@ -57,6 +57,20 @@ class StickyWrite:
     replaces: str = ""  # the (killed) arm this assignment replaces; '' for a first assignment
 
 
+@dataclass(frozen=True, slots=True)
+class GuardedChange:
+    """Set `field` to `value` only if it currently is (unless=False) or is not (unless=True) `expected`."""
+
+    field: str
+    value: str
+    expected: str
+    unless: bool
+    actor: str
+    action: str
+    reason: str
+    also: tuple[tuple[str, str], ...] = ()
+
+
 class RouterStore:
     def __init__(
         self, client: aioredis.Redis | AsyncRedisCluster, pubsub_client: aioredis.Redis | None = None
@@ -67,6 +81,7 @@ class RouterStore:
         self._scripts = {
             text: client.register_script(text)
             for text in (
+                scripts.GUARDED_CHANGE,
                 scripts.RECORD_OUTCOME,
                 scripts.APPLY_TRIALS,
                 scripts.RECORD_UNATTRIBUTED,
@@ -212,3 +227,32 @@ class RouterStore:
                 entry: dict[FieldT, EncodableT] = dict(fields.items())
                 pipe.xadd(stream, entry, maxlen=maxlen, approximate=True)
             await pipe.execute()
+
+    async def guarded_change(self, experiment: str, change: GuardedChange) -> bool:
+        """Apply a router-initiated switch change if the switch is as judged; True when this call won."""
+        args: list[Any] = [
+            change.field,
+            change.value,
+            int(time.time() * 1000),
+            change.actor,
+            change.action,
+            change.reason,
+            keys.AUDIT_MAXLEN,
+            keys.CHANGES_CHANNEL,
+            f"{experiment}/{change.field}",
+            experiment,
+            "unless" if change.unless else "if",
+            change.expected,
+        ]
+        for field, value in change.also:
+            args += [field, value]
+        script_keys = [
+            keys.config(experiment),
+            keys.control(experiment),
+            keys.audit(experiment),
+            keys.audited(experiment),
+        ]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._run(pipe, scripts.GUARDED_CHANGE, script_keys, args)
+            (reply,) = await pipe.execute()
+        return bool(int(reply[0]))

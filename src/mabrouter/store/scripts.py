@@ -107,3 +107,26 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return ARGV[1]
 """
+
+# A change made by a router on its own (guardrail auto-kill, ramp step), applied only if the switch is
+# still in the state the router judged, so of all replicas exactly one acts.
+# KEYS: config hash, control hash, audit stream, audited hash. ARGV: 1 field, 2 new value, 3 now ms,
+# 4 actor, 5 action, 6 reason, 7 audit maxlen, 8 channel, 9 target, 10 scope, 11 'if' or 'unless',
+# 12 the value the field must (if) or must not (unless) have, then extra field, value pairs to set.
+# Returns {1, version} when applied, {0, current value} when another replica (or an operator) acted.
+GUARDED_CHANGE = (
+    """
+local current = redis.call('HGET', KEYS[2], ARGV[1]) or ''
+if (ARGV[11] == 'unless' and current == ARGV[12]) or (ARGV[11] == 'if' and current ~= ARGV[12]) then
+  return {0, current}
+end
+local before = current
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2], 'version', version, 'reason', ARGV[6])
+for i = 13, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+"""
+    + _AUDIT
+    + "return {1, version}\n"
+)

@@ -1,0 +1,125 @@
+"""Acts on evidence: kills an arm that breaches a guardrail, and moves ramping arms through their steps.
+
+Every replica judges the same snapshot; acting goes through a guarded Lua script, so exactly one replica
+wins each kill or step and writes the audit entry with the evidence. Nothing here ever unkills an arm:
+only an operator does. A ramp advances only when its step's minimum duration has passed and the arm
+breaches no guardrail; it halts on a breach.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from prometheus_client import Counter
+from redis.exceptions import RedisError
+
+from mabrouter.core.evidence import Breach, divergences, guardrail_breaches
+from mabrouter.core.snapshot import ExperimentState
+from mabrouter.runtime.holder import SnapshotHolder
+from mabrouter.store.keys import RAMP_PREFIX, RAMP_SINCE_PREFIX, kill_arm_field
+from mabrouter.store.router_store import GuardedChange, RouterStore
+
+log = logging.getLogger(__name__)
+
+
+class Guardian:
+    def __init__(
+        self, store: RouterStore, holder: SnapshotHolder, rng: np.random.Generator, actions: Counter
+    ) -> None:
+        self._store = store
+        self._holder = holder
+        self._rng = rng
+        self._actions = actions
+        self._judged: dict[str, int] = {}  # experiment -> id of the state last judged
+
+    async def check(self) -> None:
+        snapshot = self._holder.current
+        if snapshot is None or snapshot.global_controls.killed:
+            return
+        for name, state in snapshot.experiments.items():
+            if state.controls.killed or state.sampler is None:
+                continue
+            try:
+                breached = await self._guard(name, state)
+                await self._ramp(name, state, breached)
+            except (RedisError, OSError) as exc:
+                log.debug("guardian could not act on %s yet: %s", name, exc)
+
+    def breaches(self, state: ExperimentState) -> list[Breach]:
+        found = guardrail_breaches(state.spec, state.stats, state.live, self._rng)
+        if state.spec.divergence_guardrail:
+            live_names = {state.spec.arms[i].name for i in state.live if i != state.control_index}
+            found += [
+                Breach(
+                    d.arm,
+                    "divergence",
+                    0.975,
+                    f"reward 95% CI [{d.ci_low:.4g}, {d.ci_high:.4g}] outside "
+                    f"expected {d.expected:g} +/- {d.tolerance:g}",
+                )
+                for d in divergences(state.spec, state.posteriors, self._rng)
+                if d.arm in live_names
+            ]
+        return found
+
+    async def _guard(self, name: str, state: ExperimentState) -> set[str]:
+        if self._judged.get(name) == id(state):  # same statistics as last time: same verdict
+            return set()
+        self._judged[name] = id(state)
+        breached: set[str] = set()
+        for breach in self.breaches(state):
+            breached.add(breach.arm)
+            change = GuardedChange(
+                field=kill_arm_field(breach.arm),
+                value="1",
+                expected="1",
+                unless=True,
+                actor="guardrail",
+                action="auto-kill",
+                reason=breach.evidence,
+            )
+            if await self._store.guarded_change(name, change):
+                self._actions.labels(name, breach.arm, "auto_kill").inc()
+                log.warning("guardrail killed arm %s of %s: %s", breach.arm, name, breach.evidence)
+        return breached
+
+    async def _ramp(self, name: str, state: ExperimentState, breached: set[str]) -> None:
+        now_ms = int(time.time() * 1000)
+        for index in state.live:
+            arm = state.spec.arms[index]
+            if not arm.ramp or arm.name in breached:
+                continue  # a breach halts the ramp (and kills the arm)
+            step = state.controls.ramp_steps.get(arm.name, 0)
+            since = state.controls.ramp_since_ms.get(arm.name)
+            if since is None:
+                await self._store.guarded_change(
+                    name,
+                    GuardedChange(
+                        field=f"{RAMP_SINCE_PREFIX}{arm.name}",
+                        value=str(now_ms),
+                        expected="",
+                        unless=False,
+                        actor="ramp",
+                        action="ramp-start",
+                        reason=f"step 1 of {len(arm.ramp)}: {arm.ramp[0].share:.0%}",
+                    ),
+                )
+                continue
+            if step >= len(arm.ramp) or now_ms - since < arm.ramp[step].min_seconds * 1000:
+                continue
+            following = f"{arm.ramp[step + 1].share:.0%}" if step + 1 < len(arm.ramp) else "uncapped"
+            change = GuardedChange(
+                field=f"{RAMP_PREFIX}{arm.name}",
+                value=str(step + 1),
+                expected=str(step) if step else "",
+                unless=False,
+                actor="ramp",
+                action="ramp-advance",
+                reason=f"step {step + 1} held {arm.ramp[step].min_seconds:g}s, healthy; next {following}",
+                also=((f"{RAMP_SINCE_PREFIX}{arm.name}", str(now_ms)),),
+            )
+            if await self._store.guarded_change(name, change):
+                self._actions.labels(name, arm.name, "ramp_advance").inc()
+                log.info("ramp of %s/%s advanced to step %d (%s)", name, arm.name, step + 2, following)
