@@ -13,10 +13,10 @@ from rich.table import Table
 
 from mabrouter.commands.common import add_actor, add_redis_url, admin_store, change
 from mabrouter.core.snapshot import build_experiment_state
-from mabrouter.core.summary import summarize
+from mabrouter.core.summary import EvidenceSummary, evidence, summarize
 from mabrouter.schema import experiment_to_json, load_experiment_file, parse_experiment
 from mabrouter.store.controls_codec import parse_controls, parse_global_controls
-from mabrouter.store.stats_codec import arm_stats
+from mabrouter.store.stats_codec import arm_stats, holdout_split
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -51,6 +51,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     rng = np.random.default_rng()
     state = build_experiment_state(spec, stored.version, stats, rng, controls)
     summaries = summarize(spec, stats, state.shares, rng)
+    found = evidence(spec, stats, state.posteriors, holdout_split(stored.stats), rng)
     killed = global_control.killed or controls.killed
     if args.json:
         report = {
@@ -62,7 +63,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             "global_kill": global_control.killed,
             "rollout": state.rollout,
             "killed_arms": sorted(controls.killed_arms),
+            "holdout": spec.holdout_percent,
+            "ramps": dict(controls.ramp_steps),
             "arms": [s.as_json(spec.reward) for s in summaries],
+            **found.as_json(),
         }
         print(json.dumps(report, indent=2))
         return 0
@@ -84,8 +88,28 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{s.p_best:.3f}",
             f"{s.share:.1%}",
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    _print_evidence(console, found)
     return 0
+
+
+def _print_evidence(console: Console, found: EvidenceSummary) -> None:
+    for label, check in (("traffic split", found.arm_srm), ("holdout split", found.holdout_srm)):
+        if check is None:
+            continue
+        verdict = "[bold red]SAMPLE RATIO MISMATCH[/]" if check.mismatch else "ok"
+        console.print(
+            f"{label}: chi2 = {check.statistic:.2f} (df {check.degrees_of_freedom}), "
+            f"p = {check.p_value:.4g}: {verdict}"
+        )
+    for d in found.divergences:
+        console.print(
+            f"[yellow]divergence[/]: {d.arm} 95% CI [{d.ci_low:.4g}, {d.ci_high:.4g}] is outside the "
+            f"expected {d.expected:g} +/- {d.tolerance:g}"
+        )
+    for b in found.breaches:
+        console.print(f"[red]guardrail breach[/]: {b.arm}: {b.evidence}")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -142,36 +142,87 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--target", default="127.0.0.1:50051", help="host:port or unix:PATH (default %(default)s)"
     )
     sub.add_argument("--experiment", required=True, help="the experiment to route")
-    sub.add_argument("--duration", type=_positive(float), default=10.0, help="seconds (default %(default)s)")
-    load = sub.add_mutually_exclusive_group(required=True)
-    load.add_argument("--rate", type=_positive(float), help="open loop: target decisions/s, paced")
-    load.add_argument("--concurrency", type=_positive(int), help="closed loop: calls in flight")
-    sub.add_argument("--processes", type=_positive(int), default=1, help="worker processes (default 1)")
-    sub.add_argument("--units", type=_positive(int), default=10_000, help="distinct unit ids (default 10000)")
-    sub.add_argument("--timeout", type=_positive(float), default=1.0, help="per-call deadline, s (default 1)")
-    world = sub.add_argument_group("simulated environment")
-    world.add_argument("--arm-rate", action="append", default=[], metavar="ARM=P", help="Bernoulli true rate")
-    world.add_argument(
-        "--arm-mean", action="append", default=[], metavar="ARM=MU[:SIGMA]", help="gaussian reward (sigma 1)"
+    sub.add_argument(
+        "--duration",
+        type=_positive(float),
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to send (default 10)",
     )
-    world.add_argument("--reward-delay", type=_non_negative, default=0.0, help="seconds before an outcome")
+    load = sub.add_mutually_exclusive_group(required=True)
+    load.add_argument(
+        "--rate", type=_positive(float), metavar="N", help="open loop: target decisions/s, paced"
+    )
+    load.add_argument("--concurrency", type=_positive(int), metavar="N", help="closed loop: calls in flight")
+    sub.add_argument(
+        "--processes", type=_positive(int), default=1, metavar="P", help="worker processes (default 1)"
+    )
+    sub.add_argument(
+        "--units", type=_positive(int), default=10_000, metavar="N", help="distinct unit ids (default 10000)"
+    )
+    sub.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=1.0,
+        metavar="SECONDS",
+        help="per-call deadline (default 1)",
+    )
+    world = sub.add_argument_group("simulated environment")
+    world.add_argument(
+        "--arm-rate",
+        action="append",
+        default=[],
+        metavar="ARM=P",
+        help="an arm's true Bernoulli rate; repeatable",
+    )
+    world.add_argument(
+        "--arm-mean",
+        action="append",
+        default=[],
+        metavar="ARM=MU[:SIGMA]",
+        help="an arm's gaussian reward (sigma default 1); repeatable",
+    )
+    world.add_argument(
+        "--reward-delay",
+        type=_non_negative,
+        default=0.0,
+        metavar="SECONDS",
+        help="outcomes are reported this long after the decision",
+    )
     world.add_argument("--drift-at", type=_positive(float), metavar="SECONDS", help="when the rates change")
-    world.add_argument("--drift", action="append", default=[], metavar="ARM=P", help="an arm's rate after it")
-    world.add_argument("--report-fraction", type=_fraction, default=1.0, help="share of outcomes reported")
+    world.add_argument(
+        "--drift",
+        action="append",
+        default=[],
+        metavar="ARM=P",
+        help="an arm's rate (or MU[:SIGMA]) from --drift-at on; repeatable",
+    )
+    world.add_argument(
+        "--report-fraction", type=_fraction, default=1.0, metavar="F", help="share of outcomes reported"
+    )
     world.add_argument("--seed", type=int, help="seed the simulation (unit ids, rewards)")
     output = sub.add_argument_group("output")
     output.add_argument("--json-out", help="report file (default loadtest-<timestamp>.json)")
     output.add_argument("--png-out", help="chart file (default: the JSON path with .png)")
     output.add_argument("--no-png", action="store_true", help="do not draw the chart")
     output.add_argument(
-        "--bucket", type=_positive(float), help="time bucket, s (default 1, or duration/10 below 10 s)"
+        "--bucket",
+        type=_positive(float),
+        metavar="SECONDS",
+        help="report time bucket (default 1, or duration/10 below 10 s)",
     )
     advanced = sub.add_argument_group("advanced")
     advanced.add_argument(
         "--default-arm", help="sent with every Route (served when the router has no config)"
     )
     advanced.add_argument(
-        "--max-inflight", type=_positive(int), default=10_000, help="open-loop cap per process"
+        "--max-inflight", type=_positive(int), default=10_000, metavar="N", help="open-loop cap per process"
     )
-    advanced.add_argument("--connect-timeout", type=_positive(float), default=5.0, help="s (default 5)")
+    advanced.add_argument(
+        "--connect-timeout",
+        type=_positive(float),
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for the router at start (default 5)",
+    )
     sub.set_defaults(handler=cmd_loadtest)

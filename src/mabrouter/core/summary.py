@@ -6,8 +6,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mabrouter.core.evidence import (
+    Breach,
+    Divergence,
+    SampleRatioCheck,
+    divergences,
+    guardrail_breaches,
+    sample_ratio_check,
+)
 from mabrouter.core.model import ArmStats, ExperimentSpec, RewardKind
-from mabrouter.core.posterior import posteriors_for
+from mabrouter.core.posterior import Posteriors, posteriors_for
 from mabrouter.core.thompson import win_probabilities
 
 SUMMARY_DRAWS = 20_000
@@ -63,3 +71,63 @@ def summarize(
         )
         for i, (arm, s) in enumerate(zip(spec.arms, stats, strict=True))
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceSummary:
+    """What an experiment's own numbers say about it: sample ratios, divergence, guardrails."""
+
+    arm_srm: SampleRatioCheck | None
+    holdout_srm: SampleRatioCheck | None
+    divergences: list[Divergence]
+    breaches: list[Breach]
+
+    def as_json(self) -> dict[str, object]:
+        def srm(check: SampleRatioCheck | None) -> dict[str, object] | None:
+            if check is None:
+                return None
+            return {
+                "chi2": check.statistic,
+                "df": check.degrees_of_freedom,
+                "p_value": check.p_value,
+                "mismatch": check.mismatch,
+            }
+
+        return {
+            "srm": srm(self.arm_srm),
+            "holdout_srm": srm(self.holdout_srm),
+            "divergences": [
+                {
+                    "arm": d.arm,
+                    "expected": d.expected,
+                    "tolerance": d.tolerance,
+                    "ci_low": d.ci_low,
+                    "ci_high": d.ci_high,
+                }
+                for d in self.divergences
+            ],
+            "guardrail_breaches": [
+                {"arm": b.arm, "metric": b.metric, "probability": b.probability, "evidence": b.evidence}
+                for b in self.breaches
+            ],
+        }
+
+
+def evidence(
+    spec: ExperimentSpec,
+    stats: tuple[ArmStats, ...],
+    posteriors: Posteriors,
+    split: tuple[float, float],
+    rng: np.random.Generator,
+) -> EvidenceSummary:
+    """Sample-ratio checks: sampled decisions per arm against the counts the allocations expected, and
+    holdout vs bandit decisions against the configured holdout fraction."""
+    arm_srm = sample_ratio_check([float(s.sampled) for s in stats], [s.expected_trials for s in stats])
+    holdout_srm = None
+    if spec.holdout_percent > 0:
+        fraction = spec.holdout_percent / 100.0
+        holdout_srm = sample_ratio_check(list(split), [fraction, 1.0 - fraction])
+    live = tuple(range(len(spec.arms)))
+    return EvidenceSummary(
+        arm_srm, holdout_srm, divergences(spec, posteriors, rng), guardrail_breaches(spec, stats, live, rng)
+    )
