@@ -1,8 +1,8 @@
 """Signed decision ids: unforgeable, self-describing, and bound to one experiment.
 
 Format: base64url(payload) "." base64url(HMAC-SHA256(key, payload)[:16]), payload being
-"1|experiment|arm|config_version|issued_ms|nonce|flags[|trace]". Names cannot contain '|' (see
-NAME_PATTERN); trace is present only when the decision was traced.
+"1|experiment|arm|config_version|issued_ms|nonce|flags[|trace[|segment]]". Names and segment values
+cannot contain '|' (see NAME_PATTERN); trace and segment are present only when used.
 The MAC covers the experiment and arm, so an id cannot be replayed into another experiment, and it
 is checked against every accepted key so a secret can be rotated with a grace period.
 """
@@ -34,6 +34,8 @@ class DecisionToken:
     counted: bool
     # "<32 hex trace id><16 hex span id>" of the decision's span, so an outcome span can link to it.
     trace: str = ""
+    # The segment (value of the experiment's segment attribute) whose statistics the outcome updates.
+    segment: str = ""
 
 
 def _b64(data: bytes) -> str:
@@ -52,7 +54,8 @@ def encode(token: DecisionToken, key: bytes) -> str:
     flags = _FLAG_COUNTED if token.counted else 0
     payload = (
         f"{FORMAT_VERSION}|{token.experiment}|{token.arm}|{token.config_version}|"
-        f"{token.issued_ms}|{token.nonce}|{flags}" + (f"|{token.trace}" if token.trace else "")
+        f"{token.issued_ms}|{token.nonce}|{flags}"
+        + (f"|{token.trace}|{token.segment}" if token.segment else (f"|{token.trace}" if token.trace else ""))
     ).encode()
     return f"{_b64(payload)}.{_b64(_mac(key, payload))}"
 
@@ -79,12 +82,13 @@ def decode(decision_id: str, keys: Sequence[bytes], now_ms: int, max_age_ms: int
             "decision_id signature does not verify: it was altered, or issued by a router with another secret"
         )
     fields = payload.decode("utf-8", errors="replace").split("|")
-    if len(fields) not in (7, 8) or fields[0] != FORMAT_VERSION:
+    if len(fields) not in (7, 8, 9) or fields[0] != FORMAT_VERSION:
         raise InvalidDecisionIdError("decision_id has an unsupported format version")
     _, experiment, arm, version, issued, nonce, flags = fields[:7]
-    trace = fields[7] if len(fields) == 8 else ""
+    trace = fields[7] if len(fields) >= 8 else ""
+    segment = fields[8] if len(fields) == 9 else ""
     token = DecisionToken(
-        experiment, arm, int(version), int(issued), nonce, bool(int(flags) & _FLAG_COUNTED), trace
+        experiment, arm, int(version), int(issued), nonce, bool(int(flags) & _FLAG_COUNTED), trace, segment
     )
     age_ms = now_ms - token.issued_ms
     if age_ms > max_age_ms:

@@ -144,6 +144,10 @@ class ExperimentSpec:
     guardrails: tuple[Guardrail, ...] = ()
     # Treat a credible divergence from an arm's offline expectation as a guardrail breach.
     divergence_guardrail: bool = False
+    # Keep posteriors per value of this attribute; a segment decides on its own data once it has
+    # segment_min_trials trials, and on the pooled posterior before that.
+    segment_attribute: str = ""
+    segment_min_trials: int = 200
 
     @property
     def holdout_salt(self) -> str:
