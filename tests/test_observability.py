@@ -76,9 +76,10 @@ def country(value: str) -> struct_pb2.Struct:
 
 def scrape(router: InProcessRouter) -> dict[str, list[tuple[dict[str, str], float]]]:
     """Sample name -> [(labels, value)] from the router's /metrics endpoint."""
-    assert router.app is not None and router.app.metrics_port
+    assert router.app is not None
+    assert router.app.metrics_port
     url = f"http://127.0.0.1:{router.app.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - a fixed loopback http URL
+    with urllib.request.urlopen(url, timeout=5) as reply:
         text = reply.read().decode()
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(text):
@@ -213,7 +214,8 @@ def test_outcome_span_in_another_trace_links_to_the_decision_span(
     (route_span,) = spans_named(exporter, ROUTE_SPAN)
     (outcome_span,) = wait_until(lambda: spans_named(exporter, OUTCOME_SPAN), 5, what="the outcome span")
     assert outcome_span.context.trace_id == outcome_trace != route_trace
-    assert outcome_span.parent is not None and outcome_span.parent.span_id == outcome_parent
+    assert outcome_span.parent is not None
+    assert outcome_span.parent.span_id == outcome_parent
     links = list(outcome_span.links)
     assert len(links) == 1
     assert (links[0].context.trace_id, links[0].context.span_id) == (
@@ -268,7 +270,8 @@ def test_hashed_unit_ids_are_stable_keyed_pseudonyms_in_spans_and_the_exposure_l
     ]
     assert len(ids) == 3
     assert all(isinstance(i, str) and HEX32.match(i) for i in ids), ids
-    assert "alice@example.com" not in ids and "bob@example.com" not in ids
+    assert "alice@example.com" not in ids
+    assert "bob@example.com" not in ids
     assert ids[0] == ids[1] != ids[2]  # stable per unit, different across units
     assert [entry["unit"] for entry in logged] == ids  # the same pseudonym in the exposure log
 
@@ -421,7 +424,8 @@ def test_exposure_log_maxlen_zero_disables_the_log(segmented: RedisServer) -> No
             assert client.exists(DECISIONS, OUTCOMES) == 0
         finally:
             client.close()
-        assert router.app is not None and router.app.exposure.pending() == 0
+        assert router.app is not None
+        assert router.app.exposure.pending() == 0
     finally:
         router.stop()
 
@@ -504,7 +508,8 @@ def test_export_time_window_and_argument_errors(
 
     bad = cli("export", EXPERIMENT, "--since", "last tuesday", redis_url=segmented.url, check=False)
     assert bad.returncode == 2
-    assert "--since 'last tuesday'" in bad.stderr and "24h" in bad.stderr
+    assert "--since 'last tuesday'" in bad.stderr
+    assert "24h" in bad.stderr
     assert bad.stdout == ""
 
     unknown = cli("export", "no-such-experiment", "--since", "1h", redis_url=segmented.url, check=False)
@@ -540,7 +545,8 @@ def test_health_is_not_serving_until_the_first_snapshot_then_serving() -> None:
                 reply = router_pb2_grpc.RouterStub(channel).Route(
                     pb.RouteRequest(experiment=EXPERIMENT, unit_id="u"), timeout=2
                 )
-            assert reply.arm in ARMS and reply.reason == pb.SAMPLED
+            assert reply.arm in ARMS
+            assert reply.reason == pb.SAMPLED
         finally:
             router.stop()
 

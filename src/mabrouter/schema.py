@@ -110,6 +110,13 @@ class ArmDoc(_Strict):
         return self
 
 
+class SegmentByDoc(_Strict):
+    """Keep posteriors per value of `attribute`; a segment decides on its own after `min_trials`."""
+
+    attribute: Annotated[str, Field(min_length=1, max_length=128)]
+    min_trials: Annotated[int, Field(ge=1, le=10_000_000)] = 200
+
+
 class GuardrailDoc(_Strict):
     metric: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")]
     kind: Literal["rate", "mean"] = "rate"
@@ -152,6 +159,7 @@ class ExperimentDoc(_Strict):
     segments: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
         default_factory=list, max_length=16, description="attributes logged with each decision"
     )
+    segment_by: SegmentByDoc | None = None
     holdout: Percent = Field(default=0.0, description="percent of exposed units that always get control")
     burn_in_trials: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     guardrails: list[GuardrailDoc] = Field(default_factory=list, max_length=16)
@@ -238,6 +246,8 @@ class ExperimentDoc(_Strict):
                 for g in self.guardrails
             ),
             divergence_guardrail=self.divergence_guardrail,
+            segment_attribute=self.segment_by.attribute if self.segment_by else "",
+            segment_min_trials=self.segment_by.min_trials if self.segment_by else 200,
         )
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mabrouter.core.hashing import bucket_of, in_rollout, unit_seed
-from mabrouter.core.model import NAME_PATTERN, NAME_RULE, AttributeValue, Reason
+from mabrouter.core.model import NAME_PATTERN, NAME_RULE, AttributeValue, ExperimentSpec, Reason
 from mabrouter.core.snapshot import ExperimentState, Snapshot
 from mabrouter.core.targeting import matches
 from mabrouter.errors import InvalidRequestError, NoSnapshotError, UnknownExperimentError
@@ -48,6 +48,8 @@ class Decision:
     counted: bool
     # The arm the shadow policy would have chosen ('' without shadow arms or for imposed answers).
     shadow_arm: str = ""
+    # The segment whose statistics this decision (and its outcome) also updates ('' for none).
+    segment: str = ""
 
 
 def validate(request: RouteInput) -> None:
@@ -79,16 +81,32 @@ def _fixed(state: ExperimentState, index: int, reason: Reason) -> Decision:
     )
 
 
-def _sampled(state: ExperimentState, index: int, reason: Reason, rng: np.random.Generator) -> Decision:
+def segment_of(spec: ExperimentSpec, attributes: Mapping[str, AttributeValue]) -> str:
+    """The request's segment: its value of the segment attribute, when it is a usable name."""
+    if not spec.segment_attribute:
+        return ""
+    value = attributes.get(spec.segment_attribute)
+    if value is None or isinstance(value, tuple):
+        return ""
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return text if NAME_PATTERN.match(text) else ""
+
+
+def _sampled(
+    state: ExperimentState, index: int, reason: Reason, rng: np.random.Generator, *, segment: str = ""
+) -> Decision:
     shadow = state.shadow_sampler
+    policy = state.segments.get(segment) if segment else None
+    shares = policy.shares if policy is not None else state.shares
     return Decision(
         arm=state.spec.arms[index].name,
         reason=reason,
-        propensity=float(state.shares[index]),
+        propensity=float(shares[index]),
         config_version=state.version,
         payload=state.payloads[index],
         counted=True,
         shadow_arm=state.spec.arms[shadow.next_arm(rng)].name if shadow is not None else "",
+        segment=segment,
     )
 
 
@@ -127,11 +145,14 @@ def decide(  # noqa: PLR0911, PLR0912 - the precedence chain reads top-down as e
         bucket_of(spec.holdout_salt, request.unit_id), spec.holdout_percent
     ):
         return _fixed(state, control, Reason.HOLDOUT)
+    segment = segment_of(spec, request.attributes)
     if request.sticky_arm is not None:
         sticky_index = spec.arm_index(request.sticky_arm)
         if sticky_index is not None and sticky_index in state.live:
-            return _sampled(state, sticky_index, Reason.STICKY, rng)
+            return _sampled(state, sticky_index, Reason.STICKY, rng, segment=segment)
+    policy = state.segments.get(segment) if segment else None
+    sampler = policy.sampler if policy is not None else state.sampler
     if request.hash_seeded:
         unit_rng = np.random.default_rng(unit_seed(spec.hash_salt, request.unit_id))
-        return _sampled(state, state.sampler.draw_once(unit_rng), Reason.SAMPLED, rng)
-    return _sampled(state, state.sampler.next_arm(rng), Reason.SAMPLED, rng)
+        return _sampled(state, sampler.draw_once(unit_rng), Reason.SAMPLED, rng, segment=segment)
+    return _sampled(state, sampler.next_arm(rng), Reason.SAMPLED, rng, segment=segment)

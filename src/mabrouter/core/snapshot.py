@@ -18,6 +18,15 @@ NO_GLOBAL_CONTROLS = GlobalControls()
 
 
 @dataclass(frozen=True, slots=True)
+class SegmentPolicy:
+    """A segment's own allocation, used once it has enough trials."""
+
+    stats: tuple[ArmStats, ...]
+    shares: FloatArray
+    sampler: ThompsonSampler | CategoricalSampler
+
+
+@dataclass(frozen=True, slots=True)
 class ExperimentState:
     spec: ExperimentSpec
     version: int
@@ -36,6 +45,8 @@ class ExperimentState:
     rollout: float
     # Per-arm payloads, frozen once so Route never copies them.
     payloads: tuple[Mapping[str, str], ...]
+    # Segments with enough data to decide on their own posteriors (see ExperimentSpec.segment_attribute).
+    segments: Mapping[str, SegmentPolicy] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +99,31 @@ def _allocation(
     return shares, CategoricalSampler(shares)
 
 
+def _segment_policies(
+    spec: ExperimentSpec,
+    segments: Mapping[str, tuple[ArmStats, ...]],
+    live: tuple[int, ...],
+    controls: Controls,
+    rng: np.random.Generator,
+) -> dict[str, SegmentPolicy]:
+    policies = {}
+    for segment, stats in segments.items():
+        if sum(s.trials for s in stats) < spec.segment_min_trials:
+            continue  # too little data: the pooled posterior decides
+        posteriors = posteriors_for(spec, stats)
+        shares, sampler = _allocation(spec, stats, posteriors, live=live, controls=controls, rng=rng)
+        policies[segment] = SegmentPolicy(stats, shares, sampler)
+    return policies
+
+
 def build_experiment_state(
     spec: ExperimentSpec,
     version: int,
     stats: tuple[ArmStats, ...],
     rng: np.random.Generator,
     controls: Controls = NO_CONTROLS,
+    *,
+    segments: Mapping[str, tuple[ArmStats, ...]] | None = None,
 ) -> ExperimentState:
     control_index = spec.arm_index(spec.control)
     if control_index is None:  # the schema guarantees it; a hand-built spec may not
@@ -110,12 +140,15 @@ def build_experiment_state(
         i for i, arm in enumerate(spec.arms) if arm.shadow and arm.name not in controls.killed_arms
     )
     sampler: ThompsonSampler | CategoricalSampler | None
+    policies: dict[str, SegmentPolicy] = {}
     if live == (control_index,):
         shares = np.zeros(len(spec.arms), dtype=np.float64)
         shares[control_index] = 1.0
         sampler = None
     else:
         shares, sampler = _allocation(spec, stats, posteriors, live=live, controls=controls, rng=rng)
+        if spec.segment_attribute and segments:
+            policies = _segment_policies(spec, segments, live, controls, rng)
     return ExperimentState(
         spec=spec,
         version=version,
@@ -129,4 +162,5 @@ def build_experiment_state(
         control_index=control_index,
         rollout=spec.rollout if controls.rollout is None else controls.rollout,
         payloads=tuple(dict(arm.payload) for arm in spec.arms),
+        segments=policies,
     )

@@ -75,7 +75,7 @@ class RoutingEngine:
             return Routed(decision, "", stale)
         if decision.counted:
             sampled_from = state if decision.reason is Reason.SAMPLED else None
-            self._record.trials.add(request.experiment, decision.arm, sampled_from)
+            self._record.trials.add(request.experiment, decision.arm, sampled_from, decision.segment)
         elif decision.reason is Reason.HOLDOUT:
             self._record.trials.add_split(request.experiment, SPLIT_HOLDOUT)
         if state.spec.sticky_ttl_seconds:

@@ -81,7 +81,14 @@ class OutcomeRecorder:
                 continue
             remaining = max(1, (token.issued_ms + max_age_ms - now_ms) // 1000 + 1)
             write = OutcomeWrite(
-                token.experiment, token.arm, token.nonce, reward, token.counted, remaining, metrics=watched
+                token.experiment,
+                token.arm,
+                token.nonce,
+                reward,
+                token.counted,
+                remaining,
+                metrics=watched,
+                segment=token.segment,
             )
             accepted.append((len(results), token, write))
             results.append(Accepted(token.experiment, token.arm, duplicate=False, trace=token.trace))

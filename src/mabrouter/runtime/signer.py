@@ -27,5 +27,6 @@ class DecisionSigner:
             nonce=self._next_nonce(),
             counted=decision.counted,
             trace=trace,
+            segment=decision.segment,
         )
         return decision_id.encode(token, self._key), token

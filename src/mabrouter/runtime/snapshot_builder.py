@@ -20,7 +20,7 @@ from mabrouter.schema import parse_experiment
 from mabrouter.store.controls_codec import parse_controls, parse_global_controls
 from mabrouter.store.keys import GLOBAL_SCOPE, VERSION
 from mabrouter.store.router_store import RawExperiment, RawState
-from mabrouter.store.stats_codec import arm_stats
+from mabrouter.store.stats_codec import arm_stats, segment_stats
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,10 @@ class SnapshotBuilder:
         controls, problems = parse_controls(item.control, spec, old.controls if old is not None else None)
         if problems:
             self._report_once(item.name, repr(sorted(item.control.items())), "; ".join(problems))
-        state = build_experiment_state(spec, version, arm_stats(spec, item.stats), self._rng, controls)
+        segments = segment_stats(spec, item.stats) if spec.segment_attribute else None
+        state = build_experiment_state(
+            spec, version, arm_stats(spec, item.stats), self._rng, controls, segments=segments
+        )
         self._inputs[item.name] = inputs
         return state
 

@@ -13,7 +13,7 @@ from collections import defaultdict
 from redis.exceptions import RedisError
 
 from mabrouter.core.snapshot import ExperimentState
-from mabrouter.store.keys import EXPECTED, SAMPLED, SPLIT_BANDIT, TRIALS, stat_field
+from mabrouter.store.keys import EXPECTED, SAMPLED, SEGMENT_PREFIX, SPLIT_BANDIT, TRIALS, stat_field
 from mabrouter.store.router_store import RouterStore
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,15 @@ class TrialBuffer:
         self._splits: dict[tuple[str, str], int] = {}
         self._sampled: dict[tuple[str, str], int] = {}
 
-    def add(self, experiment: str, arm: str, sampled_from: ExperimentState | None = None) -> None:
-        """A trial of `arm`; `sampled_from`: the state whose allocation sampled it (SAMPLED decisions)."""
+    def add(
+        self, experiment: str, arm: str, sampled_from: ExperimentState | None = None, segment: str = ""
+    ) -> None:
+        """A trial of `arm` (in `segment`, if any); `sampled_from`: the state whose allocation sampled it."""
         key = (experiment, arm)
         self._counts[key] = self._counts.get(key, 0) + 1
+        if segment:
+            segment_key = (experiment, f"{SEGMENT_PREFIX}{segment}|{arm}")
+            self._counts[segment_key] = self._counts.get(segment_key, 0) + 1
         self.add_split(experiment, SPLIT_BANDIT)
         if sampled_from is not None:
             self._sampled[key] = self._sampled.get(key, 0) + 1
@@ -69,7 +74,8 @@ class TrialBuffer:
         return dict(increments)
 
     def pending(self) -> int:
-        return sum(self._counts.values()) + sum(self._splits.values())
+        """Decisions not yet written (segment copies of the same trials are not counted twice)."""
+        return sum(n for (_, arm), n in self._counts.items() if not arm.startswith(SEGMENT_PREFIX))
 
 
 class TrialFlusher:
@@ -101,5 +107,10 @@ class TrialFlusher:
         if not self._unsent:
             return 0
         return int(
-            sum(v for fields in self._unsent.values() for k, v in fields.items() if k.endswith(f":{TRIALS}"))
+            sum(
+                v
+                for fields in self._unsent.values()
+                for k, v in fields.items()
+                if k.endswith(f":{TRIALS}") and not k.startswith(SEGMENT_PREFIX)
+            )
         )

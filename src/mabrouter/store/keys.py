@@ -79,8 +79,12 @@ RAMP_PREFIX, RAMP_SINCE_PREFIX = "ramp:", "ramp_since:"  # ramp:<arm> = step ind
 AUDIT_MAXLEN = 100_000
 
 
-def stat_field(arm: str, stat: str) -> str:
-    return f"{arm}:{stat}"
+def stat_field(arm: str, stat: str, segment: str = "") -> str:
+    """`<arm>:<stat>`, or `@<segment>|<arm>:<stat>` for a segment's own statistics (same hash)."""
+    return f"@{segment}|{arm}:{stat}" if segment else f"{arm}:{stat}"
+
+
+SEGMENT_PREFIX = "@"
 
 
 def kill_arm_field(arm: str) -> str:

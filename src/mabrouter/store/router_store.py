@@ -45,6 +45,7 @@ class OutcomeWrite:
     ttl_seconds: int
     # Guardrail metrics (name, value) observed with the outcome.
     metrics: tuple[tuple[str, float], ...] = ()
+    segment: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +193,7 @@ class RouterStore:
                         repr(outcome.reward * outcome.reward),
                         outcome.ttl_seconds,
                         "1" if outcome.counted else "0",
+                        outcome.segment,
                         *(
                             part
                             for name, value in outcome.metrics

@@ -6,7 +6,7 @@ Every script touches keys of one hash tag only, so each is legal on Redis Cluste
 from __future__ import annotations
 
 # KEYS[1] stats hash, KEYS[2] seen marker. ARGV: arm, reward, reward^2, marker ttl seconds, counted,
-# then metric name, value, value^2 triples (guardrail metrics).
+# segment ('' for none), then metric name, value, value^2 triples (guardrail metrics).
 # Returns 1 when applied, 0 when this decision was already rewarded (idempotent retry or duplicate).
 RECORD_OUTCOME = """
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then
@@ -16,7 +16,13 @@ if ARGV[5] == '1' then
   redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':count', 1)
   redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. ':sum', ARGV[2])
   redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. ':sumsq', ARGV[3])
-  for i = 6, #ARGV, 3 do
+  if ARGV[6] ~= '' then
+    local prefix = '@' .. ARGV[6] .. '|' .. ARGV[1]
+    redis.call('HINCRBY', KEYS[1], prefix .. ':count', 1)
+    redis.call('HINCRBYFLOAT', KEYS[1], prefix .. ':sum', ARGV[2])
+    redis.call('HINCRBYFLOAT', KEYS[1], prefix .. ':sumsq', ARGV[3])
+  end
+  for i = 7, #ARGV, 3 do
     local prefix = ARGV[1] .. ':m:' .. ARGV[i]
     redis.call('HINCRBY', KEYS[1], prefix .. ':n', 1)
     redis.call('HINCRBYFLOAT', KEYS[1], prefix .. ':sum', ARGV[i + 1])

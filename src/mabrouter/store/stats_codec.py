@@ -11,6 +11,7 @@ from mabrouter.store.keys import (
     EXPECTED,
     METRIC_PREFIX,
     SAMPLED,
+    SEGMENT_PREFIX,
     SPLIT_BANDIT,
     SPLIT_HOLDOUT,
     SUM,
@@ -18,6 +19,8 @@ from mabrouter.store.keys import (
     TRIALS,
     stat_field,
 )
+
+MAX_SEGMENTS = 100
 
 
 def _number(raw: Mapping[str, str], field: str) -> float:
@@ -43,20 +46,33 @@ def _metrics(raw: Mapping[str, str], arm: str) -> dict[str, MetricStats]:
     }
 
 
-def arm_stats(spec: ExperimentSpec, raw: Mapping[str, str]) -> tuple[ArmStats, ...]:
-    """Stats for each arm of `spec`, in arm order (arms without data start at zero)."""
+def arm_stats(spec: ExperimentSpec, raw: Mapping[str, str], segment: str = "") -> tuple[ArmStats, ...]:
+    """Stats for each arm of `spec` (of one segment, if given), in arm order; missing data is zero."""
     return tuple(
         ArmStats(
-            trials=int(_number(raw, stat_field(arm.name, TRIALS))),
-            reward_count=int(_number(raw, stat_field(arm.name, COUNT))),
-            reward_sum=_number(raw, stat_field(arm.name, SUM)),
-            reward_sq_sum=_number(raw, stat_field(arm.name, SUMSQ)),
-            sampled=int(_number(raw, stat_field(arm.name, SAMPLED))),
-            expected_trials=_number(raw, stat_field(arm.name, EXPECTED)),
-            metrics=_metrics(raw, arm.name),
+            trials=int(_number(raw, stat_field(arm.name, TRIALS, segment))),
+            reward_count=int(_number(raw, stat_field(arm.name, COUNT, segment))),
+            reward_sum=_number(raw, stat_field(arm.name, SUM, segment)),
+            reward_sq_sum=_number(raw, stat_field(arm.name, SUMSQ, segment)),
+            sampled=int(_number(raw, stat_field(arm.name, SAMPLED, segment))),
+            expected_trials=_number(raw, stat_field(arm.name, EXPECTED, segment)),
+            metrics={} if segment else _metrics(raw, arm.name),
         )
         for arm in spec.arms
     )
+
+
+def segment_stats(
+    spec: ExperimentSpec, raw: Mapping[str, str], limit: int = MAX_SEGMENTS
+) -> dict[str, tuple[ArmStats, ...]]:
+    """Per-segment stats of the `limit` segments with the most trials."""
+    trials: dict[str, float] = {}
+    for field, value in raw.items():
+        if field.startswith(SEGMENT_PREFIX) and field.endswith(f":{TRIALS}"):
+            segment = field[1:].split("|", 1)[0]
+            trials[segment] = trials.get(segment, 0.0) + float(value)
+    busiest = sorted(trials, key=lambda segment: -trials[segment])[:limit]
+    return {segment: arm_stats(spec, raw, segment) for segment in busiest}
 
 
 def holdout_split(raw: Mapping[str, str]) -> tuple[float, float]:
