@@ -414,7 +414,9 @@ def run_h2load(
         elapsed = time.perf_counter() - started
         out.seek(0)
         text = out.read().decode(errors="replace")
-    server_cpu = sum(cpu_seconds(pid) - before for pid, before in zip(server_pids, server_before, strict=True))
+    server_cpu = sum(
+        cpu_seconds(pid) - before for pid, before in zip(server_pids, server_before, strict=True)
+    )
     if process.returncode != 0:
         raise RuntimeError(f"h2load failed ({process.returncode}): {' '.join(argv)}\n{text}")
     finished = _FINISHED.search(text)

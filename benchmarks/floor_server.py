@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/floor_server.py --listen 127.0.0.1:PORT [--reuse-port]
 
-Route returns one constant RouteResponse of the router's shape (arm, a 60-character decision id, reason,
-propensity, config version, a one-entry payload); RouteBatch returns one constant result per request.
+Route returns one constant RouteResponse of the router's shape (arm, a decision id as long as the
+router's, reason, propensity, config version, a one-entry payload); RouteBatch returns one constant
+result per request.
 Same server options as the router (service/server.py: 1 MiB message limits, grpc.so_reuseport,
 maximum_concurrent_rpcs 2000), the same health and reflection services, the same default asyncio loop.
 Whatever the router costs above this server is mabrouter's own work; this server's cost is grpc.aio's.
@@ -24,7 +25,9 @@ from grpc_reflection.v1alpha import reflection
 from mabrouter.service.server import MAX_MESSAGE_BYTES, ROUTER_SERVICE
 from mabrouter.v1 import router_pb2, router_pb2_grpc
 
-DECISION_ID = "MXxiZW5jaHxhcm0tN3w3fDE3MDAwMDAwMDAwMDB8YWJjZGVmMDEyMzQ1fDE.x1y2z3w4v5u6t7s8"[:60]
+# A real id the router issued for experiment "ranker" (85 characters, not 60): the
+# floor's response is byte for byte the size of the router's.
+DECISION_ID = "MXxyYW5rZXJ8YXJtLTd8MXwxNzk1MzI1NDcwNTU2fDg1MWFmYmVjYTk1ZTB8MQ.owZN0E3VsxSzjjlwSTO6IQ"
 RESPONSE = router_pb2.RouteResponse(
     arm="arm-7",
     decision_id=DECISION_ID,
@@ -68,7 +71,9 @@ async def serve(listen: str, reuse_port: bool) -> None:
     router_pb2_grpc.add_RouterServicer_to_server(FloorServicer(), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((ROUTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (ROUTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     if server.add_insecure_port(listen) == 0:
         raise SystemExit(f"cannot listen on {listen}")
     await server.start()
@@ -83,7 +88,9 @@ async def serve(listen: str, reuse_port: bool) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--listen", default="127.0.0.1:50061")
     parser.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT")
     args = parser.parse_args()

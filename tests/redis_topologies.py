@@ -572,7 +572,9 @@ class Traffic:
     for every decision, retrying UNAVAILABLE / DEADLINE_EXCEEDED with the same decision id (the README's
     contract: retries are safe) until it is acknowledged. Only acknowledged outcomes are counted."""
 
-    def __init__(self, address: str, experiment: str = "ranker", pace: float = 0.002) -> None:
+    def __init__(
+        self, address: str, experiment: str = "ranker", pace: float = 0.002, reporters: int = 8
+    ) -> None:
         import queue
         import threading
 
@@ -591,6 +593,7 @@ class Traffic:
         self.counted = 0  # SAMPLED/STICKY decisions: each one is a trial
         self.route_times: list[float] = []  # monotonic time of every counted decision
         self.route_errors: list[str] = []
+        self.slowest_route = 0.0  # seconds: the longest Route call
         self.reasons: dict[str, int] = {}
         self.acks: list[Ack] = []
         self.retries = 0  # outcome attempts answered UNAVAILABLE / DEADLINE_EXCEEDED
@@ -598,13 +601,14 @@ class Traffic:
         self.outcome_errors: list[str] = []
         self._stop_routing = threading.Event()
         self._stop_reporting = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._route_loop, daemon=True, name="traffic-route"),
-            threading.Thread(target=self._report_loop, daemon=True, name="traffic-report"),
+        self._router = threading.Thread(target=self._route_loop, daemon=True, name="traffic-route")
+        self._reporters = [
+            threading.Thread(target=self._report_loop, daemon=True, name=f"traffic-report-{n}")
+            for n in range(reporters)
         ]
 
     def start(self) -> Traffic:
-        for thread in self._threads:
+        for thread in (self._router, *self._reporters):
             thread.start()
         return self
 
@@ -614,6 +618,7 @@ class Traffic:
         i = 0
         while not self._stop_routing.is_set():
             i += 1
+            started = time.monotonic()
             try:
                 reply = self.stub.Route(
                     pb.RouteRequest(experiment=self.experiment, unit_id=f"unit-{i}"), timeout=2
@@ -625,6 +630,7 @@ class Traffic:
             reason = pb.Reason.Name(reply.reason)
             now = time.monotonic()
             with self.lock:
+                self.slowest_route = max(self.slowest_route, now - started)
                 self.routes += 1
                 self.reasons[reason] = self.reasons.get(reason, 0) + 1
                 if reason in ("SAMPLED", "STICKY"):
@@ -660,7 +666,8 @@ class Traffic:
                     if exc.code() in retryable and attempts < 2000:
                         with self.lock:
                             self.retries += 1
-                            key = f"{exc.code().name}: {str(exc.details())[:90]}"
+                            details = str(exc.details())
+                            key = f"{exc.code().name}: {details[:60]}...{details[-200:]}"
                             self.retry_messages[key] = self.retry_messages.get(key, 0) + 1
                         time.sleep(0.02)
                         continue
@@ -684,10 +691,12 @@ class Traffic:
     def stop(self, drain_timeout: float = 60) -> None:
         """Stop routing, then report every decision made (each one acknowledged or an error)."""
         self._stop_routing.set()
-        self._threads[0].join(10)
+        self._router.join(10)
         self._stop_reporting.set()
-        self._threads[1].join(drain_timeout)
-        if self._threads[1].is_alive():
+        deadline = time.monotonic() + drain_timeout
+        for thread in self._reporters:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in self._reporters):
             raise AssertionError(f"outcomes not all acknowledged within {drain_timeout}s")
         self.channel.close()
 
@@ -697,7 +706,7 @@ class Traffic:
         self._stop_reporting.set()
         while not self.decisions.empty():
             self.decisions.get_nowait()
-        for thread in self._threads:
+        for thread in (self._router, *self._reporters):
             if thread.is_alive():
                 thread.join(10)
         self.channel.close()

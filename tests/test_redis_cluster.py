@@ -282,10 +282,17 @@ def test_master_failover_under_traffic_loses_no_route_and_doubles_no_outcome(
         assert replayed == [ack.nonce in present for ack in acks]
         assert stats(cluster, "ranker")["count"] == len(acks)
 
+        print("DEBUG metrics", {k: v for k, v in scrape(metrics_port).items() if "outcomes" in k or "redis_errors" in k or "pending" in k})
         assert router.terminate() == 0, router.output()  # the shutdown flush writes the last trials
         trials = stats(cluster, "ranker")["trials"]
         recent = sum(1 for at in traffic.route_times if killed_at - 1.0 <= at <= killed_at)
         print(f"trials: {traffic.counted} counted decisions, {trials:.0f} in Redis")
+        ack_times = [ack.at for ack in acks]
+        print("DEBUG max ack gap", max(b - a for a, b in zip(ack_times, ack_times[1:])),
+              "max route gap", max(b - a for a, b in zip(traffic.route_times, traffic.route_times[1:])),
+              "routes during outage", sum(1 for t in traffic.route_times if killed_at <= t <= promoted_at),
+              "acks during outage", sum(1 for t in ack_times if killed_at <= t <= promoted_at),
+              "max attempts", max(a.attempts for a in acks), "dups", sum(a.duplicate for a in acks))
         assert traffic.counted - recent <= trials <= traffic.counted
     finally:
         traffic.close()

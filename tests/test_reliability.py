@@ -94,6 +94,30 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
+def histogram(port: int, name: str = "mabrouter_route_latency_seconds") -> dict[float, float]:
+    """Cumulative bucket counts {upper bound: count} of a Prometheus histogram."""
+    buckets = {}
+    for key, value in scrape(port).items():
+        if key.startswith(f'{name}_bucket{{le="'):
+            bound = key.split('le="')[1].rstrip('"}')
+            buckets[float(bound)] = value
+    return buckets
+
+
+def server_p99(before: dict[float, float], after: dict[float, float]) -> float:
+    """The bucket bound holding the 99th percentile of the observations made between two scrapes."""
+    bounds = sorted(after)
+    total = after[bounds[-1]] - before.get(bounds[-1], 0.0)
+    for bound in bounds:
+        if after[bound] - before.get(bound, 0.0) >= 0.99 * total:
+            return bound
+    return float("inf")
+
+
+def redis_errors(port: int) -> float:
+    return sum(v for k, v in scrape(port).items() if k.startswith("mabrouter_redis_errors_total"))
+
+
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -184,7 +208,7 @@ class Sample:
 class RouteLoop(threading.Thread):
     """Calls Route in a loop (a fresh unit each time) and records every answer with its latency."""
 
-    def __init__(self, address: str, pause: float = 0.001) -> None:
+    def __init__(self, address: str, pause: float = 0.003) -> None:
         super().__init__(daemon=True)
         self.address = address
         self.pause = pause
@@ -291,6 +315,7 @@ def test_redis_sigkill_mid_flight_route_never_fails_then_goes_stale_per_policy()
                 loop.start()
             begun = time.monotonic()
             time.sleep(2.0)
+            at_kill = histogram(ports["serve_stale"])
             killed_at = time.monotonic()
             redis_server.stop(kill=True)
             time.sleep(0.5)
@@ -308,6 +333,7 @@ def test_redis_sigkill_mid_flight_route_never_fails_then_goes_stale_per_policy()
                 assert health_status(router.address, "mabrouter.v1.Router") == SERVING
             time.sleep(max(0.0, killed_at + 3.0 - time.monotonic()))
             age_late = scrape(ports["serve_stale"])["mabrouter_snapshot_age_seconds"]
+            in_server_p99 = server_p99(at_kill, histogram(ports["serve_stale"]))
             restarted_at = time.monotonic()
             redis_server.start()
             for router in routers.values():
@@ -334,10 +360,12 @@ def test_redis_sigkill_mid_flight_route_never_fails_then_goes_stale_per_policy()
                 router.kill()
         assert age_early >= 0.4
         assert age_late >= age_early + 1.5
+        assert in_server_p99 <= 0.01
     print(
         "\nredis SIGKILL mid-flight: no Route failed; snapshot health NOT_SERVING "
         f"{stale_after:.2f}s after the kill (max staleness 1 s); snapshot age {age_early:.2f}s -> "
-        f"{age_late:.2f}s; {sampled} sampled trials all in Redis after the restart\n" + "\n".join(report)
+        f"{age_late:.2f}s; {sampled} sampled trials all in Redis after the restart; in-server Route p99 "
+        f"during the outage <= {in_server_p99 * 1000:g} ms (histogram bucket)\n" + "\n".join(report)
     )
 
 
@@ -382,3 +410,988 @@ def check_sigkill_samples(
             f"  {policy}: before {summary_ms(latencies(before))}; during {summary_ms(latencies(outage))}"
         )
     return report, sampled
+
+
+# -- Redis hung (SIGSTOP), not dead --------------------------------------------------------------------
+
+
+@contextmanager
+def stopped(redis_server: RedisServer) -> Iterator[None]:
+    """SIGSTOP redis-server: its socket accepts connections but nothing answers."""
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+
+
+def timed(call: Callable[[], Any]) -> tuple[Any, grpc.StatusCode | None, str, float]:
+    """(reply, error code, error details, seconds) of one call."""
+    started = time.monotonic()
+    try:
+        reply = call()
+    except grpc.RpcError as exc:
+        return None, exc.code(), exc.details() or "", time.monotonic() - started
+    return reply, None, "", time.monotonic() - started
+
+
+def test_redis_sigstop_route_unaffected_and_outcomes_follow_the_acknowledgement_contract(
+    tmp_path: Path,
+) -> None:
+    spool_dir = tmp_path / "spool"
+    with running_redis() as redis_server:
+        apply_ranker(redis_server.url)
+        spooled = RouterProcess(redis_server.url, MABROUTER_SPOOL_DIR=str(spool_dir))
+        plain = RouterProcess(redis_server.url)
+        loop: RouteLoop | None = None
+        try:
+            spooled.wait_serving()
+            plain.wait_serving()
+            s_channel, s_stub = open_stub(spooled.address)
+            p_channel, p_stub = open_stub(plain.address)
+            with s_channel, p_channel:
+                s_decisions = [route(s_stub, f"s{i}") for i in range(6)]
+                p_decision = route(p_stub, "p0")
+                loop = RouteLoop(spooled.address)
+                loop.start()
+                time.sleep(1.5)
+                stopped_at = time.monotonic()
+                with stopped(redis_server), ThreadPoolExecutor(3) as pool:
+                    one = pool.submit(
+                        timed,
+                        lambda: s_stub.ReportOutcome(
+                            pb.OutcomeRequest(decision_id=s_decisions[0].decision_id, reward=1.0), timeout=15
+                        ),
+                    )
+                    many = pool.submit(
+                        timed,
+                        lambda: s_stub.ReportOutcomes(
+                            pb.ReportOutcomesRequest(
+                                outcomes=[
+                                    pb.OutcomeRequest(decision_id=d.decision_id, reward=reward_of(i))
+                                    for i, d in enumerate(s_decisions[1:], 1)
+                                ]
+                            ),
+                            timeout=15,
+                        ),
+                    )
+                    refused = pool.submit(
+                        timed,
+                        lambda: p_stub.ReportOutcome(
+                            pb.OutcomeRequest(decision_id=p_decision.decision_id, reward=1.0), timeout=15
+                        ),
+                    )
+                    one_reply, one_error, _, one_seconds = one.result()
+                    many_reply, many_error, _, many_seconds = many.result()
+                    _, refused_error, refused_details, refused_seconds = refused.result()
+                    spooled_during_stall = spooled_entries(spool_dir)
+                    time.sleep(max(0.0, stopped_at + 4.0 - time.monotonic()))
+                continued_at = time.monotonic()
+                time.sleep(1.0)
+                loop.finish()
+
+                # With a spool: acknowledged (fsync'd locally) once Redis's socket timeout (2 s) expires.
+                assert one_error is None
+                assert not one_reply.duplicate
+                assert many_error is None
+                assert [r.code for r in many_reply.results] == [0] * 5
+                assert spooled_during_stall == 6
+                # Without: UNAVAILABLE, saying to retry.
+                assert refused_error == grpc.StatusCode.UNAVAILABLE
+                assert "retry" in refused_details
+                for seconds in (one_seconds, many_seconds, refused_seconds):
+                    assert 1.0 < seconds < 8.0
+                # Spooled outcomes are replayed once Redis answers; the refused one is retried by its caller.
+                wait_until(lambda: spooled_entries(spool_dir) == 0, 10, what="the spool to drain")
+                retried = p_stub.ReportOutcome(
+                    pb.OutcomeRequest(decision_id=p_decision.decision_id, reward=1.0), timeout=5
+                )
+                expected: Counter[str] = Counter(d.arm for d in s_decisions)
+                expected[p_decision.arm] += 1
+                assert books_of(redis_server).counts == expected  # 7 outcomes, each once
+        finally:
+            if loop is not None:
+                loop.finish()
+            spooled.kill()
+            plain.kill()
+    samples = loop.samples
+    assert not [s for s in samples if s.error is not None]
+    stall = loop.between(stopped_at, continued_at)
+    before = [s for s in samples if s.at < stopped_at]
+    assert stall
+    assert all(s.reply and not s.reply.stale and s.reply.reason == pb.SAMPLED for s in stall)
+    assert percentile(latencies(stall), 0.99) < ROUTE_P99_BOUND, summary_ms(latencies(stall))
+    print(
+        f"\nredis SIGSTOP: ReportOutcome acknowledged from the spool in {one_seconds:.2f}s, "
+        f"ReportOutcomes(5) in {many_seconds:.2f}s; without a spool UNAVAILABLE in {refused_seconds:.2f}s "
+        f"(retry was duplicate={retried.duplicate})\n"
+        f"  Route before {summary_ms(latencies(before))}; during the stall {summary_ms(latencies(stall))}"
+    )
+
+
+# -- a slow, flaky network between the router and Redis -----------------------------------------------
+
+
+def route_many(stub: router_pb2_grpc.RouterStub, prefix: str, n: int) -> tuple[list[pb.RouteResponse], list[float]]:
+    replies, took = [], []
+    for i in range(n):
+        started = time.perf_counter()
+        replies.append(route(stub, f"{prefix}-{i}"))
+        took.append(time.perf_counter() - started)
+    return replies, took
+
+
+def report_until_acknowledged(
+    stub: router_pb2_grpc.RouterStub, decision: pb.RouteResponse, reward: float, attempts: int = 50
+) -> tuple[pb.OutcomeResponse, int]:
+    """Report an outcome, retrying UNAVAILABLE (as a client should); return the reply and the failures."""
+    failures = 0
+    while True:
+        try:
+            reply = stub.ReportOutcome(
+                pb.OutcomeRequest(decision_id=decision.decision_id, reward=reward), timeout=5
+            )
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            failures += 1
+            assert failures < attempts, f"outcome not acknowledged after {failures} attempts: {exc.details()}"
+            time.sleep(0.05)
+            continue
+        return reply, failures
+
+
+def test_slow_and_resetting_network_to_redis_route_unaffected_and_learning_continues() -> None:
+    with running_redis() as redis_server, FaultProxy(redis_server.port) as proxy:
+        apply_ranker(redis_server.url)
+        metrics_port = free_port()
+        router = RouterProcess(proxy.url, MABROUTER_METRICS_LISTEN=f"127.0.0.1:{metrics_port}")
+        try:
+            router.wait_serving()
+            channel, stub = open_stub(router.address)
+            with channel:
+                routed, base = route_many(stub, "base", 400)
+                proxy.latency = 0.2
+                time.sleep(0.5)
+                slow_replies, slow = route_many(stub, "slow", 400)
+                routed += slow_replies
+                outcome, _, _, slow_outcome_seconds = timed(
+                    lambda: stub.ReportOutcome(
+                        pb.OutcomeRequest(decision_id=routed[0].decision_id, reward=1.0), timeout=10
+                    )
+                )
+                assert outcome is not None
+                assert not outcome.duplicate
+                reported = [routed[0]]
+                assert percentile(slow, 0.99) < ROUTE_P99_BOUND, summary_ms(slow)
+                wait_until(
+                    lambda: books_of(redis_server).trials == len(routed), 15, what="trials through +200 ms"
+                )
+
+                proxy.latency = 0.0
+                accepted_before = proxy.accepted
+                resets, outcome_failures = 0, 0
+                for round_ in range(5):
+                    resets += proxy.reset_all()
+                    replies, _ = route_many(stub, f"reset{round_}", 100)
+                    routed += replies
+                    for decision in replies[:3]:
+                        _, failures = report_until_acknowledged(stub, decision, 1.0)
+                        outcome_failures += failures
+                        reported.append(decision)
+                    time.sleep(0.3)
+                assert resets >= 5
+                wait_until(
+                    lambda: books_of(redis_server).trials >= len(routed), 15, what="trials after resets"
+                )
+                time.sleep(0.3)
+                final = books_of(redis_server)
+                assert final.trials == len(routed)  # every trial once: none lost to a reset, none doubled
+                assert final.counts == Counter(d.arm for d in reported)
+                assert proxy.accepted > accepted_before  # it reconnected
+                assert all(r.reason == pb.SAMPLED for r in routed)
+            errors = redis_errors(metrics_port)
+        finally:
+            router.kill()
+    print(
+        f"\nproxy: Route base {summary_ms(base)}; with +200 ms per chunk {summary_ms(slow)}; "
+        f"ReportOutcome through +200 ms took {slow_outcome_seconds:.2f}s\n"
+        f"  {resets} connection resets in 5 rounds: {outcome_failures} ReportOutcome attempts got UNAVAILABLE "
+        f"and were retried; {proxy.accepted - accepted_before} reconnections; redis error metric {errors:g}; "
+        f"all {len(routed)} trials and {len(reported)} outcomes in Redis exactly once"
+    )
+
+
+# -- outcomes and trial counts during an outage -------------------------------------------------------
+
+
+def test_outcomes_and_trials_during_an_outage_are_applied_exactly_once(tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    with running_redis(*AOF) as redis_server:
+        apply_ranker(redis_server.url)
+        metrics_port = free_port()
+        router = RouterProcess(
+            redis_server.url,
+            MABROUTER_SPOOL_DIR=str(spool_dir),
+            MABROUTER_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
+        )
+        try:
+            router.wait_serving()
+            channel, stub = open_stub(router.address)
+            with channel:
+                decisions, _ = route_many(stub, "before", 200)
+                acknowledged: dict[int, float] = {}
+                for i in range(100):
+                    reply = stub.ReportOutcome(
+                        pb.OutcomeRequest(decision_id=decisions[i].decision_id, reward=reward_of(i)), timeout=5
+                    )
+                    assert not reply.duplicate
+                    acknowledged[i] = reward_of(i)
+                wait_until(lambda: books_of(redis_server).trials == 200, 10, what="trials before the outage")
+
+                redis_server.stop(kill=True)
+                outage, _ = route_many(stub, "during", 300)
+                decisions += outage
+                assert all(d.reason == pb.SAMPLED and not d.stale for d in outage)
+                ack_seconds = []
+                for i in range(100, 300):
+                    started = time.monotonic()
+                    reply = stub.ReportOutcome(
+                        pb.OutcomeRequest(decision_id=decisions[i].decision_id, reward=reward_of(i)), timeout=5
+                    )
+                    ack_seconds.append(time.monotonic() - started)
+                    assert not reply.duplicate
+                    acknowledged[i] = reward_of(i)
+                in_spool = spooled_entries(spool_dir)
+                pending = scrape(metrics_port)
+                assert in_spool == 200
+                assert pending['mabrouter_pending_writes{buffer="outcome_spool"}'] == 200
+                assert pending['mabrouter_pending_writes{buffer="trials"}'] >= 300
+
+                redis_server.start()
+                wait_until(lambda: spooled_entries(spool_dir) == 0, 15, what="the spool to drain")
+                wait_until(lambda: books_of(redis_server).trials == 500, 15, what="outage trials flushed")
+                time.sleep(0.3)
+                final = books_of(redis_server)
+                assert final.trials == 500  # every Route call counted once
+                expected_counts: Counter[str] = Counter()
+                expected_sums: Counter[str] = Counter()
+                for i, reward in acknowledged.items():
+                    expected_counts[decisions[i].arm] += 1
+                    expected_sums[decisions[i].arm] += reward
+                assert final.counts == expected_counts
+                assert final.sums == {arm: expected_sums[arm] for arm in final.sums}
+                assert sum(final.counts.values()) == len(acknowledged) == 300
+
+                again = stub.ReportOutcomes(
+                    pb.ReportOutcomesRequest(
+                        outcomes=[
+                            pb.OutcomeRequest(decision_id=decisions[i].decision_id, reward=reward)
+                            for i, reward in acknowledged.items()
+                        ]
+                    ),
+                    timeout=10,
+                )
+                assert all(r.code == 0 and r.duplicate for r in again.results)
+                assert books_of(redis_server) == final
+        finally:
+            router.kill()
+    print(
+        f"\noutage: 300 decisions and 200 outcomes while Redis was down; outcomes acknowledged from the spool "
+        f"in {summary_ms(ack_seconds)}; after recovery 500/500 trials and 300/300 outcomes applied once"
+    )
+
+
+def test_the_spool_is_bounded_and_refuses_rather_than_growing(tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    with running_redis(*AOF) as redis_server:
+        apply_ranker(redis_server.url)
+        router = RouterProcess(
+            redis_server.url, MABROUTER_SPOOL_DIR=str(spool_dir), MABROUTER_SPOOL_MAX_ENTRIES="3"
+        )
+        try:
+            router.wait_serving()
+            channel, stub = open_stub(router.address)
+            with channel:
+                decisions, _ = route_many(stub, "u", 5)
+                redis_server.stop(kill=True)
+                for decision in decisions[:3]:
+                    stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id, reward=1.0), timeout=5)
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.ReportOutcome(
+                        pb.OutcomeRequest(decision_id=decisions[3].decision_id, reward=1.0), timeout=5
+                    )
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "3 entries, its limit" in info.value.details()
+                assert spooled_entries(spool_dir) == 3
+                redis_server.start()
+                wait_until(lambda: spooled_entries(spool_dir) == 0, 15, what="the spool to drain")
+                report_until_acknowledged(stub, decisions[3], 1.0)
+                assert books_of(redis_server).counts == Counter(d.arm for d in decisions[:4])
+        finally:
+            router.kill()
+
+
+# -- the ledger: every acknowledged outcome counted exactly once, through every fault ----------------
+
+
+@dataclass
+class Ledger:
+    """The client's books: every decision, its reward, and which outcomes the router acknowledged."""
+
+    decisions: dict[int, pb.RouteResponse] = field(default_factory=dict)
+    acknowledged: set[int] = field(default_factory=set)
+    first_report_failures: Counter[str] = field(default_factory=Counter)
+    route_failures: Counter[str] = field(default_factory=Counter)
+    duplicate_on_first_report: int = 0
+    done: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class LedgerRun:
+    """Routers on one fixed port sharing one spool directory, and client threads that route and report.
+
+    Each client makes a decision (retrying until a router answers), then reports its outcome exactly once,
+    counting it as acknowledged only when ReportOutcome returned OK. Faults are injected from outside
+    (redis_*/router_* methods); `settle` then retries the unacknowledged outcomes and checks the books.
+    """
+
+    def __init__(self, redis_server: RedisServer, spool_dir: Path, **env: str) -> None:
+        self.redis_server = redis_server
+        self.spool_dir = spool_dir
+        self.env = {"MABROUTER_SPOOL_DIR": str(spool_dir), **env}
+        self.port = free_port()
+        self.router = router_on_port(redis_server.url, self.port, **self.env).wait_serving()
+        self.address = self.router.address
+        self.routers = [self.router]
+        self.ledger = Ledger()
+        self.events: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # clients
+
+    def start_clients(self, workers: int, total: int | None, pause: float = 0.0) -> None:
+        """`workers` threads share decisions 0..total-1 (or keep going until stop_clients, if None)."""
+        for w in range(workers):
+            thread = threading.Thread(target=self._client, args=(w, workers, total, pause), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop_clients(self, timeout: float = 120) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+            assert not thread.is_alive(), "a client thread did not finish"
+
+    def wait_clients(self, timeout: float = 120) -> None:
+        for thread in self._threads:
+            thread.join(timeout)
+            assert not thread.is_alive(), "a client thread did not finish"
+
+    def _client(self, first: int, step: int, total: int | None, pause: float) -> None:
+        ledger = self.ledger
+        channel, stub = open_stub(self.address)
+        with channel:
+            i = first
+            while (total is None or i < total) and not (total is None and self._stop.is_set()):
+                while True:
+                    try:
+                        decision = route(stub, f"ledger-{i}")
+                        break
+                    except grpc.RpcError as exc:
+                        with ledger.lock:
+                            ledger.route_failures[exc.code().name] += 1
+                        time.sleep(0.02)
+                try:
+                    reply = stub.ReportOutcome(
+                        pb.OutcomeRequest(decision_id=decision.decision_id, reward=reward_of(i)), timeout=5
+                    )
+                except grpc.RpcError as exc:
+                    reply, failure = None, exc.code().name
+                with ledger.lock:
+                    ledger.decisions[i] = decision
+                    if reply is not None:
+                        ledger.acknowledged.add(i)
+                        ledger.duplicate_on_first_report += int(reply.duplicate)
+                    else:
+                        ledger.first_report_failures[failure] += 1
+                    ledger.done += 1
+                i += step
+                if pause:
+                    time.sleep(pause)
+
+    def wait_progress(self, done: int, timeout: float = 60) -> None:
+        wait_until(lambda: self.ledger.done >= done, timeout, interval=0.01, what=f"{done} decisions")
+
+    # faults
+
+    def redis_restart(self, kill: bool, down_for: float = 0.8) -> None:
+        """SIGKILL or SIGTERM (a clean AOF shutdown) redis-server, keep it down, start it again."""
+        self.redis_server.stop(kill=kill)
+        time.sleep(down_for)
+        self.redis_server.start()
+        self.events["redis SIGKILL" if kill else "redis SIGTERM"] += 1
+
+    def redis_stall(self, seconds: float) -> None:
+        with stopped(self.redis_server):
+            time.sleep(seconds)
+        self.events["redis SIGSTOP"] += 1
+
+    def router_restart(self, kill: bool) -> None:
+        """SIGKILL or SIGTERM the router, then start a new one on the same port and spool directory."""
+        if kill:
+            self.router.kill()
+        else:
+            assert self.router.terminate(30) == 0, self.router.output()
+        self.router = router_on_port(self.redis_server.url, self.port, **self.env).wait_serving(30)
+        self.routers.append(self.router)
+        self.events["router SIGKILL" if kill else "router SIGTERM"] += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        for router in self.routers:
+            router.kill()
+
+    # the books
+
+    def _stats(self) -> Books:
+        return books_of(self.redis_server)
+
+    def settle(self) -> dict[str, Any]:
+        """Check the ledger; return the numbers. Clients must have stopped."""
+        ledger = self.ledger
+        n = len(ledger.decisions)
+        assert len({d.decision_id for d in ledger.decisions.values()}) == n, "decision ids must be unique"
+        assert all(d.reason == pb.SAMPLED for d in ledger.decisions.values())
+        assert ledger.duplicate_on_first_report == 0
+        wait_until(lambda: spooled_entries(self.spool_dir) == 0, 30, what="every spool to drain")
+        after_first_pass = self._stats()
+        applied_first = sum(after_first_pass.counts.values())
+        acked_first = len(ledger.acknowledged)
+        # None lost: every acknowledged outcome is in Redis. Some unacknowledged ones may be too (the router
+        # died or Redis timed out after applying them): exactly those come back as duplicates below.
+        assert acked_first <= applied_first <= n
+
+        channel, stub = open_stub(self.address)
+        retried = late_duplicates = 0
+        with channel:
+            for i in sorted(set(ledger.decisions) - ledger.acknowledged):
+                reply, _ = report_until_acknowledged(stub, ledger.decisions[i], reward_of(i))
+                retried += 1
+                late_duplicates += int(reply.duplicate)
+                ledger.acknowledged.add(i)
+            assert applied_first == acked_first + late_duplicates
+            final = self._stats()
+            expected_counts: Counter[str] = Counter()
+            expected_sums: Counter[str] = Counter()
+            for i, decision in ledger.decisions.items():
+                expected_counts[decision.arm] += 1
+                expected_sums[decision.arm] += reward_of(i)
+            # The heart of it: the posterior holds exactly the acknowledged outcomes, none lost, none doubled.
+            assert final.counts == expected_counts
+            assert final.sums == {arm: expected_sums[arm] for arm in final.sums}
+            assert set(final.sums) == {arm for arm, total in expected_sums.items() if total or arm in final.sums}
+
+            # Retrying every outcome once more changes nothing: all duplicates.
+            duplicates = 0
+            ordered = sorted(ledger.decisions)
+            for start in range(0, n, 1000):
+                chunk = ordered[start : start + 1000]
+                reply = stub.ReportOutcomes(
+                    pb.ReportOutcomesRequest(
+                        outcomes=[
+                            pb.OutcomeRequest(decision_id=ledger.decisions[i].decision_id, reward=reward_of(i))
+                            for i in chunk
+                        ]
+                    ),
+                    timeout=30,
+                )
+                assert all(r.code == 0 for r in reply.results)
+                duplicates += sum(1 for r in reply.results if r.duplicate)
+            assert duplicates == n
+            assert self._stats().counts == final.counts
+        return {
+            "decisions": n,
+            "acknowledged_first_pass": acked_first,
+            "applied_first_pass": applied_first,
+            "first_report_failures": dict(ledger.first_report_failures),
+            "retried": retried,
+            "unacknowledged_but_applied": late_duplicates,
+            "applied_final": sum(final.counts.values()),
+            "duplicates_on_replay": duplicates,
+            "route_retries": sum(ledger.route_failures.values()),
+            "trials_in_redis": final.trials,
+            "events": dict(self.events),
+        }
+
+
+def test_ledger_every_acknowledged_outcome_counts_exactly_once_through_redis_and_router_faults(
+    tmp_path: Path,
+) -> None:
+    n = 2000
+    with running_redis(*AOF) as redis_server:
+        apply_ranker(redis_server.url)
+        run = LedgerRun(redis_server, tmp_path / "spool")
+        try:
+            run.start_clients(workers=4, total=n, pause=0.001)
+            run.wait_progress(n * 15 // 100)
+            run.redis_restart(kill=False)  # SHUTDOWN-like SIGTERM: AOF flushed, then started again
+            run.wait_progress(n * 35 // 100)
+            run.router_restart(kill=True)  # SIGKILL: its spool is adopted by the next router
+            run.wait_progress(n * 55 // 100)
+            run.redis_restart(kill=True)  # SIGKILL with appendfsync always
+            run.wait_progress(n * 75 // 100)
+            run.router_restart(kill=False)  # SIGTERM: graceful drain, spool left for the next start
+            run.wait_clients()
+            numbers = run.settle()
+        finally:
+            run.close()
+    # Trials are counted in memory and flushed every 20 ms: a SIGKILLed router loses at most what it had
+    # not flushed (SIGTERM flushes everything; Redis faults lose nothing: flush batches are retried).
+    assert n * 0.9 <= numbers["trials_in_redis"] <= n + numbers["route_retries"]
+    assert numbers["events"] == {
+        "redis SIGTERM": 1,
+        "router SIGKILL": 1,
+        "redis SIGKILL": 1,
+        "router SIGTERM": 1,
+    }
+    print(f"\nledger: {numbers}")
+
+
+# -- limits --------------------------------------------------------------------------------------------
+
+
+def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def test_more_than_1000_items_in_one_call_is_invalid_argument(router: InProcessRouter) -> None:
+    channel, stub = open_stub(router.address)
+    with channel:
+        decision = route(stub, "u")
+        outcomes = [pb.OutcomeRequest(decision_id=decision.decision_id, reward=1.0)] * 1001
+        error = rpc_error(lambda: stub.ReportOutcomes(pb.ReportOutcomesRequest(outcomes=outcomes), timeout=5))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "1001 outcomes in one call; the limit is 1000" in error.details()
+        requests = [pb.RouteRequest(experiment="ranker", unit_id="u")] * 1001
+        error = rpc_error(lambda: stub.RouteBatch(pb.RouteBatchRequest(requests=requests), timeout=5))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "the limit is 1000" in error.details()
+        # exactly at the limit is fine
+        reply = stub.ReportOutcomes(pb.ReportOutcomesRequest(outcomes=outcomes[:1000]), timeout=10)
+        assert [r.duplicate for r in reply.results].count(False) == 1
+
+
+def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
+@pytest.mark.parametrize(
+    ("attributes", "needle"),
+    [
+        ({f"a{i}": i for i in range(65)}, "65 attributes sent; the limit is 64"),
+        ({"s": "x" * 1025}, "'s' is 1025 characters; the limit is 1024"),
+        ({"tags": ["t"] * 65}, "'tags' has 65 items; the limit is 64"),
+        ({"k" * 129: 1}, "is longer than 128 characters"),
+        ({"nested": {"a": 1}}, "nested objects are not supported"),
+        ({"mixed": ["a", 1]}, "lists may only hold strings"),
+    ],
+    ids=["count", "string", "list", "key", "nested", "mixed-list"],
+)
+def test_oversized_or_nested_attributes_are_invalid_argument_naming_the_limit(
+    router: InProcessRouter, attributes: dict[str, Any], needle: str
+) -> None:
+    channel, stub = open_stub(router.address)
+    with channel:
+        error = rpc_error(lambda: route(stub, "u", attributes=_struct(attributes)))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert needle in error.details()
+        assert route(stub, "u").reason == pb.SAMPLED  # and the next call is fine
+
+
+def test_oversized_ids_are_invalid_argument_naming_the_limit(router: InProcessRouter) -> None:
+    channel, stub = open_stub(router.address)
+    with channel:
+        error = rpc_error(lambda: route(stub, "u" * 513))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "unit_id is 513 characters; the limit is 512" in error.details()
+        error = rpc_error(
+            lambda: stub.ReportOutcome(pb.OutcomeRequest(decision_id="d" * 513, reward=1.0), timeout=2)
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "513 characters" in error.details()
+
+
+def test_a_2mb_message_is_resource_exhausted(router: InProcessRouter) -> None:
+    channel, stub = open_stub(router.address)
+    with channel:
+        error = rpc_error(lambda: route(stub, "u" * (2 * 1024 * 1024)))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in error.details()
+        # ~2 MB: the size limit applies before the message is even parsed (so before the 1,000-item limit)
+        outcomes = [pb.OutcomeRequest(decision_id="x" * 500, reward=1.0)] * 4000
+        error = rpc_error(lambda: stub.ReportOutcomes(pb.ReportOutcomesRequest(outcomes=outcomes), timeout=5))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert route(stub, "u").reason == pb.SAMPLED
+
+
+def test_max_concurrent_rpcs_sheds_load_instead_of_queueing() -> None:
+    with running_redis() as redis_server:
+        apply_ranker(redis_server.url)
+        router = RouterProcess(redis_server.url, MABROUTER_MAX_CONCURRENT_RPCS="2").wait_serving()
+        try:
+            channel, stub = open_stub(router.address)
+            with channel:
+                decisions = [route(stub, f"u{i}") for i in range(8)]
+                with stopped(redis_server), ThreadPoolExecutor(9) as pool:
+                    slow = [
+                        pool.submit(
+                            timed,
+                            lambda d=d: stub.ReportOutcome(
+                                pb.OutcomeRequest(decision_id=d.decision_id, reward=1.0), timeout=15
+                            ),
+                        )
+                        for d in decisions
+                    ]
+                    time.sleep(0.3)  # two slow calls hold both slots
+                    _, route_error, route_details, route_seconds = timed(lambda: route(stub, "during"))
+                    results = [future.result() for future in slow]
+                codes = Counter(code for _, code, _, _ in results)
+                shed = [r for r in results if r[1] == grpc.StatusCode.RESOURCE_EXHAUSTED]
+                assert shed
+                assert all(seconds < 1.0 and details for _, _, details, seconds in shed)  # refused at once
+                assert codes[grpc.StatusCode.UNAVAILABLE] <= 2  # only the admitted ones waited for Redis
+                assert set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
+                # The limit covers every RPC: while slow outcome calls hold the slots, Route is shed too.
+                assert route_error == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert route_seconds < 1.0
+                assert route(stub, "after").reason == pb.SAMPLED
+        finally:
+            router.kill()
+    print(
+        f"\nmax_concurrent_rpcs=2 with Redis hung: {dict((c.name, n) for c, n in codes.items())}; "
+        f"shed in <= {max(r[3] for r in shed) * 1000:.1f} ms; Route shed too ({route_details!r})"
+    )
+
+
+def test_a_caller_deadline_shorter_than_a_redis_stall_is_honoured_promptly() -> None:
+    with running_redis() as redis_server:
+        apply_ranker(redis_server.url)
+        router = RouterProcess(redis_server.url).wait_serving()
+        try:
+            channel, stub = open_stub(router.address)
+            with channel:
+                decisions = [route(stub, f"u{i}") for i in range(21)]
+                with stopped(redis_server):
+                    _, code, _, seconds = timed(
+                        lambda: stub.ReportOutcome(
+                            pb.OutcomeRequest(decision_id=decisions[0].decision_id, reward=1.0), timeout=0.3
+                        )
+                    )
+                    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+                    assert seconds < 1.0
+                    assert route(stub, "during").reason == pb.SAMPLED
+                    time.sleep(2.5)  # let the server-side call hit its Redis timeout after the caller left
+                # The cancelled call left no poisoned connection: every later outcome lands on its own arm.
+                replies = [report_until_acknowledged(stub, d, 1.0)[0] for d in decisions[1:]]
+                assert [r.arm for r in replies] == [d.arm for d in decisions[1:]]
+                retried, _ = report_until_acknowledged(stub, decisions[0], 1.0)
+                assert books_of(redis_server).counts == Counter(d.arm for d in decisions)
+        finally:
+            router.kill()
+        log = router.output()
+    assert "Traceback" not in log, log
+    print(
+        f"\ndeadline 0.3 s during a Redis stall: DEADLINE_EXCEEDED after {seconds * 1000:.0f} ms; "
+        f"the timed-out outcome, retried, was duplicate={retried.duplicate}"
+    )
+
+
+# -- decision ids: HMAC, rotation, replay --------------------------------------------------------------
+
+
+def test_a_decision_id_signed_with_another_secret_is_invalid_argument(router: InProcessRouter) -> None:
+    token = decision_id.DecisionToken("ranker", "ranker-v2", 1, int(time.time() * 1000), "forged-1", True)
+    forged = decision_id.encode(token, b"not-the-routers-secret-0123456789")
+    channel, stub = open_stub(router.address)
+    with channel:
+        error = rpc_error(lambda: stub.ReportOutcome(pb.OutcomeRequest(decision_id=forged, reward=1.0), timeout=2))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "signature does not verify" in error.details()
+        genuine = decision_id.encode(token, b"test-secret-0123456789")  # the fixture router's secret
+        assert not stub.ReportOutcome(pb.OutcomeRequest(decision_id=genuine, reward=1.0), timeout=2).duplicate
+
+
+def test_key_rotation_accepts_the_previous_key_only_while_it_is_configured(redis_server: RedisServer) -> None:
+    apply_ranker(redis_server.url)
+    old, new = "old-secret-" + secrets.token_hex(16), "new-secret-" + secrets.token_hex(16)
+    before = InProcessRouter(router_settings(redis_server.url, decision_secret=old)).start()
+    rotating = InProcessRouter(
+        router_settings(redis_server.url, decision_secret=new, decision_secret_previous=old)
+    ).start()
+    after = InProcessRouter(router_settings(redis_server.url, decision_secret=new)).start()
+    try:
+        with (
+            grpc.insecure_channel(before.address) as b,
+            grpc.insecure_channel(rotating.address) as r,
+            grpc.insecure_channel(after.address) as a,
+        ):
+            old_stub, rotating_stub, new_stub = (router_pb2_grpc.RouterStub(c) for c in (b, r, a))
+            issued_old = [route(old_stub, f"o{i}") for i in range(2)]
+            issued_new = route(rotating_stub, "n")
+            # During the rotation: ids signed with the old key are accepted ...
+            reply = rotating_stub.ReportOutcome(
+                pb.OutcomeRequest(decision_id=issued_old[0].decision_id, reward=1.0), timeout=2
+            )
+            assert (reply.duplicate, reply.arm) == (False, issued_old[0].arm)
+            # ... and after it (previous key removed) they are refused,
+            error = rpc_error(
+                lambda: new_stub.ReportOutcome(
+                    pb.OutcomeRequest(decision_id=issued_old[1].decision_id, reward=1.0), timeout=2
+                )
+            )
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "signature does not verify" in error.details()
+            # while ids signed with the new key verify everywhere the new key is configured.
+            assert not new_stub.ReportOutcome(
+                pb.OutcomeRequest(decision_id=issued_new.decision_id, reward=1.0), timeout=2
+            ).duplicate
+            error = rpc_error(
+                lambda: old_stub.ReportOutcome(
+                    pb.OutcomeRequest(decision_id=issued_new.decision_id, reward=1.0), timeout=2
+                )
+            )
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        for instance in (before, rotating, after):
+            instance.stop()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def test_a_decision_id_cannot_be_replayed_into_another_experiment(router: InProcessRouter, tmp_path: Path) -> None:
+    other = tmp_path / "ranker-b.yaml"
+    other.write_text(EXAMPLE.read_text().replace("name: ranker\n", "name: ranker-b\n"))
+    cli("experiment", "apply", str(other), redis_url=router.settings.redis_url)
+    channel, stub = open_stub(router.address)
+    with channel:
+        wait_until(
+            lambda: stub.Route(pb.RouteRequest(experiment="ranker-b", unit_id="u"), timeout=2).decision_id,
+            5,
+            what="the second experiment",
+        )
+        decision = route(stub, "u")
+        body, mac = decision.decision_id.split(".")
+        payload = _unb64(body).decode()
+        assert payload.startswith("1|ranker|")
+        replayed = _b64(payload.replace("1|ranker|", "1|ranker-b|", 1).encode()) + "." + mac
+        error = rpc_error(lambda: stub.ReportOutcome(pb.OutcomeRequest(decision_id=replayed, reward=1.0), timeout=2))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "signature does not verify" in error.details()
+        # Nor with a non-canonical spelling of the same MAC (spare base64 bits) to dodge the dedup by id.
+        respelled = next(
+            f"{body}.{mac[:-1]}{c}"
+            for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+            if c != mac[-1] and _unb64(mac[:-1] + c) == _unb64(mac)
+        )
+        error = rpc_error(
+            lambda: stub.ReportOutcome(pb.OutcomeRequest(decision_id=respelled, reward=1.0), timeout=2)
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "non-canonical" in error.details()
+        reply = stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id, reward=1.0), timeout=2)
+        assert (reply.experiment, reply.duplicate) == ("ranker", False)
+    client = redis.Redis.from_url(router.settings.redis_url, decode_responses=True)
+    try:
+        assert books(client, "ranker-b").counts == Counter()
+        assert sum(books(client, "ranker").counts.values()) == 1
+    finally:
+        client.close()
+
+
+# -- secrets stay out of logs --------------------------------------------------------------------------
+
+
+def test_secrets_never_appear_in_the_router_log_or_errors(tmp_path: Path) -> None:
+    password = "redis-pw-" + secrets.token_hex(8)
+    secret = "decision-secret-" + secrets.token_hex(16)
+    previous = "previous-secret-" + secrets.token_hex(16)
+    with running_redis() as redis_server:
+        admin = redis_server.client()
+        admin.config_set("requirepass", password)  # = redis-server --requirepass (support pings unauthenticated)
+        admin.close()
+        url = f"redis://:{password}@127.0.0.1:{redis_server.port}/0"
+        apply_ranker(url)
+        router = RouterProcess(
+            url,
+            MABROUTER_DECISION_SECRET=secret,
+            MABROUTER_DECISION_SECRET_PREVIOUS=previous,
+            MABROUTER_LOG_LEVEL="DEBUG",
+            MABROUTER_SPOOL_DIR=str(tmp_path / "spool"),
+        )
+        details = []
+        try:
+            router.wait_serving()
+            channel, stub = open_stub(router.address)
+            with channel:
+                decisions = [route(stub, f"u{i}") for i in range(5)]
+                stub.ReportOutcome(pb.OutcomeRequest(decision_id=decisions[0].decision_id, reward=1.0), timeout=5)
+                for bad in ("garbage", decisions[1].decision_id[:-2] + "AA"):
+                    details.append(
+                        rpc_error(
+                            lambda bad=bad: stub.ReportOutcome(pb.OutcomeRequest(decision_id=bad, reward=1.0), timeout=2)
+                        ).details()
+                    )
+                with stopped(redis_server):  # errors and warnings get logged, outcomes spooled
+                    stub.ReportOutcome(
+                        pb.OutcomeRequest(decision_id=decisions[2].decision_id, reward=1.0), timeout=10
+                    )
+                redis_server.stop(kill=True)
+                time.sleep(0.5)
+                details.append(rpc_error(lambda: route(stub, "u" * 600)).details())
+            assert router.terminate() == 0
+        finally:
+            router.kill()
+        cli_down = cli("experiment", "list", redis_url=url, check=False)
+    log = router.output()
+    assert f"redis redis://***@127.0.0.1:{redis_server.port}/0" in log  # the URL is logged, redacted
+    assert "snapshot refresh failed" in log  # the outage was logged ...
+    assert cli_down.returncode == 3
+    for text in (log, cli_down.stdout, cli_down.stderr, *details):
+        for hidden in (password, secret, previous):
+            assert hidden not in text  # ... without a secret
+
+
+# -- least-privilege Redis ACLs (docs/reliability.md shows these lines) -------------------------------
+
+# Everything the router does: read config/stats/controls, run its Lua scripts (which call SET, GET,
+# HINCRBY, HINCRBYFLOAT, HGET, HSET, XADD inside: scripts run with the caller's permissions), append the
+# exposure log, subscribe to change notices. Only keys under mabrouter:, only the change channel.
+ROUTER_ACL = (
+    "resetkeys ~mabrouter:* resetchannels &mabrouter:changes -@all "
+    "+ping +smembers +hgetall +hget +hset +hincrby +hincrbyfloat +get +set +xadd "
+    "+evalsha +eval +script|load +script|exists +subscribe +unsubscribe"
+)
+# Everything the CLI does: apply/list/status/kill/unkill/rollout/audit/export. It publishes change notices
+# and never touches trial or outcome counters directly.
+OPERATOR_ACL = (
+    "resetkeys ~mabrouter:* resetchannels &mabrouter:changes -@all "
+    "+ping +smembers +sadd +hgetall +hget +hset +hdel +hincrby +xadd +xrange +xrevrange "
+    "+publish +evalsha +eval +script|load +script|exists"
+)
+
+STICKY_EXPERIMENT = """\
+name: sticky-exp
+control: a
+arms:
+  - name: a
+  - name: b
+sticky: {ttl_seconds: 3600}
+"""
+
+
+def acl_user(name: str, password: str, rules: str) -> tuple[str, ...]:
+    return ("--user", name, "on", f">{password}", *rules.split())
+
+
+def test_least_privilege_acl_users_are_enough_for_the_router_and_the_cli(tmp_path: Path) -> None:
+    router_pw, operator_pw, admin_pw = (secrets.token_hex(12) for _ in range(3))
+    args = (
+        # The harness probes readiness with an unauthenticated PING; in production use "user default off".
+        *("--user", "default", "on", "nopass", "-@all", "+ping"),
+        *acl_user("router", router_pw, ROUTER_ACL),
+        *acl_user("operator", operator_pw, OPERATOR_ACL),
+        *acl_user("admin", admin_pw, "~* &* +@all"),  # the test's own eyes
+    )
+    with running_redis(*args) as redis_server:
+        host = f"127.0.0.1:{redis_server.port}"
+        router_url, operator_url = f"redis://router:{router_pw}@{host}/0", f"redis://operator:{operator_pw}@{host}/0"
+        admin = redis.Redis(port=redis_server.port, username="admin", password=admin_pw, decode_responses=True)
+        sticky_file = tmp_path / "sticky.yaml"
+        sticky_file.write_text(STICKY_EXPERIMENT)
+        cli("experiment", "apply", str(EXAMPLE), redis_url=operator_url)
+        cli("experiment", "apply", str(sticky_file), redis_url=operator_url)
+        metrics_port = free_port()
+        router = RouterProcess(router_url, MABROUTER_METRICS_LISTEN=f"127.0.0.1:{metrics_port}")
+        try:
+            router.wait_serving()
+            channel, stub = open_stub(router.address)
+            with channel:
+                decisions = [route(stub, f"u{i}") for i in range(30)]
+                for i in range(10):
+                    stub.ReportOutcome(pb.OutcomeRequest(decision_id=decisions[i].decision_id, reward=1.0), timeout=5)
+                sticky = [
+                    stub.Route(pb.RouteRequest(experiment="sticky-exp", unit_id=unit), timeout=2)
+                    for unit in ("s1", "s2", "s1", "s2")
+                ]
+                assert [s.arm for s in sticky[:2]] == [s.arm for s in sticky[2:]]
+
+                cli("kill", "ranker", "--reason", "acl test", "--actor", "ops", redis_url=operator_url)
+                wait_until(lambda: route(stub, "k").reason == pb.KILLED, 5, what="the kill to reach the router")
+                cli("unkill", "ranker", "--actor", "ops", redis_url=operator_url)
+                wait_until(lambda: route(stub, "k").reason == pb.SAMPLED, 5, what="the unkill")
+                cli("rollout", "ranker", "100", "--actor", "ops", redis_url=operator_url)
+                # A raw edit (incident with redis-cli): the router writes its audit entry, as the router user.
+                admin.hset("mabrouter:{ranker}:control", "kill:ranker-v3", "1")
+                wait_until(
+                    lambda: any(
+                        f.get("actor") == "unattributed" for _, f in admin.xrange("mabrouter:{ranker}:audit")
+                    ),
+                    5,
+                    what="the router to audit the raw edit",
+                )
+                admin.hset("mabrouter:{ranker}:control", "kill:ranker-v3", "0")
+                sampled = sum(1 for d in decisions if d.reason == pb.SAMPLED)
+                wait_until(lambda: books(admin).counts.total() == 10, 5, what="outcomes")
+                wait_until(lambda: admin.exists("mabrouter:{ranker}:decisions"), 5, what="the exposure log")
+                wait_until(
+                    lambda: list(admin.scan_iter("mabrouter:{sticky-exp}:sticky:*")), 5, what="sticky writes"
+                )
+                assert books(admin).trials >= sampled
+            errors = redis_errors(metrics_port)
+            for command in (
+                ("experiment", "list"),
+                ("status", "ranker", "--json"),
+                ("audit", "ranker", "--json"),
+                ("export", "ranker"),
+            ):
+                assert cli(*command, redis_url=operator_url).stdout
+        finally:
+            router.kill()
+        log = router.output()
+        denied = []
+        for user, password in (("router", router_pw), ("operator", operator_pw)):
+            client = redis.Redis(port=redis_server.port, username=user, password=password)
+            for attempt in (
+                client.flushall,
+                lambda client=client: client.config_get("*"),
+                lambda client=client: client.keys("*"),
+                lambda client=client: client.get("not-mabrouter:key"),
+                lambda client=client: client.hgetall("other:{ranker}:stats"),
+                lambda client=client: client.eval("return redis.call('FLUSHALL')", 0),
+                lambda client=client: client.delete("mabrouter:experiments"),
+                # each user lacks what only the other one needs
+                (lambda client=client: client.publish("mabrouter:changes", "ranker"))
+                if user == "router"
+                else (lambda client=client: client.hincrbyfloat("mabrouter:{ranker}:stats", "ranker-v1:sum", 1)),
+            ):
+                with pytest.raises(redis.exceptions.ResponseError, match="permission|can.t run"):
+                    attempt()
+                denied.append(user)
+            client.close()
+        admin.close()
+    assert errors == 0
+    assert "NOPERM" not in log
+    assert "no permissions" not in log
+    print(f"\nACLs: router and operator users enough end to end; {len(denied)} forbidden commands refused")

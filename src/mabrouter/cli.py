@@ -10,7 +10,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mabrouter.commands import controls, experiments, export, loadtest, server
+from mabrouter.commands import controls, experiments, export, loadtest, report, server
 from mabrouter.errors import ConfigError
 
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     controls.register(commands)
     export.register(commands)
     loadtest.register(commands)
+    report.register(commands)
     return parser
 
 

@@ -160,6 +160,9 @@ class ExperimentDoc(_Strict):
         default_factory=list, max_length=16, description="attributes logged with each decision"
     )
     segment_by: SegmentByDoc | None = None
+    half_life_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
+        default=0.0, description="old evidence fades with this half-life (0: never)"
+    )
     holdout: Percent = Field(default=0.0, description="percent of exposed units that always get control")
     burn_in_trials: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     guardrails: list[GuardrailDoc] = Field(default_factory=list, max_length=16)
@@ -246,6 +249,7 @@ class ExperimentDoc(_Strict):
                 for g in self.guardrails
             ),
             divergence_guardrail=self.divergence_guardrail,
+            half_life_seconds=self.half_life_seconds,
             segment_attribute=self.segment_by.attribute if self.segment_by else "",
             segment_min_trials=self.segment_by.min_trials if self.segment_by else 200,
         )

@@ -81,7 +81,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         name = s.arm + (" (killed)" if s.arm in controls.killed_arms else "")
         table.add_row(
             name,
-            f"{s.trials:,}",
+            f"{s.trials:,.0f}",
             f"{s.reward_sum:,.1f}",
             f"{s.mean:.4f}",
             f"[{s.ci_low:.4f}, {s.ci_high:.4f}]",

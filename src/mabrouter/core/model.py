@@ -144,6 +144,8 @@ class ExperimentSpec:
     guardrails: tuple[Guardrail, ...] = ()
     # Treat a credible divergence from an arm's offline expectation as a guardrail breach.
     divergence_guardrail: bool = False
+    # Old evidence fades with this half-life (0: never), so the bandit follows a drifting world.
+    half_life_seconds: float = 0.0
     # Keep posteriors per value of this attribute; a segment decides on its own data once it has
     # segment_min_trials trials, and on the pooled posterior before that.
     segment_attribute: str = ""
@@ -194,8 +196,9 @@ class ArmStats:
     reward_count: outcomes reported. reward_sum / reward_sq_sum: sums of rewards and squared rewards.
     """
 
-    trials: int = 0
-    reward_count: int = 0
+    # Counts are floats: with discounting (a half-life) old evidence counts for less than one.
+    trials: float = 0
+    reward_count: float = 0
     reward_sum: float = 0.0
     reward_sq_sum: float = 0.0
     # Decisions that sampling served to this arm, and the number the allocations in force expected.

@@ -47,6 +47,8 @@ class ExperimentState:
     payloads: tuple[Mapping[str, str], ...]
     # Segments with enough data to decide on their own posteriors (see ExperimentSpec.segment_attribute).
     segments: Mapping[str, SegmentPolicy] = field(default_factory=dict)
+    # The epoch discounted statistics are scaled to (0: none yet); see core/discount.py.
+    discount_epoch_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +126,14 @@ def build_experiment_state(
     controls: Controls = NO_CONTROLS,
     *,
     segments: Mapping[str, tuple[ArmStats, ...]] | None = None,
+    posterior_stats: tuple[ArmStats, ...] | None = None,
+    discount_epoch_ms: int = 0,
 ) -> ExperimentState:
+    """`posterior_stats`: what posteriors learn from, when it differs from the raw counts (discounting)."""
     control_index = spec.arm_index(spec.control)
     if control_index is None:  # the schema guarantees it; a hand-built spec may not
         raise ValueError(f"experiment {spec.name!r}: control arm {spec.control!r} is not one of its arms")
-    posteriors = posteriors_for(spec, stats)
+    posteriors = posteriors_for(spec, posterior_stats or stats)
     # The control arm cannot be killed: it is what the router serves when it must not experiment.
     # Shadow arms are never served.
     live = tuple(
@@ -163,4 +168,5 @@ def build_experiment_state(
         rollout=spec.rollout if controls.rollout is None else controls.rollout,
         payloads=tuple(dict(arm.payload) for arm in spec.arms),
         segments=policies,
+        discount_epoch_ms=discount_epoch_ms,
     )

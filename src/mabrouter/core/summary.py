@@ -24,8 +24,8 @@ SUMMARY_DRAWS = 20_000
 @dataclass(frozen=True, slots=True)
 class ArmSummary:
     arm: str
-    trials: int
-    reward_count: int
+    trials: float
+    reward_count: float
     reward_sum: float
     mean: float
     ci_low: float

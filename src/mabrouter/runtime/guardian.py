@@ -15,6 +15,7 @@ import numpy as np
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from mabrouter.core.discount import needs_rebase
 from mabrouter.core.evidence import Breach, divergences, guardrail_breaches
 from mabrouter.core.snapshot import ExperimentState
 from mabrouter.runtime.holder import SnapshotHolder
@@ -44,6 +45,7 @@ class Guardian:
             try:
                 breached = await self._guard(name, state)
                 await self._ramp(name, state, breached)
+                await self._rebase(name, state)
             except (RedisError, OSError) as exc:
                 log.debug("guardian could not act on %s yet: %s", name, exc)
 
@@ -84,6 +86,13 @@ class Guardian:
                 self._actions.labels(name, breach.arm, "auto_kill").inc()
                 log.warning("guardrail killed arm %s of %s: %s", breach.arm, name, breach.evidence)
         return breached
+
+    async def _rebase(self, name: str, state: ExperimentState) -> None:
+        """Move the forward-decay epoch forward before the weights grow large (any replica; idempotent)."""
+        now_ms = int(time.time() * 1000)
+        half_life = state.spec.half_life_seconds
+        if half_life and needs_rebase(now_ms, state.discount_epoch_ms, half_life):
+            await self._store.rebase_discount(name, now_ms, half_life * 1000.0)
 
     async def _ramp(self, name: str, state: ExperimentState, breached: set[str]) -> None:
         now_ms = int(time.time() * 1000)

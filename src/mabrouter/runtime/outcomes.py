@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 
 from mabrouter.core import decision_id
+from mabrouter.core.discount import weight
 from mabrouter.core.outcome import guardrail_metrics, validate_outcome
+from mabrouter.core.snapshot import ExperimentState
 from mabrouter.errors import MabrouterError, NoSnapshotError, StoreUnavailableError
 from mabrouter.runtime.exposure import ExposureLog
 from mabrouter.runtime.holder import SnapshotHolder
@@ -37,6 +39,15 @@ class Accepted:
 OutcomeResult = Accepted | MabrouterError
 # (decision id, reward, guardrail metrics)
 Outcome = tuple[str, float, Mapping[str, float]]
+
+
+def _discount(state: ExperimentState, now_ms: int) -> tuple[int, float, float] | None:
+    """(epoch, half-life ms, weight now) for an experiment with a half-life (forward decay)."""
+    half_life = state.spec.half_life_seconds
+    if not half_life:
+        return None
+    epoch = state.discount_epoch_ms or now_ms  # the first writer proposes the epoch
+    return epoch, half_life * 1000.0, weight(now_ms, epoch, half_life)
 
 
 class OutcomeRecorder:
@@ -89,6 +100,7 @@ class OutcomeRecorder:
                 remaining,
                 metrics=watched,
                 segment=token.segment,
+                discount=_discount(snapshot.experiments[token.experiment], now_ms),
             )
             accepted.append((len(results), token, write))
             results.append(Accepted(token.experiment, token.arm, duplicate=False, trace=token.trace))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from mabrouter.schema import parse_experiment
 from mabrouter.store.controls_codec import parse_controls, parse_global_controls
 from mabrouter.store.keys import GLOBAL_SCOPE, VERSION
 from mabrouter.store.router_store import RawExperiment, RawState
-from mabrouter.store.stats_codec import arm_stats, segment_stats
+from mabrouter.store.stats_codec import arm_stats, discount_epoch, discounted_stats, segment_stats
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,18 @@ class SnapshotBuilder:
         if problems:
             self._report_once(item.name, repr(sorted(item.control.items())), "; ".join(problems))
         segments = segment_stats(spec, item.stats) if spec.segment_attribute else None
+        discounted = (
+            discounted_stats(spec, item.stats, int(time.time() * 1000)) if spec.half_life_seconds else None
+        )
         state = build_experiment_state(
-            spec, version, arm_stats(spec, item.stats), self._rng, controls, segments=segments
+            spec,
+            version,
+            arm_stats(spec, item.stats),
+            self._rng,
+            controls,
+            segments=segments,
+            posterior_stats=discounted,
+            discount_epoch_ms=discount_epoch(item.stats),
         )
         self._inputs[item.name] = inputs
         return state

@@ -8,13 +8,23 @@ It also counts the holdout split (holdout vs bandit decisions among exposed unit
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 
 from redis.exceptions import RedisError
 
+from mabrouter.core.discount import weight
 from mabrouter.core.snapshot import ExperimentState
-from mabrouter.store.keys import EXPECTED, SAMPLED, SEGMENT_PREFIX, SPLIT_BANDIT, TRIALS, stat_field
-from mabrouter.store.router_store import RouterStore
+from mabrouter.store.keys import (
+    DISCOUNTED,
+    EXPECTED,
+    SAMPLED,
+    SEGMENT_PREFIX,
+    SPLIT_BANDIT,
+    TRIALS,
+    stat_field,
+)
+from mabrouter.store.router_store import Discount, RouterStore
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +34,7 @@ Increments = dict[str, dict[str, float]]  # experiment -> stats field -> increme
 class TrialBuffer:
     """`add` is two dict increments: cheap enough for every Route."""
 
-    __slots__ = ("_allocations", "_counts", "_sampled", "_splits")
+    __slots__ = ("_allocations", "_counts", "_discounts", "_sampled", "_splits")
 
     def __init__(self) -> None:
         self._counts: dict[tuple[str, str], int] = {}
@@ -32,6 +42,8 @@ class TrialBuffer:
         self._allocations: dict[int, tuple[ExperimentState, int]] = {}
         self._splits: dict[tuple[str, str], int] = {}
         self._sampled: dict[tuple[str, str], int] = {}
+        # experiment -> (epoch ms, half-life s) for experiments with discounting
+        self._discounts: dict[str, tuple[int, float]] = {}
 
     def add(
         self, experiment: str, arm: str, sampled_from: ExperimentState | None = None, segment: str = ""
@@ -39,6 +51,11 @@ class TrialBuffer:
         """A trial of `arm` (in `segment`, if any); `sampled_from`: the state whose allocation sampled it."""
         key = (experiment, arm)
         self._counts[key] = self._counts.get(key, 0) + 1
+        if sampled_from is not None and sampled_from.spec.half_life_seconds:
+            self._discounts[experiment] = (
+                sampled_from.discount_epoch_ms,
+                sampled_from.spec.half_life_seconds,
+            )
         if segment:
             segment_key = (experiment, f"{SEGMENT_PREFIX}{segment}|{arm}")
             self._counts[segment_key] = self._counts.get(segment_key, 0) + 1
@@ -52,7 +69,9 @@ class TrialBuffer:
         key = (experiment, side)
         self._splits[key] = self._splits.get(key, 0) + 1
 
-    def drain(self) -> Increments:
+    def drain(self, now_ms: int) -> tuple[Increments, dict[str, Discount]]:
+        """The increments to write, and per discounted experiment the epoch they are scaled to."""
+        discounts_in, self._discounts = self._discounts, {}
         counts, self._counts = self._counts, {}
         allocations, self._allocations = self._allocations, {}
         splits, self._splits = self._splits, {}
@@ -71,7 +90,16 @@ class TrialBuffer:
                     fields[field] = fields.get(field, 0.0) + decisions * share
         for (experiment, side), count in splits.items():
             increments[experiment][side] = float(count)
-        return dict(increments)
+        discounts: dict[str, Discount] = {}
+        for experiment, (known_epoch, half_life) in discounts_in.items():
+            epoch = known_epoch or now_ms  # the first writer proposes the epoch; Redis keeps the first one
+            scale = weight(now_ms, epoch, half_life)
+            fields = increments[experiment]
+            for field, trials in list(fields.items()):
+                if field.endswith(f":{TRIALS}") and not field.startswith((SEGMENT_PREFIX, "_")):
+                    fields[field.replace(f":{TRIALS}", f":{DISCOUNTED}{TRIALS}")] = trials * scale
+            discounts[experiment] = (epoch, half_life * 1000.0)
+        return dict(increments), discounts
 
     def pending(self) -> int:
         """Decisions not yet written (segment copies of the same trials are not counted twice)."""
@@ -88,16 +116,21 @@ class TrialFlusher:
         self._sequence = 0
         self._unsent: Increments | None = None
         self._unsent_id = ""
+        self._discounts: dict[str, Discount] = {}
 
     async def flush(self) -> None:
         if self._unsent is None:
-            increments = self._buffer.drain()
+            increments, discounts = self._buffer.drain(int(time.time() * 1000))
             if not increments:
                 return
             self._sequence += 1
-            self._unsent, self._unsent_id = increments, f"{self._prefix}-{self._sequence}"
+            self._unsent, self._unsent_id, self._discounts = (
+                increments,
+                f"{self._prefix}-{self._sequence}",
+                discounts,
+            )
         try:
-            await self._store.apply_increments(self._unsent_id, self._unsent)
+            await self._store.apply_increments(self._unsent_id, self._unsent, self._discounts)
         except (RedisError, OSError) as exc:
             log.warning("trial flush %s failed, will retry: %s", self._unsent_id, exc)
             return

@@ -85,6 +85,9 @@ def stat_field(arm: str, stat: str, segment: str = "") -> str:
 
 
 SEGMENT_PREFIX = "@"
+# Discounted statistics (forward decay, core/discount.py): <arm>:d:<stat>, and the epoch of their scale.
+DISCOUNTED = "d:"
+EPOCH = "_epoch"
 
 
 def kill_arm_field(arm: str) -> str:

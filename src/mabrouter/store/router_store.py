@@ -46,6 +46,8 @@ class OutcomeWrite:
     # Guardrail metrics (name, value) observed with the outcome.
     metrics: tuple[tuple[str, float], ...] = ()
     segment: str = ""
+    # Forward decay: the epoch (ms) the weight is scaled to, the half-life (ms), and the weight.
+    discount: tuple[int, float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,13 @@ class StickyWrite:
     arm: str
     ttl_seconds: int
     replaces: str = ""  # the (killed) arm this assignment replaces; '' for a first assignment
+
+
+Discount = tuple[int, float]  # (epoch ms the increments are scaled to, half-life ms)
+
+
+def _discount_args(discount: Discount | tuple[int, float] | None) -> tuple[str, str]:
+    return (str(discount[0]), repr(discount[1])) if discount else ("", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +92,7 @@ class RouterStore:
             text: client.register_script(text)
             for text in (
                 scripts.GUARDED_CHANGE,
+                scripts.REBASE_DISCOUNT,
                 scripts.RECORD_OUTCOME,
                 scripts.APPLY_TRIALS,
                 scripts.RECORD_UNATTRIBUTED,
@@ -161,13 +171,21 @@ class RouterStore:
         finally:
             await pubsub.aclose()
 
-    async def apply_increments(self, batch_id: str, increments: Mapping[str, Mapping[str, float]]) -> None:
-        """Add to stats fields per experiment (trials, expected trials, splits); idempotent per batch id."""
+    async def apply_increments(
+        self,
+        batch_id: str,
+        increments: Mapping[str, Mapping[str, float]],
+        discounts: Mapping[str, Discount] | None = None,
+    ) -> None:
+        """Add to stats fields per experiment (trials, expected trials, splits); idempotent per batch id.
+
+        Discounted fields (`<arm>:d:<stat>`) arrive scaled to the epoch in `discounts[experiment]`."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for experiment, fields in increments.items():
-                args: list[str | int | float] = [BATCH_MARKER_TTL_SECONDS]
+                discount = (discounts or {}).get(experiment)
+                args: list[str | int | float] = [BATCH_MARKER_TTL_SECONDS, *_discount_args(discount)]
                 for field, increment in fields.items():
-                    args += [field, repr(increment)]
+                    args += [field, repr(increment), "1" if f":{keys.DISCOUNTED}" in field else "0"]
                 await self._run(
                     pipe,
                     scripts.APPLY_TRIALS,
@@ -194,6 +212,8 @@ class RouterStore:
                         outcome.ttl_seconds,
                         "1" if outcome.counted else "0",
                         outcome.segment,
+                        *(_discount_args(outcome.discount[:2]) if outcome.discount else ("", "")),
+                        repr(outcome.discount[2]) if outcome.discount else "",
                         *(
                             part
                             for name, value in outcome.metrics
@@ -258,3 +278,11 @@ class RouterStore:
             await self._run(pipe, scripts.GUARDED_CHANGE, script_keys, args)
             (reply,) = await pipe.execute()
         return bool(int(reply[0]))
+
+    async def rebase_discount(self, experiment: str, new_epoch_ms: int, half_life_ms: float) -> bool:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._run(
+                pipe, scripts.REBASE_DISCOUNT, [keys.stats(experiment)], [new_epoch_ms, repr(half_life_ms)]
+            )
+            (reply,) = await pipe.execute()
+        return bool(reply)

@@ -5,10 +5,26 @@ Every script touches keys of one hash tag only, so each is legal on Redis Cluste
 
 from __future__ import annotations
 
+# Forward-decay rescaling (core/discount.py): increments were scaled to the writer's epoch ARGV[e]; the
+# stored epoch (set by the first writer) may differ, after a rebase or a race: rescale to it.
+_EPOCH_FACTOR = """
+local function epoch_factor(epoch_used, half_life_ms)
+  if epoch_used == '' then
+    return 1
+  end
+  redis.call('HSETNX', KEYS[1], '_epoch', epoch_used)
+  local stored = tonumber(redis.call('HGET', KEYS[1], '_epoch'))
+  return 2 ^ ((tonumber(epoch_used) - stored) / tonumber(half_life_ms))
+end
+"""
+
 # KEYS[1] stats hash, KEYS[2] seen marker. ARGV: arm, reward, reward^2, marker ttl seconds, counted,
-# segment ('' for none), then metric name, value, value^2 triples (guardrail metrics).
+# segment ('' for none), epoch used ('' without discounting), half-life ms, weight at the epoch used,
+# then metric name, value, value^2 triples (guardrail metrics).
 # Returns 1 when applied, 0 when this decision was already rewarded (idempotent retry or duplicate).
-RECORD_OUTCOME = """
+RECORD_OUTCOME = (
+    _EPOCH_FACTOR
+    + """
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then
   return 0
 end
@@ -22,7 +38,13 @@ if ARGV[5] == '1' then
     redis.call('HINCRBYFLOAT', KEYS[1], prefix .. ':sum', ARGV[2])
     redis.call('HINCRBYFLOAT', KEYS[1], prefix .. ':sumsq', ARGV[3])
   end
-  for i = 7, #ARGV, 3 do
+  if ARGV[7] ~= '' then
+    local w = tonumber(ARGV[9]) * epoch_factor(ARGV[7], ARGV[8])
+    redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. ':d:count', w)
+    redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. ':d:sum', tonumber(ARGV[2]) * w)
+    redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. ':d:sumsq', tonumber(ARGV[3]) * w)
+  end
+  for i = 10, #ARGV, 3 do
     local prefix = ARGV[1] .. ':m:' .. ARGV[i]
     redis.call('HINCRBY', KEYS[1], prefix .. ':n', 1)
     redis.call('HINCRBYFLOAT', KEYS[1], prefix .. ':sum', ARGV[i + 1])
@@ -31,16 +53,44 @@ if ARGV[5] == '1' then
 end
 return 1
 """
+)
 
-# KEYS[1] stats hash, KEYS[2] batch marker. ARGV: marker ttl seconds, then field, increment pairs.
+# KEYS[1] stats hash, KEYS[2] batch marker. ARGV: marker ttl seconds, epoch used ('' without discounting),
+# half-life ms, then field, increment, discounted (1/0) triples.
 # A flush that is retried after a lost reply is applied once.
-APPLY_TRIALS = """
+APPLY_TRIALS = (
+    _EPOCH_FACTOR
+    + """
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
   return 0
 end
-for i = 2, #ARGV, 2 do
-  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1])
+local factor = epoch_factor(ARGV[2], ARGV[3])
+for i = 4, #ARGV, 3 do
+  local increment = tonumber(ARGV[i + 1])
+  if ARGV[i + 2] == '1' then
+    increment = increment * factor
+  end
+  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], increment)
 end
+return 1
+"""
+)
+
+# KEYS[1] stats hash. ARGV: new epoch ms, half-life ms. Moves the epoch forward, rescaling every
+# discounted field, atomically.
+REBASE_DISCOUNT = """
+local old = tonumber(redis.call('HGET', KEYS[1], '_epoch'))
+if not old or old >= tonumber(ARGV[1]) then
+  return 0
+end
+local factor = 2 ^ ((old - tonumber(ARGV[1])) / tonumber(ARGV[2]))
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if string.find(fields[i], ':d:', 1, true) then
+    redis.call('HSET', KEYS[1], fields[i], tonumber(fields[i + 1]) * factor)
+  end
+end
+redis.call('HSET', KEYS[1], '_epoch', ARGV[1])
 return 1
 """
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from mabrouter.core.discount import weight
 from mabrouter.core.model import ArmStats, ExperimentSpec, MetricStats
 from mabrouter.store.keys import (
     COUNT,
+    DISCOUNTED,
+    EPOCH,
     EXPECTED,
     METRIC_PREFIX,
     SAMPLED,
@@ -78,3 +81,22 @@ def segment_stats(
 def holdout_split(raw: Mapping[str, str]) -> tuple[float, float]:
     """(holdout decisions, bandit decisions) among exposed units."""
     return _number(raw, SPLIT_HOLDOUT), _number(raw, SPLIT_BANDIT)
+
+
+def discount_epoch(raw: Mapping[str, str]) -> int:
+    return int(_number(raw, EPOCH))
+
+
+def discounted_stats(spec: ExperimentSpec, raw: Mapping[str, str], now_ms: int) -> tuple[ArmStats, ...]:
+    """What the posteriors learn from with a half-life: forward-decayed sums read at `now_ms`."""
+    epoch = discount_epoch(raw)
+    scale = weight(now_ms, epoch, spec.half_life_seconds) if epoch else 1.0
+    return tuple(
+        ArmStats(
+            trials=_number(raw, stat_field(arm.name, DISCOUNTED + TRIALS)) / scale,
+            reward_count=_number(raw, stat_field(arm.name, DISCOUNTED + COUNT)) / scale,
+            reward_sum=_number(raw, stat_field(arm.name, DISCOUNTED + SUM)) / scale,
+            reward_sq_sum=_number(raw, stat_field(arm.name, DISCOUNTED + SUMSQ)) / scale,
+        )
+        for arm in spec.arms
+    )
