@@ -76,6 +76,8 @@ class Simulation:
     seed: int = 0
     per_tick: int = 20
     tick_seconds: float = 0.05
+    # RouteBatch + ReportOutcomes (one call per tick) or one Route / ReportOutcome call per decision.
+    batched: bool = True
     served: list[Served] = field(default_factory=list)
     _units: int = 0
 
@@ -83,24 +85,35 @@ class Simulation:
         self.rng = np.random.default_rng(self.seed)
 
     def tick(self, truth: dict[str, Truth] | None = None) -> list[Served]:
+        """One batch: Route each unit, then report each decision's outcome with its metrics."""
         truth = truth or self.truth
         stub = self.stubs[(self._units // self.per_tick) % len(self.stubs)]
-        units = [f"{self.experiment}-unit-{self._units + i}" for i in range(self.per_tick)]
+        requests = [
+            pb.RouteRequest(experiment=self.experiment, unit_id=f"{self.experiment}-unit-{self._units + i}")
+            for i in range(self.per_tick)
+        ]
         self._units += self.per_tick
-        calls = [stub.Route.future(pb.RouteRequest(experiment=self.experiment, unit_id=u), timeout=5) for u in units]
-        replies = [call.result() for call in calls]
+        if self.batched:
+            results = stub.RouteBatch(pb.RouteBatchRequest(requests=requests), timeout=10).results
+            assert all(result.code == 0 for result in results), results
+            replies = [result.response for result in results]
+        else:
+            replies = [call.result() for call in [stub.Route.future(r, timeout=5) for r in requests]]
         now = time.monotonic()
         batch = [Served(r.arm, r.reason, r.propensity, r.config_version, r.shadow_arm, now) for r in replies]
         self.served += batch
-        reports = []
+        outcomes = []
         for reply in replies:
             arm = truth[reply.arm]
             metrics = {"error": float(self.rng.random() < arm.error), "latency_ms": 100.0}
             reward = float(self.rng.random() < arm.reward)
-            request = pb.OutcomeRequest(decision_id=reply.decision_id, reward=reward, metrics=metrics)
-            reports.append(stub.ReportOutcome.future(request, timeout=5))
-        for report in reports:
-            assert not report.result().duplicate
+            outcomes.append(pb.OutcomeRequest(decision_id=reply.decision_id, reward=reward, metrics=metrics))
+        if self.batched:
+            reported = stub.ReportOutcomes(pb.ReportOutcomesRequest(outcomes=outcomes), timeout=10).results
+            assert all(r.code == 0 and not r.duplicate for r in reported), reported
+        else:
+            for call in [stub.ReportOutcome.future(o, timeout=5) for o in outcomes]:
+                assert not call.result().duplicate
         return batch
 
     def run(
@@ -230,7 +243,7 @@ def test_a_harmful_arm_is_auto_killed_once_by_one_of_two_replicas_and_stays_kill
 ) -> None:
     apply(redis_server, tmp_path, harmful_experiment("guarded"))
     stubs = routers(2)
-    sim = Simulation("guarded", HARMFUL_TRUTH, stubs, seed=1)
+    sim = Simulation("guarded", HARMFUL_TRUTH, stubs, seed=1, batched=False)
     trials_at_kill, seconds = run_until_killed(redis_server, sim, "harmful")
     total_at_kill = len(sim.served)
     # Bounded: min_samples is 100 per side; at ~400 decisions/s the guardian (1 s period) acts within a
@@ -436,13 +449,15 @@ def test_holdout_split_holds_and_status_catches_broken_splits(
     assert report["srm"]["mismatch"] is False
 
     # A broken holdout split (e.g. a client that drops holdout traffic or double-logs it) is caught.
-    redis_cli(redis_server, "HINCRBYFLOAT", stats_key, "_split:holdout", "300")
+    redis_cli(redis_server, "HINCRBYFLOAT", stats_key, "_split:holdout", str(exposed // 10))
     broken = status(redis_server, "held")["holdout_srm"]
     print(f"broken holdout_srm {broken}")
     assert broken["mismatch"] is True
     assert broken["p_value"] < 0.001
-    # So is a broken per-arm split: sampled decisions of arm a that no allocation expected.
-    redis_cli(redis_server, "HINCRBYFLOAT", stats_key, "a:sampled", "400")
+    # So is a broken per-arm split: sampled decisions of arm b that no allocation expected (10% of the
+    # bandit's decisions; b, the worst arm, was expected to get few).
+    bandit = exposed - reasons[HOLDOUT]
+    redis_cli(redis_server, "HINCRBYFLOAT", stats_key, "b:sampled", str(bandit // 10))
     broken_arms = status(redis_server, "held")["srm"]
     print(f"broken srm {broken_arms}")
     assert broken_arms["mismatch"] is True

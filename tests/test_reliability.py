@@ -1305,6 +1305,29 @@ def acl_user(name: str, password: str, rules: str) -> tuple[str, ...]:
     return ("--user", name, "on", f">{password}", *rules.split())
 
 
+def _parallel_cli(redis_url: str, *commands: tuple[str, ...]) -> list[str]:
+    """Run CLI commands concurrently (each is a Python start-up); return their stdout."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda command: cli(*command, redis_url=redis_url).stdout, commands))
+
+
+def _sticky_lookup_works(admin: redis.Redis, stub: router_pb2_grpc.RouterStub, attempt: list[int]) -> bool:
+    """A unit assigned in Redis by someone else is served its arm with reason STICKY: the router's GET
+    worked (a refused or slow lookup falls back to a hash-seeded draw with reason SAMPLED)."""
+    attempt[0] += 1
+    unit = f"seeded-{attempt[0]}"
+    admin.set(f"mabrouter:{{sticky-exp}}:sticky:sticky-exp:{unit}", "b", ex=3600)
+    reply = stub.Route(pb.RouteRequest(experiment="sticky-exp", unit_id=unit), timeout=2)
+    return reply.arm == "b" and reply.reason == pb.STICKY
+
+
+def _assert_denied(client: redis.Redis, attempts: list[Callable[[], Any]]) -> int:
+    for attempt in attempts:
+        with pytest.raises(redis.exceptions.ResponseError, match="permission|can.t run"):
+            attempt()
+    return len(attempts)
+
+
 def test_least_privilege_acl_users_are_enough_for_the_router_and_the_cli(tmp_path: Path) -> None:
     router_pw, operator_pw, admin_pw = (secrets.token_hex(12) for _ in range(3))
     args = (
@@ -1316,34 +1339,41 @@ def test_least_privilege_acl_users_are_enough_for_the_router_and_the_cli(tmp_pat
     )
     with running_redis(*args) as redis_server:
         host = f"127.0.0.1:{redis_server.port}"
-        router_url, operator_url = f"redis://router:{router_pw}@{host}/0", f"redis://operator:{operator_pw}@{host}/0"
+        router_url = f"redis://router:{router_pw}@{host}/0"
+        operator_url = f"redis://operator:{operator_pw}@{host}/0"
         admin = redis.Redis(port=redis_server.port, username="admin", password=admin_pw, decode_responses=True)
         sticky_file = tmp_path / "sticky.yaml"
         sticky_file.write_text(STICKY_EXPERIMENT)
-        cli("experiment", "apply", str(EXAMPLE), redis_url=operator_url)
-        cli("experiment", "apply", str(sticky_file), redis_url=operator_url)
+        _parallel_cli(operator_url, ("experiment", "apply", str(EXAMPLE)), ("experiment", "apply", str(sticky_file)))
+        print('T', 16, time.monotonic())
         metrics_port = free_port()
         router = RouterProcess(router_url, MABROUTER_METRICS_LISTEN=f"127.0.0.1:{metrics_port}")
         try:
             router.wait_serving()
+            print('T', 20, time.monotonic())
             channel, stub = open_stub(router.address)
             with channel:
                 decisions = [route(stub, f"u{i}") for i in range(30)]
                 for i in range(10):
                     stub.ReportOutcome(pb.OutcomeRequest(decision_id=decisions[i].decision_id, reward=1.0), timeout=5)
-                sticky = [
-                    stub.Route(pb.RouteRequest(experiment="sticky-exp", unit_id=unit), timeout=2)
-                    for unit in ("s1", "s2", "s1", "s2")
-                ]
-                assert [s.arm for s in sticky[:2]] == [s.arm for s in sticky[2:]]
+                first = stub.Route(pb.RouteRequest(experiment="sticky-exp", unit_id="s1"), timeout=2)
+                wait_until(
+                    lambda: admin.get("mabrouter:{sticky-exp}:sticky:sticky-exp:s1") == first.arm,
+                    5,
+                    what="the sticky assignment written (Lua: GET, SET)",
+                )
+                wait_until(
+                    lambda attempt=[0]: _sticky_lookup_works(admin, stub, attempt), 5, what="a sticky lookup (GET)"
+                )
 
                 cli("kill", "ranker", "--reason", "acl test", "--actor", "ops", redis_url=operator_url)
+                print('T', 36, time.monotonic())
                 wait_until(lambda: route(stub, "k").reason == pb.KILLED, 5, what="the kill to reach the router")
                 cli("unkill", "ranker", "--actor", "ops", redis_url=operator_url)
+                print('T', 38, time.monotonic())
                 wait_until(lambda: route(stub, "k").reason == pb.SAMPLED, 5, what="the unkill")
-                cli("rollout", "ranker", "100", "--actor", "ops", redis_url=operator_url)
-                # A raw edit (incident with redis-cli): the router writes its audit entry, as the router user.
-                admin.hset("mabrouter:{ranker}:control", "kill:ranker-v3", "1")
+                # A raw edit (an incident with redis-cli): the router writes the audit entry, as the router user.
+                admin.hset("mabrouter:{ranker}:control", "rollout", "50")
                 wait_until(
                     lambda: any(
                         f.get("actor") == "unattributed" for _, f in admin.xrange("mabrouter:{ranker}:audit")
@@ -1351,47 +1381,58 @@ def test_least_privilege_acl_users_are_enough_for_the_router_and_the_cli(tmp_pat
                     5,
                     what="the router to audit the raw edit",
                 )
-                admin.hset("mabrouter:{ranker}:control", "kill:ranker-v3", "0")
+                admin.hdel("mabrouter:{ranker}:control", "rollout")
+                print('T', 49, time.monotonic())
                 sampled = sum(1 for d in decisions if d.reason == pb.SAMPLED)
-                wait_until(lambda: books(admin).counts.total() == 10, 5, what="outcomes")
-                wait_until(lambda: admin.exists("mabrouter:{ranker}:decisions"), 5, what="the exposure log")
-                wait_until(
-                    lambda: list(admin.scan_iter("mabrouter:{sticky-exp}:sticky:*")), 5, what="sticky writes"
-                )
-                assert books(admin).trials >= sampled
+                wait_until(lambda: books(admin).counts.total() == 10, 5, what="outcomes (Lua: SET, HINCRBY...)")
+                wait_until(lambda: books(admin).trials >= sampled, 5, what="trials (Lua: SET, HINCRBYFLOAT)")
+                wait_until(lambda: admin.xlen("mabrouter:{ranker}:decisions") >= 30, 5, what="exposure log")
+                assert admin.xlen("mabrouter:{ranker}:outcomes") == 10
             errors = redis_errors(metrics_port)
-            for command in (
+            print('T', 55, time.monotonic())
+            listed, status, audit, exported = _parallel_cli(
+                operator_url,
                 ("experiment", "list"),
                 ("status", "ranker", "--json"),
                 ("audit", "ranker", "--json"),
                 ("export", "ranker"),
-            ):
-                assert cli(*command, redis_url=operator_url).stdout
+            )
+            assert "ranker" in listed
+            assert "ranker-v3" in status
+            assert '"actor": "ops"' in audit or '"actor":"ops"' in audit
+            assert len(exported.splitlines()) >= 30
         finally:
             router.kill()
         log = router.output()
-        denied = []
-        for user, password in (("router", router_pw), ("operator", operator_pw)):
-            client = redis.Redis(port=redis_server.port, username=user, password=password)
-            for attempt in (
-                client.flushall,
-                lambda client=client: client.config_get("*"),
-                lambda client=client: client.keys("*"),
-                lambda client=client: client.get("not-mabrouter:key"),
-                lambda client=client: client.hgetall("other:{ranker}:stats"),
-                lambda client=client: client.eval("return redis.call('FLUSHALL')", 0),
-                lambda client=client: client.delete("mabrouter:experiments"),
-                # each user lacks what only the other one needs
-                (lambda client=client: client.publish("mabrouter:changes", "ranker"))
-                if user == "router"
-                else (lambda client=client: client.hincrbyfloat("mabrouter:{ranker}:stats", "ranker-v1:sum", 1)),
-            ):
-                with pytest.raises(redis.exceptions.ResponseError, match="permission|can.t run"):
-                    attempt()
-                denied.append(user)
+        print('T', 69, time.monotonic())
+        clients = {
+            user: redis.Redis(port=redis_server.port, username=user, password=password)
+            for user, password in (("router", router_pw), ("operator", operator_pw))
+        }
+        denied = 0
+        for user, client in clients.items():
+            denied += _assert_denied(
+                client,
+                [
+                    client.flushall,
+                    lambda client=client: client.config_get("*"),
+                    lambda client=client: client.keys("*"),
+                    lambda client=client: client.get("not-mabrouter:key"),
+                    lambda client=client: client.hgetall("other:{ranker}:stats"),
+                    lambda client=client: client.eval("return redis.call('FLUSHALL')", 0),
+                    lambda client=client: client.delete("mabrouter:experiments"),
+                    lambda client=client: client.execute_command("SCRIPT", "FLUSH"),
+                ],
+            )
             client.close()
+        # Each user lacks what only the other needs: the router never publishes, the CLI never counts.
+        denied += _assert_denied(clients["router"], [lambda: clients["router"].publish("mabrouter:changes", "x")])
+        denied += _assert_denied(
+            clients["operator"],
+            [lambda: clients["operator"].hincrbyfloat("mabrouter:{ranker}:stats", "ranker-v1:sum", 1)],
+        )
         admin.close()
     assert errors == 0
     assert "NOPERM" not in log
-    assert "no permissions" not in log
-    print(f"\nACLs: router and operator users enough end to end; {len(denied)} forbidden commands refused")
+    assert "permission" not in log
+    print(f"\nACLs: the router and operator users are enough end to end; {denied} forbidden commands refused")

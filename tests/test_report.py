@@ -35,11 +35,11 @@ arms:
     expected: {mean: 0.12, tolerance: 0.05}
   - name: c
   - name: d
-    ramp: [{share: 0.5, min_seconds: 3600}]
+    ramp: [{share: 0.3, min_seconds: 3600}, {share: 0.6, min_seconds: 3600}]
 guardrails:
-  - {metric: error, kind: rate, max_increase: 0.05, probability: 0.95, min_samples: 30}
+  - {metric: error, kind: rate, max_increase: 0.05, probability: 0.95, min_samples: 10}
 """
-CLICK_RATE = {"a": 0.10, "b": 0.14, "c": 0.25, "d": 0.12}
+CLICK_RATE = {"a": 0.12, "b": 0.10, "c": 0.25, "d": 0.12}
 ERROR_RATE = {"a": 0.0, "b": 0.0, "c": 0.6, "d": 0.0}
 DECISIONS = 1500
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -121,7 +121,9 @@ def test_report_of_real_traffic(shop: RedisServer, shop_router: InProcessRouter,
     assert 150 < holdout < 450  # holdout: 20 of 1500 units
     client = shop.client()
     try:
-        wait_until(lambda: client.xlen("mabrouter:{shop}:decisions") == DECISIONS, 10, what="decisions logged")
+        wait_until(
+            lambda: client.xlen("mabrouter:{shop}:decisions") == DECISIONS, 10, what="decisions logged"
+        )
         wait_until(lambda: client.xlen("mabrouter:{shop}:outcomes") == reported, 10, what="outcomes logged")
         wait_until(
             lambda: client.hget("mabrouter:{shop}:control", "kill:c") == "1", 10, what="guardrail kills c"

@@ -24,7 +24,9 @@ NICE_BUCKETS_MS = (
     *(60_000, 120_000, 300_000, 600_000, 900_000, 1_800_000),
     *(3_600_000, 7_200_000, 10_800_000, 21_600_000, 43_200_000, 86_400_000),
 )
-TARGET_BUCKETS = 40
+TARGET_BUCKETS = 40  # traffic shares
+REWARD_BUCKETS = 15  # rewards are noisier: wider buckets
+MIN_BUCKET_DECISIONS = 5  # a reward mean over fewer decisions is not drawn
 HOLDOUT_COLOUR = "black"
 
 
@@ -43,12 +45,12 @@ def student_t_pdf(x: FloatArray, location: float, scale: float, df: float) -> Fl
     return np.exp(log_norm - (df + 1) / 2 * np.log1p(z * z / df))
 
 
-def bucket_width_ms(span_ms: int) -> int:
-    """A round bucket width giving at most TARGET_BUCKETS buckets over the span."""
+def bucket_width_ms(span_ms: int, target: int = TARGET_BUCKETS) -> int:
+    """A round bucket width giving at most `target` buckets over the span."""
     for width in NICE_BUCKETS_MS:
-        if span_ms / width <= TARGET_BUCKETS:
+        if span_ms / width <= target:
             return width
-    return NICE_BUCKETS_MS[-1] * math.ceil(span_ms / (NICE_BUCKETS_MS[-1] * TARGET_BUCKETS))
+    return NICE_BUCKETS_MS[-1] * math.ceil(span_ms / (NICE_BUCKETS_MS[-1] * target))
 
 
 def render_charts(data: ReportData) -> dict[str, str]:
@@ -138,11 +140,11 @@ def _time_unit(span_ms: int) -> tuple[str, float]:
     return "d", 86_400_000.0
 
 
-def _buckets(data: ReportData) -> tuple[IntArray, int, int, str, float]:
+def _buckets(data: ReportData, target: int) -> tuple[IntArray, int, int, str, float]:
     """Bucket of each decision, bucket count, width (ms), time unit and its length (ms)."""
     ts = data.exposure.ts_ms
     start = int(ts.min())
-    width = bucket_width_ms(int(ts.max()) - start + 1)
+    width = bucket_width_ms(int(ts.max()) - start + 1, target)
     index = (ts - start) // width
     count = int(index.max()) + 1
     unit, unit_ms = _time_unit(count * width)
@@ -161,7 +163,7 @@ def _traffic(data: ReportData) -> Figure:
         _no_data(share_ax)
         _no_data(volume_ax)
         return figure
-    index, count, width, unit, unit_ms = _buckets(data)
+    index, count, width, unit, unit_ms = _buckets(data, TARGET_BUCKETS)
     exposure = data.exposure
     totals = np.bincount(index, minlength=count).astype(np.float64)
     layers, labels, colours = [], [], []
@@ -198,7 +200,7 @@ def _reward(data: ReportData) -> Figure:
     if exposure.size == 0 or not np.isfinite(value).any():
         _no_data(ax)
         return figure
-    index, count, width, unit, unit_ms = _buckets(data)
+    index, count, width, unit, unit_ms = _buckets(data, REWARD_BUCKETS)
     centres = (np.arange(count) + 0.5) * width / unit_ms
     groups = [
         (exposure.arms[a], _colour(a), "-", exposure.counted & (exposure.arm == a))
@@ -209,10 +211,13 @@ def _reward(data: ReportData) -> Figure:
         chosen = group & np.isfinite(value)
         if not chosen.any():
             continue
-        n = np.bincount(index[chosen], minlength=count)
-        sums = np.bincount(index[chosen], weights=value[chosen], minlength=count)
-        means = np.where(n > 0, sums / np.maximum(n, 1), np.nan)
+        n = np.bincount(index[chosen], minlength=count).astype(np.float64)
+        means = np.bincount(index[chosen], weights=value[chosen], minlength=count) / np.maximum(n, 1)
+        squares = np.bincount(index[chosen], weights=value[chosen] ** 2, minlength=count) / np.maximum(n, 1)
+        means[n < MIN_BUCKET_DECISIONS] = np.nan
+        se = np.sqrt(np.maximum(squares - means**2, 0.0) / np.maximum(n - 1, 1))
         ax.plot(centres, means, style, marker="o", markersize=3, color=colour, label=label)
+        ax.fill_between(centres, means - 1.96 * se, means + 1.96 * se, color=colour, alpha=0.1, linewidth=0)
     ax.set_ylabel("mean outcome per decision")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     _time_axis(ax, data, unit, width)
@@ -260,6 +265,13 @@ def _values(data: ReportData) -> Figure:
             if math.isfinite(mean):
                 error = 1.96 * se if math.isfinite(se) else 0.0
                 ax.errorbar([mean], [y + offset], xerr=[error], fmt=marker, color=colour, capsize=3)
+    for marker, label in (
+        ("o", "posterior mean, 95% CI"),
+        ("s", "IPS +/- 1.96 SE"),
+        ("^", "SNIPS +/- 1.96 SE"),
+    ):
+        ax.plot([], [], marker, color="0.35", label=label)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     ax.set_yticks(range(len(data.arms)), [_label(arm) for arm in reversed(data.arms)])
     ax.set_xlabel("value (mean outcome per decision)")
     ax.grid(axis="x", alpha=0.3)

@@ -282,7 +282,9 @@ def _ipw(data: ReportData) -> str:
         "1[arm = a] &middot; reward / propensity; SNIPS divides the same sum by the sum of 1[arm = a] / "
         f"propensity (delta-method SE). Decisions without an outcome {missing}. The propensity is the share "
         "the policy gave the arm when deciding (a STICKY decision's is the share at that time, not the "
-        "unit's first assignment). Large max weights mean rarely chosen arms: noisy estimates.</p></section>"
+        "unit's first assignment). Large max weights mean noisy estimates. IPS assumes every arm could be "
+        "chosen in every decision: over a window that spans an arm's kill (propensity 0 after it), IPS "
+        "understates that arm and SNIPS, which normalises by its own weights, does not.</p></section>"
     )
 
 
