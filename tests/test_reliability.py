@@ -1345,12 +1345,10 @@ def test_least_privilege_acl_users_are_enough_for_the_router_and_the_cli(tmp_pat
         sticky_file = tmp_path / "sticky.yaml"
         sticky_file.write_text(STICKY_EXPERIMENT)
         _parallel_cli(operator_url, ("experiment", "apply", str(EXAMPLE)), ("experiment", "apply", str(sticky_file)))
-        print('T', 16, time.monotonic())
         metrics_port = free_port()
         router = RouterProcess(router_url, MABROUTER_METRICS_LISTEN=f"127.0.0.1:{metrics_port}")
         try:
             router.wait_serving()
-            print('T', 20, time.monotonic())
             channel, stub = open_stub(router.address)
             with channel:
                 decisions = [route(stub, f"u{i}") for i in range(30)]
@@ -1367,10 +1365,8 @@ def test_least_privilege_acl_users_are_enough_for_the_router_and_the_cli(tmp_pat
                 )
 
                 cli("kill", "ranker", "--reason", "acl test", "--actor", "ops", redis_url=operator_url)
-                print('T', 36, time.monotonic())
                 wait_until(lambda: route(stub, "k").reason == pb.KILLED, 5, what="the kill to reach the router")
                 cli("unkill", "ranker", "--actor", "ops", redis_url=operator_url)
-                print('T', 38, time.monotonic())
                 wait_until(lambda: route(stub, "k").reason == pb.SAMPLED, 5, what="the unkill")
                 # A raw edit (an incident with redis-cli): the router writes the audit entry, as the router user.
                 admin.hset("mabrouter:{ranker}:control", "rollout", "50")
@@ -1382,14 +1378,12 @@ def test_least_privilege_acl_users_are_enough_for_the_router_and_the_cli(tmp_pat
                     what="the router to audit the raw edit",
                 )
                 admin.hdel("mabrouter:{ranker}:control", "rollout")
-                print('T', 49, time.monotonic())
                 sampled = sum(1 for d in decisions if d.reason == pb.SAMPLED)
                 wait_until(lambda: books(admin).counts.total() == 10, 5, what="outcomes (Lua: SET, HINCRBY...)")
                 wait_until(lambda: books(admin).trials >= sampled, 5, what="trials (Lua: SET, HINCRBYFLOAT)")
                 wait_until(lambda: admin.xlen("mabrouter:{ranker}:decisions") >= 30, 5, what="exposure log")
                 assert admin.xlen("mabrouter:{ranker}:outcomes") == 10
             errors = redis_errors(metrics_port)
-            print('T', 55, time.monotonic())
             listed, status, audit, exported = _parallel_cli(
                 operator_url,
                 ("experiment", "list"),
@@ -1404,7 +1398,6 @@ def test_least_privilege_acl_users_are_enough_for_the_router_and_the_cli(tmp_pat
         finally:
             router.kill()
         log = router.output()
-        print('T', 69, time.monotonic())
         clients = {
             user: redis.Redis(port=redis_server.port, username=user, password=password)
             for user, password in (("router", router_pw), ("operator", operator_pw))

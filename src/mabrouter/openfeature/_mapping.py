@@ -26,6 +26,7 @@ REASONS: Final[Mapping[str, Reason]] = {
     "NOT_TARGETED": Reason.DEFAULT,
     "NOT_EXPOSED": Reason.DEFAULT,
     "DENIED": Reason.DEFAULT,
+    "HOLDOUT": Reason.DEFAULT,
     "KILLED": Reason.DISABLED,
     "STALE_CONTROL": Reason.STALE,
 }
