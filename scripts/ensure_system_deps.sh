@@ -7,6 +7,7 @@ set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the TLS tests make certificates
 if [ "${MABROUTER_NEED_H2LOAD:-0}" = "1" ]; then
   command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 fi
