@@ -49,6 +49,7 @@ __all__ = [
     "grpc_frame",
     "machine_info",
     "percentile",
+    "redis_command_costs",
     "rss_kib",
     "run_h2load",
     "running_redis",
@@ -58,7 +59,12 @@ __all__ = [
 
 SECRET = "bench-secret-0123456789abcdef"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-RULE_ATTRIBUTES = {"country": "US", "app_version": "2.5.1", "tier": "premium", "internal": False}
+RULE_ATTRIBUTES: dict[str, Any] = {
+    "country": "US",
+    "app_version": "2.5.1",
+    "tier": "premium",
+    "internal": False,
+}
 
 
 # ---------------------------------------------------------------------------------------------- machine
@@ -184,6 +190,21 @@ def unit_in_rollout(salt: str, rollout: float, prefix: str = "user-", want: bool
         if in_rollout(bucket_of(salt, unit), rollout) == want:
             return unit
     raise RuntimeError("no unit found")
+
+
+# ------------------------------------------------------------------------------------------------- redis
+
+
+def redis_command_costs(client: Any) -> dict[str, dict[str, float]]:
+    """redis-server's own accounting (INFO commandstats): calls and microseconds per call, per command.
+
+    For EVALSHA the time includes every command the script runs; for a pipeline, each command's own
+    execution only (no network, no parsing of other commands)."""
+    info: dict[str, Any] = client.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): {"calls": int(v["calls"]), "usec_per_call": float(v["usec_per_call"])}
+        for name, v in info.items()
+    }
 
 
 # ------------------------------------------------------------------------------------------------- /proc
@@ -321,7 +342,7 @@ class FloorServer(_Process):
 
 def grpc_frame(message: Any) -> bytes:
     """A gRPC length-prefixed message: 0x00 (not compressed), 4-byte big-endian length, the bytes."""
-    payload = message.SerializeToString()
+    payload: bytes = message.SerializeToString()
     return b"\x00" + len(payload).to_bytes(4, "big") + payload
 
 
@@ -336,6 +357,7 @@ class H2Result:
     h2load_cpu_s: float
     elapsed_s: float
     server_cpu_s: float = 0.0
+    server_cpu_per_process_s: list[float] = field(default_factory=list)
     latencies_us: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -347,6 +369,7 @@ class H2Result:
                 p90_us=percentile(self.latencies_us, 90),
                 p99_us=percentile(self.latencies_us, 99),
                 mean_us=statistics.fmean(self.latencies_us),
+                max_us=max(self.latencies_us),
             )
         return out
 
@@ -414,9 +437,8 @@ def run_h2load(
         elapsed = time.perf_counter() - started
         out.seek(0)
         text = out.read().decode(errors="replace")
-    server_cpu = sum(
-        cpu_seconds(pid) - before for pid, before in zip(server_pids, server_before, strict=True)
-    )
+    per_process = [cpu_seconds(pid) - cpu0 for pid, cpu0 in zip(server_pids, server_before, strict=True)]
+    server_cpu = sum(per_process)
     if process.returncode != 0:
         raise RuntimeError(f"h2load failed ({process.returncode}): {' '.join(argv)}\n{text}")
     finished = _FINISHED.search(text)
@@ -441,5 +463,6 @@ def run_h2load(
         h2load_cpu_s=usage.ru_utime + usage.ru_stime,
         elapsed_s=elapsed,
         server_cpu_s=server_cpu,
+        server_cpu_per_process_s=per_process,
         latencies_us=latencies,
     )

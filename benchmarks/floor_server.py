@@ -39,7 +39,7 @@ RESPONSE = router_pb2.RouteResponse(
 MAX_CONCURRENT_RPCS = 2000  # mabrouter's Settings.max_concurrent_rpcs default
 
 
-class FloorServicer(router_pb2_grpc.RouterServicer):
+class FloorServicer(router_pb2_grpc.RouterServicer):  # type: ignore[misc]  # generated, untyped
     def __init__(self) -> None:
         self._batches: dict[int, router_pb2.RouteBatchResponse] = {}
 

@@ -7,16 +7,23 @@ what replication alone preserves. Every wait has a deadline (support.wait_until)
 
 from __future__ import annotations
 
+import queue
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import redis
+
+from mabrouter.core import decision_id
+from mabrouter.v1 import router_pb2 as pb
+from mabrouter.v1 import router_pb2_grpc
 
 from support import free_port, redis_binary, wait_until
 
@@ -415,8 +422,9 @@ class SentinelTopology:
         reported = set()
         for sentinel in self.sentinels:
             if sentinel.alive:
-                host, port = sentinel.call("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE)  # type: ignore[misc]
-                reported.add(int(port))
+                address = sentinel.call("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE)
+                assert isinstance(address, list), address
+                reported.add(int(address[1]))
         if len(reported) != 1:
             raise AssertionError(f"sentinels disagree on the master: {reported}")
         return reported.pop()
@@ -553,6 +561,9 @@ def running_sentinel(replicas: int = 1, sentinels: int = 3) -> Iterator[Sentinel
 
 # --- Live traffic against a router ----------------------------------------------------------------------
 
+SECRET = b"test-secret-0123456789"  # the decision secret support.RouterProcess gives every router
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
 
 @dataclass(frozen=True)
 class Ack:
@@ -568,21 +579,14 @@ class Ack:
 
 
 class Traffic:
-    """A caller that never stops: one thread calls Route in a loop (paced), another reports an outcome
-    for every decision, retrying UNAVAILABLE / DEADLINE_EXCEEDED with the same decision id (the README's
-    contract: retries are safe) until it is acknowledged. Only acknowledged outcomes are counted."""
+    """A caller that never stops. One thread calls Route in a loop (paced); `reporters` threads report an
+    outcome for every decision (rewards 1, 0, 1, 0, ...), retrying UNAVAILABLE and DEADLINE_EXCEEDED
+    with the same decision id until it is acknowledged (the README's contract: retries are safe).
+    Only acknowledged outcomes (OK replies) are counted, each with the time its OK arrived."""
 
     def __init__(
         self, address: str, experiment: str = "ranker", pace: float = 0.002, reporters: int = 8
     ) -> None:
-        import queue
-        import threading
-
-        import grpc
-
-        from mabrouter.v1 import router_pb2_grpc
-
-        self._grpc = grpc
         self.experiment = experiment
         self.pace = pace
         self.channel = grpc.insecure_channel(address)
@@ -590,11 +594,10 @@ class Traffic:
         self.decisions: queue.Queue[tuple[str, float]] = queue.Queue()
         self.lock = threading.Lock()
         self.routes = 0
-        self.counted = 0  # SAMPLED/STICKY decisions: each one is a trial
-        self.route_times: list[float] = []  # monotonic time of every counted decision
+        self.counted = 0  # SAMPLED / STICKY decisions: each one is a trial
+        self.route_times: list[float] = []  # when each counted decision was answered
         self.route_errors: list[str] = []
-        self.slowest_route = 0.0  # seconds: the longest Route call
-        self.reasons: dict[str, int] = {}
+        self.slowest_route = 0.0  # seconds
         self.acks: list[Ack] = []
         self.retries = 0  # outcome attempts answered UNAVAILABLE / DEADLINE_EXCEEDED
         self.retry_messages: dict[str, int] = {}
@@ -613,8 +616,6 @@ class Traffic:
         return self
 
     def _route_loop(self) -> None:
-        from mabrouter.v1 import router_pb2 as pb
-
         i = 0
         while not self._stop_routing.is_set():
             i += 1
@@ -623,30 +624,22 @@ class Traffic:
                 reply = self.stub.Route(
                     pb.RouteRequest(experiment=self.experiment, unit_id=f"unit-{i}"), timeout=2
                 )
-            except self._grpc.RpcError as exc:
+            except grpc.RpcError as exc:
                 with self.lock:
                     self.route_errors.append(f"{exc.code()}: {exc.details()}")
                 continue
-            reason = pb.Reason.Name(reply.reason)
             now = time.monotonic()
             with self.lock:
                 self.slowest_route = max(self.slowest_route, now - started)
                 self.routes += 1
-                self.reasons[reason] = self.reasons.get(reason, 0) + 1
-                if reason in ("SAMPLED", "STICKY"):
+                if reply.reason in (pb.SAMPLED, pb.STICKY):
                     self.counted += 1
                     self.route_times.append(now)
             if reply.decision_id:
-                self.decisions.put((reply.decision_id, float(i % 2)))  # rewards 1, 0, 1, 0, ...
+                self.decisions.put((reply.decision_id, float(i % 2)))
             time.sleep(self.pace)
 
     def _report_loop(self) -> None:
-        import queue
-
-        from mabrouter.core import decision_id as ids
-        from mabrouter.v1 import router_pb2 as pb
-
-        retryable = (self._grpc.StatusCode.UNAVAILABLE, self._grpc.StatusCode.DEADLINE_EXCEEDED)
         while True:
             try:
                 raw_id, reward = self.decisions.get(timeout=0.05)
@@ -654,7 +647,7 @@ class Traffic:
                 if self._stop_reporting.is_set():
                     return
                 continue
-            token = ids.decode(raw_id, [DECISION_SECRET.encode()], int(time.time() * 1000), 86_400_000)
+            token = decision_id.decode(raw_id, [SECRET], int(time.time() * 1000), 86_400_000)
             attempts = 0
             while True:
                 attempts += 1
@@ -662,12 +655,12 @@ class Traffic:
                     reply = self.stub.ReportOutcome(
                         pb.OutcomeRequest(decision_id=raw_id, reward=reward), timeout=5
                     )
-                except self._grpc.RpcError as exc:
-                    if exc.code() in retryable and attempts < 2000:
+                except grpc.RpcError as exc:
+                    if exc.code() in RETRYABLE and attempts < 2000:
+                        details = str(exc.details())
+                        key = f"{exc.code().name}: {details[-160:]}"
                         with self.lock:
                             self.retries += 1
-                            details = str(exc.details())
-                            key = f"{exc.code().name}: {details[:60]}...{details[-200:]}"
                             self.retry_messages[key] = self.retry_messages.get(key, 0) + 1
                         time.sleep(0.02)
                         continue
@@ -689,7 +682,7 @@ class Traffic:
         wait_until(lambda: self.acked() >= target, timeout, interval=0.02, what=f"{more} more acks")
 
     def stop(self, drain_timeout: float = 60) -> None:
-        """Stop routing, then report every decision made (each one acknowledged or an error)."""
+        """Stop routing, then get every decision made so far acknowledged (or recorded as an error)."""
         self._stop_routing.set()
         self._router.join(10)
         self._stop_reporting.set()
@@ -701,15 +694,19 @@ class Traffic:
         self.channel.close()
 
     def close(self) -> None:
-        """Stop at once, acknowledged or not (teardown after a failure)."""
+        """Stop at once, acknowledged or not (teardown after a failure); safe after stop()."""
         self._stop_routing.set()
         self._stop_reporting.set()
-        while not self.decisions.empty():
-            self.decisions.get_nowait()
+        with suppress(queue.Empty):
+            while True:
+                self.decisions.get_nowait()
         for thread in (self._router, *self._reporters):
             if thread.is_alive():
                 thread.join(10)
         self.channel.close()
 
-
-DECISION_SECRET = "test-secret-0123456789"  # what support.RouterProcess gives every router
+    def summary(self) -> str:
+        return (
+            f"{self.routes} routes (slowest {self.slowest_route * 1000:.0f} ms, {len(self.route_errors)} "
+            f"failed), {len(self.acks)} outcomes acknowledged after {self.retries} retried attempts"
+        )

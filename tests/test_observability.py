@@ -525,7 +525,7 @@ def test_export_rejects_a_bad_since_and_an_unknown_experiment(segmented: RedisSe
 
 def test_health_is_not_serving_until_the_first_snapshot_then_serving() -> None:
     with running_redis() as redis_server:
-        redis_server.stop()  # the port stays reserved for this server: nothing else will take it
+        redis_server.stop()  # its port stays free until the restart below (nothing here binds it)
         router = InProcessRouter(router_settings(redis_server.url)).start(wait_ready=False)
         try:
             time.sleep(0.3)  # several refresh attempts against the dead port

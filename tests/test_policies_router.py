@@ -1,7 +1,8 @@
 """Traffic policies end to end: real redis-server, real routers (gRPC), simulated users with known truth.
 
 Each simulation knows the true reward and error rate of every arm, drives Route calls through real gRPC
-and reports every outcome with ReportOutcome (reward plus guardrail metrics), and then checks what the
+and reports every outcome with its reward and guardrail metrics (one ReportOutcome per decision in the
+two-replica guardrail test, RouteBatch/ReportOutcomes elsewhere for speed), and then checks what the
 routers did on their own: auto-kills by the guardian, ramp steps, holdout and traffic splits, sample-ratio
 checks in `mabrouter status --json`, and the audit log of `mabrouter audit --json`.
 
@@ -12,12 +13,15 @@ plus at most a couple of seconds of traffic.
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import io
 import json
 import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +30,10 @@ import grpc
 import numpy as np
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, Counter as PromCounter
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as PromCounter
 
+from mabrouter.cli import main
 from mabrouter.core.evidence import sample_ratio_check
 from mabrouter.core.model import ArmStats, Controls, MetricStats
 from mabrouter.core.snapshot import Snapshot, build_experiment_state
@@ -38,7 +44,7 @@ from mabrouter.store.router_store import RouterStore
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from support import InProcessRouter, RedisServer, cli, router_settings, wait_until
+from support import InProcessRouter, RedisServer, router_settings, wait_until
 
 SAMPLED = pb.Reason.Value("SAMPLED")
 HOLDOUT = pb.Reason.Value("HOLDOUT")
@@ -157,21 +163,29 @@ def routers(redis_server: RedisServer) -> Iterator[Callable[[int], list[router_p
             router.stop()
 
 
+def mabrouter(redis_server: RedisServer, *args: str) -> str:
+    """Run the real `mabrouter` command line in this process (a subprocess would only add start-up time)."""
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = main([*args, "--redis-url", redis_server.url])
+    assert code == 0, f"mabrouter {' '.join(args)} exited {code}:\n{out.getvalue()}"
+    return out.getvalue()
+
+
 def apply(redis_server: RedisServer, tmp_path: Path, document: dict[str, Any]) -> None:
     path = tmp_path / f"{document['name']}.yaml"
     path.write_text(yaml.safe_dump(document))
-    cli("experiment", "apply", str(path), redis_url=redis_server.url)
+    mabrouter(redis_server, "experiment", "apply", str(path))
 
 
 def status(redis_server: RedisServer, experiment: str) -> dict[str, Any]:
-    result = cli("status", experiment, "--json", redis_url=redis_server.url)
-    report: dict[str, Any] = json.loads(result.stdout)
+    report: dict[str, Any] = json.loads(mabrouter(redis_server, "status", experiment, "--json"))
     return report
 
 
 def audit(redis_server: RedisServer, experiment: str) -> list[dict[str, str]]:
-    result = cli("audit", experiment, "--json", "--limit", "1000", redis_url=redis_server.url)
-    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    lines = mabrouter(redis_server, "audit", experiment, "--json", "--limit", "1000").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def control_field(redis_server: RedisServer, experiment: str, name: str) -> str | None:
@@ -185,7 +199,11 @@ def control_field(redis_server: RedisServer, experiment: str, name: str) -> str 
 
 def redis_cli(redis_server: RedisServer, *args: str) -> str:
     result = subprocess.run(
-        ["redis-cli", "-p", str(redis_server.port), *args], capture_output=True, text=True, check=True, timeout=10
+        ["redis-cli", "-p", str(redis_server.port), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
     )
     return result.stdout.strip()
 
@@ -229,12 +247,14 @@ HARMFUL_TRUTH = {
 
 
 def run_until_killed(
-    redis_server: RedisServer, sim: Simulation, victim: str, seconds: float = 20.0
+    redis_server: RedisServer, sim: Simulation, victim: str, seconds: float = 30.0
 ) -> tuple[int, float]:
     """Drive traffic until the guardian's kill of `victim` is in Redis; (victim's trials, seconds)."""
     started = time.monotonic()
     killed = sim.run(seconds, until=lambda: control_field(redis_server, sim.experiment, f"kill:{victim}"))
-    assert killed, f"{victim} was not auto-killed within {seconds}s; served {Counter(s.arm for s in sim.served)}"
+    assert killed, (
+        f"{victim} was not auto-killed within {seconds}s; served {Counter(s.arm for s in sim.served)}"
+    )
     return sum(s.arm == victim for s in sim.served), time.monotonic() - started
 
 
@@ -246,25 +266,32 @@ def test_a_harmful_arm_is_auto_killed_once_by_one_of_two_replicas_and_stays_kill
     sim = Simulation("guarded", HARMFUL_TRUTH, stubs, seed=1, batched=False)
     trials_at_kill, seconds = run_until_killed(redis_server, sim, "harmful")
     total_at_kill = len(sim.served)
-    # Bounded: min_samples is 100 per side; at ~400 decisions/s the guardian (1 s period) acts within a
-    # couple of seconds of the evidence being there.
-    assert trials_at_kill < 1000, trials_at_kill
-    print(f"\nauto-kill after {trials_at_kill} trials of the harmful arm ({total_at_kill} decisions, {seconds:.1f}s)")
+    # Bounded: min_samples is 100 per side, and the guardian (1 s period) acts within a couple of seconds
+    # of the evidence being there, at most ~400 decisions/s here. Measured: 100-310 trials of the harmful
+    # arm; the bound leaves room for a loaded CI machine.
+    assert trials_at_kill < 1500, trials_at_kill
+    print(
+        f"\nauto-kill after {trials_at_kill} trials of the harmful arm "
+        f"({total_at_kill} decisions, {seconds:.1f}s)"
+    )
 
     # Both replicas stop serving it once their snapshots carry the kill, and never serve it again.
     for stub in stubs:
         wait_until(
             lambda s=stub: all(
                 r.arm != "harmful"
-                for r in (s.Route(pb.RouteRequest(experiment="guarded", unit_id=f"probe-{i}")) for i in range(30))
+                for r in (
+                    s.Route(pb.RouteRequest(experiment="guarded", unit_id=f"probe-{i}")) for i in range(30)
+                )
             ),
             5,
             what="replicas to obey the auto-kill",
         )
     propagated = len(sim.served)
-    sim.run(3.0)  # three more guardian periods on both replicas
+    sim.run(3.0)  # three more guardian periods on both replicas...
+    sim.run(10.0, until=lambda: len(sim.served) - propagated >= 500)  # ...and at least 500 decisions
     after = sim.served[propagated:]
-    assert len(after) > 500
+    assert len(after) >= 500
     assert all(s.arm != "harmful" for s in after)
     assert control_field(redis_server, "guarded", "kill:harmful") == KILLED_ARM  # the guardian never unkills
 
@@ -298,18 +325,26 @@ def test_only_an_operator_unkill_brings_an_auto_killed_arm_back_and_it_sticks(
 ) -> None:
     apply(redis_server, tmp_path, harmful_experiment("revived"))
     (stub,) = routers(1)
-    sim = Simulation("revived", HARMFUL_TRUTH, [stub], seed=2)
+    # Decisive evidence (30% errors vs 1%): the verdict at the kill is not a coin flip.
+    sim = Simulation("revived", {**HARMFUL_TRUTH, "harmful": Truth(0.10, 0.30)}, [stub], seed=2)
     run_until_killed(redis_server, sim, "harmful")
     sim.run(2.5)
     assert control_field(redis_server, "revived", "kill:harmful") == KILLED_ARM
 
-    cli("unkill", "revived", "--arm", "harmful", "--actor", "alice", "--reason", "false alarm", redis_url=redis_server.url)
+    mabrouter(
+        redis_server, "unkill", "revived", "--arm", "harmful", "--actor", "alice", "--reason", "false alarm"
+    )
     mark = len(sim.served)
     # It is healthy now, so no new evidence against it arrives: through three guardian periods the
     # operator's decision stands, and the arm is served again.
     healthy = {**HARMFUL_TRUTH, "harmful": Truth(reward=0.10, error=0.01)}
     sim.run(3.0, truth=healthy)
-    kills = [e for e in audit(redis_server, "revived") if e["action"] == "auto-kill"]
+    entries = audit(redis_server, "revived")
+    kills = [e for e in entries if e["action"] == "auto-kill"]
+    (unkill,) = [e for e in entries if e["action"] == "unkill"]
+    assert unkill["actor"] == "alice"
+    for again in kills[1:]:
+        print(f"\nre-killed {int(again['ts_ms']) - int(unkill['ts_ms'])} ms after the operator's unkill")
     assert len(kills) == 1, [(e["actor"], e["reason"]) for e in kills]  # measured: a second auto-kill
     assert control_field(redis_server, "revived", "kill:harmful") is None
     assert any(s.arm == "harmful" for s in sim.served[mark:])
@@ -320,7 +355,11 @@ def test_only_an_operator_unkill_brings_an_auto_killed_arm_back_and_it_sticks(
 
 def step_windows(entries: list[dict[str, str]], arm_name: str) -> list[int]:
     """Config versions at which each ramp-advance of `arm_name` took effect, in order."""
-    return [int(e["version"]) for e in entries if e["action"] == "ramp-advance" and e["target"].endswith(f"ramp:{arm_name}")]
+    return [
+        int(e["version"])
+        for e in entries
+        if e["action"] == "ramp-advance" and e["target"].endswith(f"ramp:{arm_name}")
+    ]
 
 
 def test_a_good_arm_ramps_through_its_capped_steps_and_ends_uncapped(
@@ -343,7 +382,10 @@ def test_a_good_arm_ramps_through_its_capped_steps_and_ends_uncapped(
     starts = [e for e in entries if e["action"] == "ramp-start"]
     advances = [e for e in entries if e["action"] == "ramp-advance"]
     assert len(starts) == 1  # two replicas, one winner per step
-    assert [(e["actor"], e["before"], e["after"]) for e in advances] == [("ramp", "", "1"), ("ramp", "1", "2")]
+    assert [(e["actor"], e["before"], e["after"]) for e in advances] == [
+        ("ramp", "", "1"),
+        ("ramp", "1", "2"),
+    ]
     first, second = step_windows(entries, "candidate")
     windows = {
         "step 1 (5%)": ([s for s in sim.served if s.version < first], 0.05),
@@ -355,7 +397,9 @@ def test_a_good_arm_ramps_through_its_capped_steps_and_ends_uncapped(
         hits = sum(s.arm == "candidate" for s in sampled)
         share = hits / len(sampled)
         p_value = binomial_p_value(hits, len(sampled), cap)
-        print(f"{label}: candidate share {share:.3f} of {len(sampled)} decisions (binomial p = {p_value:.3g})")
+        print(
+            f"{label}: candidate share {share:.3f} of {len(sampled)} decisions (binomial p = {p_value:.3g})"
+        )
         # The best arm by far, held exactly at the step's cap: every propensity is the cap.
         assert len(sampled) >= 100
         assert {round(s.propensity, 9) for s in sampled if s.arm == "candidate"} == {cap}
@@ -372,7 +416,11 @@ def test_a_good_arm_ramps_through_its_capped_steps_and_ends_uncapped(
 def test_a_ramping_arm_that_breaches_a_guardrail_halts_and_is_killed(
     redis_server: RedisServer, routers: Callable[[int], list[router_pb2_grpc.RouterStub]], tmp_path: Path
 ) -> None:
-    ramp = [{"share": 0.2, "min_seconds": 1}, {"share": 0.4, "min_seconds": 1}, {"share": 0.6, "min_seconds": 1}]
+    ramp = [
+        {"share": 0.2, "min_seconds": 1},
+        {"share": 0.4, "min_seconds": 2},
+        {"share": 0.6, "min_seconds": 1},
+    ]
     guardrail = {**ERROR_GUARDRAIL, "min_samples": 30}
     apply(
         redis_server,
@@ -385,25 +433,30 @@ def test_a_ramping_arm_that_breaches_a_guardrail_halts_and_is_killed(
         },
     )
     stubs = routers(1)
-    healthy = {"control": Truth(0.10, 0.0), "candidate": Truth(0.12, 0.0)}
+    # Clearly better, so it sits at each step's cap and the guardrail sees its traffic at once.
+    healthy = {"control": Truth(0.05, 0.0), "candidate": Truth(0.30, 0.0)}
     sim = Simulation("regress", healthy, stubs, seed=4)
     assert sim.run(10.0, until=lambda: control_field(redis_server, "regress", "ramp:candidate") == "1")
-    # A regression ships mid-ramp: the candidate now fails 60% of requests.
-    broken = {**healthy, "candidate": Truth(0.12, 0.60)}
-    trials_before = sum(s.arm == "candidate" for s in sim.served)
+    # A regression ships mid-ramp (on the 40% step): the candidate now fails 60% of requests.
+    broken = {**healthy, "candidate": Truth(0.30, 0.60)}
+    mark = len(sim.served)
     assert sim.run(10.0, truth=broken, until=lambda: control_field(redis_server, "regress", "kill:candidate"))
-    print(f"\nramping arm killed after {sum(s.arm == 'candidate' for s in sim.served) - trials_before} broken trials")
-    sim.run(3.0, truth=broken)  # three steps' worth of time: a healthy arm would have finished its ramp
+    broken_trials = sum(s.arm == "candidate" for s in sim.served[mark:])
+    step_at_kill = control_field(redis_server, "regress", "ramp:candidate")
+    print(f"\nramping arm killed on step index {step_at_kill} after {broken_trials} broken trials")
+    sim.run(3.0, truth=broken)  # longer than the remaining steps: a healthy arm would finish its ramp
 
     entries = audit(redis_server, "regress")
     actions = [e["action"] for e in entries]
-    kill_at = actions.index("auto-kill")
     assert actions.count("auto-kill") == 1
-    assert "ramp-advance" not in actions[kill_at:], actions
-    step = control_field(redis_server, "regress", "ramp:candidate")
-    assert step is not None
-    assert int(step) < len(ramp), "the ramp finished although the arm breached"
+    kill_at = actions.index("auto-kill")
+    assert entries[kill_at]["actor"] == "guardrail"
+    assert "ramp-advance" in actions[:kill_at]  # it was ramping...
+    assert "ramp-advance" not in actions[kill_at:], actions  # ...and halted
+    assert control_field(redis_server, "regress", "ramp:candidate") == step_at_kill
+    assert int(step_at_kill or 0) < len(ramp), "the ramp finished although the arm breached"
     assert status(redis_server, "regress")["killed_arms"] == ["candidate"]
+    assert all(s.arm != "candidate" for s in sim.served[-200:])
 
 
 # --- holdout and sample-ratio checks ----------------------------------------------------------------
@@ -436,8 +489,13 @@ def test_holdout_split_holds_and_status_catches_broken_splits(
 
     stats_key = "mabrouter:{held}:stats"
     wait_until(
-        lambda: sum(float(redis_cli(redis_server, "HGET", stats_key, f) or 0) for f in ("_split:holdout", "_split:bandit"))
-        == exposed,
+        lambda: (
+            sum(
+                float(redis_cli(redis_server, "HGET", stats_key, f) or 0)
+                for f in ("_split:holdout", "_split:bandit")
+            )
+            == exposed
+        ),
         5,
         what="the split counts to be flushed",
     )
@@ -542,7 +600,11 @@ def test_caps_and_floors_hold_on_live_traffic_and_propensities_show_them(
     (stub,) = routers(1)
     capped = Simulation("capped", {"control": Truth(0.10), "star": Truth(0.50)}, [stub], seed=8, per_tick=50)
     floored = Simulation(
-        "floored", {"control": Truth(0.10), "good": Truth(0.30), "dud": Truth(0.0)}, [stub], seed=9, per_tick=50
+        "floored",
+        {"control": Truth(0.10), "good": Truth(0.30), "dud": Truth(0.0)},
+        [stub],
+        seed=9,
+        per_tick=50,
     )
     for _ in range(80):
         capped.tick()
@@ -568,7 +630,9 @@ def test_caps_and_floors_hold_on_live_traffic_and_propensities_show_them(
     by_arm = {a["arm"]: a for a in capped_report["arms"]}
     assert by_arm["star"]["p_best"] > 0.99  # unconstrained, Thompson would send it everything
     assert by_arm["star"]["share"] == pytest.approx(0.1)
-    assert {a["arm"]: a["share"] for a in status(redis_server, "floored")["arms"]}["dud"] == pytest.approx(0.05)
+    assert {a["arm"]: a["share"] for a in status(redis_server, "floored")["arms"]}["dud"] == pytest.approx(
+        0.05
+    )
     # With exact propensities the per-arm traffic split passes its sample-ratio check.
     assert capped_report["srm"]["p_value"] > 0.001
 
@@ -585,7 +649,11 @@ def test_a_shadow_arm_is_never_served_and_its_pick_is_reported(
         {
             "name": "shadowed",
             "control": "control",
-            "arms": [arm("control"), arm("live"), arm("shadow", shadow=True, prior={"alpha": 30, "beta": 120})],
+            "arms": [
+                arm("control"),
+                arm("live"),
+                arm("shadow", shadow=True, prior={"alpha": 30, "beta": 120}),
+            ],
         },
     )
     (stub,) = routers(1)
@@ -623,7 +691,12 @@ def test_the_guardian_judges_every_new_state(redis_server: RedisServer, tmp_path
     def stats(harmful_errors: int) -> tuple[ArmStats, ...]:
         errors = {"control": 2, "harmful": harmful_errors, "fine": 2}
         return tuple(
-            ArmStats(200, 200, 20.0, metrics={"error": MetricStats(200, float(errors[a.name]), float(errors[a.name]))})
+            ArmStats(
+                200,
+                200,
+                20.0,
+                metrics={"error": MetricStats(200, float(errors[a.name]), float(errors[a.name]))},
+            )
             for a in spec.arms
         )
 
@@ -631,8 +704,6 @@ def test_the_guardian_judges_every_new_state(redis_server: RedisServer, tmp_path
         state = build_experiment_state(spec, 1, stats(harmful_errors), np.random.default_rng(0), Controls())
         holder.current = Snapshot({"judged": state}, loaded_at=time.monotonic())
         return id(state)
-
-    import asyncio
 
     loop = asyncio.new_event_loop()
     try:

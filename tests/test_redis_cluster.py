@@ -2,30 +2,36 @@
 
 The key schema puts every key of an experiment under one hash tag, `{name}`, so one experiment lives in
 one slot (its Lua scripts stay legal) while different experiments spread over the masters. These tests
-check that on a live cluster, then break the cluster under traffic: a master is SIGKILLed (its replica
-takes over) and a slot is migrated to another master (MOVED / ASK / TRYAGAIN), while a caller keeps
-calling Route and ReportOutcome.
+check that on a live cluster, then disturb the cluster under traffic, with a caller that keeps calling
+Route and ReportOutcome (tests/redis_topologies.Traffic): a slot is migrated to another master
+(ASK / TRYAGAIN / MOVED), and a master is SIGKILLed so that its replica takes over.
+
+Nodes run without persistence, with cluster-node-timeout 1000 ms (a failover takes 2-3 s).
 """
 
 from __future__ import annotations
 
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from redis_topologies import Ack, RedisClusterTopology, Traffic, running_cluster
 
+from mabrouter.cli import main as mabrouter_main
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from redis_topologies import Ack, RedisClusterTopology, Traffic, running_cluster
 from support import EXAMPLE, RouterProcess, cli, free_port, wait_until
 
+# An OK already on its way from the router when the master is killed arrives a little after the kill.
+REPLY_SLACK = 0.5
 EXPERIMENTS = ("ranker", "search", "ads", "feed", "checkout", "pricing")
-ARMS = ("ranker-v1", "ranker-v2", "ranker-v3")
+ARMS = {"ranker": ("ranker-v1", "ranker-v2", "ranker-v3")}  # the others: NAME-a (control), NAME-b
 
 
 @pytest.fixture(scope="module")
@@ -36,24 +42,53 @@ def shared_cluster() -> Iterator[RedisClusterTopology]:
 
 @pytest.fixture
 def cluster(shared_cluster: RedisClusterTopology) -> RedisClusterTopology:
-    """The module's cluster, emptied (every master flushed; replicas follow)."""
+    """The module's cluster, emptied (every master flushed; its replica follows)."""
     shared_cluster.wait_healthy()
     for port in shared_cluster.masters():
         shared_cluster.nodes[port].call("FLUSHALL")
     return shared_cluster
 
 
+@pytest.fixture
+def fresh_cluster() -> Iterator[RedisClusterTopology]:
+    """A cluster of the test's own, for tests that kill nodes."""
+    with running_cluster(masters=3, replicas_per_master=1) as cluster:
+        yield cluster
+
+
 def experiment_file(directory: Path, name: str) -> Path:
+    if name == "ranker":
+        return EXAMPLE
     path = directory / f"{name}.yaml"
-    path.write_text(
-        f"name: {name}\ncontrol: {name}-a\narms:\n  - name: {name}-a\n  - name: {name}-b\n"
-        "segments: [country]\n"
-    )
+    path.write_text(f"name: {name}\ncontrol: {name}-a\narms:\n  - name: {name}-a\n  - name: {name}-b\n")
     return path
 
 
+def cli_here(*args: str, redis_url: str) -> None:
+    """The real CLI (`mabrouter.cli.main`) run in this process: no interpreter start-up per command."""
+    assert mabrouter_main([*args, "--redis-url", redis_url]) == 0, args
+
+
+def in_parallel(url: str, *commands: Sequence[str]) -> None:
+    """Run several CLI commands at once (each is a process of its own)."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        list(pool.map(lambda args: cli(*args, redis_url=url), commands))
+
+
+def apply_all(url: str, directory: Path, names: Sequence[str]) -> None:
+    in_parallel(url, *(("experiment", "apply", str(experiment_file(directory, n))) for n in names))
+
+
+def route(stub: router_pb2_grpc.RouterStub, experiment: str, unit: str = "k") -> pb.RouteResponse:
+    return stub.Route(pb.RouteRequest(experiment=experiment, unit_id=unit), timeout=5)
+
+
+def report(stub: router_pb2_grpc.RouterStub, decision_id: str, reward: float = 1.0) -> pb.OutcomeResponse:
+    return stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision_id, reward=reward), timeout=5)
+
+
 def scrape(port: int) -> dict[str, float]:
-    """The router's Prometheus metrics, `name{label=value,...}` -> value."""
+    """The router's Prometheus metrics as `name{label=value,...}` -> value."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
         text = reply.read().decode()
     values = {}
@@ -65,7 +100,7 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def stats(cluster: RedisClusterTopology, experiment: str) -> dict[str, float]:
-    """Totals over arms of the experiment's statistics: trials, count, sum."""
+    """The experiment's statistics summed over its arms: trials, count (outcomes), sum (rewards)."""
     client = cluster.client()
     try:
         raw = client.hgetall(f"mabrouter:{{{experiment}}}:stats")
@@ -79,24 +114,30 @@ def stats(cluster: RedisClusterTopology, experiment: str) -> dict[str, float]:
     return totals
 
 
-def seen_markers(cluster: RedisClusterTopology, experiment: str, acks: list[Ack]) -> set[str]:
-    """The nonces among `acks` whose `seen` marker exists in the cluster."""
+def seen_markers(cluster: RedisClusterTopology, experiment: str, acks: Sequence[Ack]) -> set[str]:
+    """The nonces among `acks` whose `seen` marker (the proof an outcome was applied) is in Redis."""
     client = cluster.client()
     try:
-        present = set()
+        found: set[str] = set()
         for start in range(0, len(acks), 500):
             chunk = acks[start : start + 500]
             with client.pipeline(transaction=False) as pipe:
                 for ack in chunk:
                     pipe.exists(f"mabrouter:{{{experiment}}}:seen:{ack.nonce}")
-                present |= {ack.nonce for ack, n in zip(chunk, pipe.execute(), strict=True) if n}
-        return present
+                found |= {ack.nonce for ack, n in zip(chunk, pipe.execute(), strict=True) if n}
+        return found
     finally:
         client.close()
 
 
-def report(stub: router_pb2_grpc.RouterStub, decision_id: str, reward: float = 1.0) -> pb.OutcomeResponse:
-    return stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision_id, reward=reward), timeout=5)
+def killed_within(stub: router_pb2_grpc.RouterStub, experiment: str, seconds: float) -> float | None:
+    """How long until Route answers KILLED for `experiment` (None if not within `seconds`)."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if route(stub, experiment).reason == pb.KILLED:
+            return time.monotonic() - started
+        time.sleep(0.005)
+    return None
 
 
 # --- the key schema on a cluster ------------------------------------------------------------------------
@@ -106,42 +147,42 @@ def test_experiments_spread_over_masters_and_each_keeps_every_key_in_its_slot(
     cluster: RedisClusterTopology, tmp_path: Path
 ) -> None:
     url = cluster.url
-    for name in EXPERIMENTS:
-        cli("experiment", "apply", str(experiment_file(tmp_path, name)), redis_url=url)
+    apply_all(url, tmp_path, EXPERIMENTS)
     owners = {name: cluster.master_for_key(f"{{{name}}}") for name in EXPERIMENTS}
     assert len(set(owners.values())) >= 2, f"every experiment landed on one master: {owners}"
 
-    # Make every kind of key exist: decisions (log, trial batches), outcomes (seen markers, log), a
-    # kill (control, audit, audited).
+    # Create every kind of key: decisions (exposure log, trial batch markers), outcomes (seen
+    # markers, outcome log), a kill (control, audit, audited).
     router = RouterProcess(url).wait_serving()
     try:
         with grpc.insecure_channel(router.address) as channel:
             stub = router_pb2_grpc.RouterStub(channel)
             for name in EXPERIMENTS:
                 for i in range(5):
-                    decision = stub.Route(pb.RouteRequest(experiment=name, unit_id=f"u{i}"), timeout=5)
+                    decision = route(stub, name, f"u{i}")
                     assert decision.reason == pb.SAMPLED
                     assert not report(stub, decision.decision_id).duplicate
-                cli("kill", name, "--reason", "schema check", redis_url=url)
-        assert router.terminate() == 0, router.output()  # flushes trials and both logs
+        for name in EXPERIMENTS:
+            cli_here("kill", name, "--reason", "schema check", redis_url=url)
+        assert router.terminate() == 0, router.output()  # the shutdown flush writes trials and logs
     finally:
         router.kill()
 
-    suffixes = {"config", "stats", "control", "audit", "audited", "decisions", "outcomes", "seen", "batch"}
+    kinds = {"config", "stats", "control", "audit", "audited", "decisions", "outcomes", "seen", "batch"}
     for name in EXPERIMENTS:
         slot = cluster.keyslot(f"{{{name}}}")
-        where = {port: cluster.keys_on(port, f"mabrouter:{{{name}}}:*") for port in cluster.masters()}
-        holders = {port for port, found in where.items() if found}
-        assert holders == {owners[name]}, f"{name}: keys on {holders}, slot owner {owners[name]}"
-        found = where[owners[name]]
-        assert {key.split(":")[2] for key in found} == suffixes, f"{name}: {found}"
-        assert sum(1 for key in found if ":seen:" in key) == 5
-        assert {cluster.keyslot(key) for key in found} == {slot}, f"{name}: keys in several slots"
-    listed = cluster.client()
+        per_master = {port: cluster.keys_on(port, f"mabrouter:{{{name}}}:*") for port in cluster.masters()}
+        holders = {port for port, keys in per_master.items() if keys}
+        assert holders == {owners[name]}, f"{name}: keys on {holders}, its slot is on {owners[name]}"
+        keys = per_master[owners[name]]
+        assert {key.split(":")[2] for key in keys} >= kinds, f"{name}: {keys}"
+        assert sum(1 for key in keys if ":seen:" in key) == 5
+        assert {cluster.keyslot(key) for key in keys} == {slot}, f"{name}: keys in several slots"
+    client = cluster.client()
     try:
-        assert listed.smembers("mabrouter:experiments") == set(EXPERIMENTS)
+        assert client.smembers("mabrouter:experiments") == set(EXPERIMENTS)
     finally:
-        listed.close()
+        client.close()
 
 
 # --- a router on the cluster ----------------------------------------------------------------------------
@@ -151,20 +192,19 @@ def test_router_routes_counts_applies_once_and_obeys_a_kill_by_pubsub(
     cluster: RedisClusterTopology, tmp_path: Path
 ) -> None:
     url = cluster.url
-    for name in EXPERIMENTS:
-        cli("experiment", "apply", str(experiment_file(tmp_path, name)), redis_url=url)
-    # Polling every 5 s: a kill seen in well under that came through the change notice (pub/sub).
+    for name in EXPERIMENTS:  # in process: the previous test applies through `mabrouter` processes
+        cli_here("experiment", "apply", str(experiment_file(tmp_path, name)), redis_url=url)
+    # The router polls every 5 s, so a kill obeyed in well under that came by the change notice.
     router = RouterProcess(url, MABROUTER_REFRESH_INTERVAL_MS="5000").wait_serving()
     try:
         with grpc.insecure_channel(router.address) as channel:
             stub = router_pb2_grpc.RouterStub(channel)
-            ids: dict[str, list[str]] = {name: [] for name in EXPERIMENTS}
+            ids: dict[str, list[str]] = {}
             for name in EXPERIMENTS:
-                for i in range(40):
-                    decision = stub.Route(pb.RouteRequest(experiment=name, unit_id=f"u{i}"), timeout=5)
-                    assert decision.reason == pb.SAMPLED
-                    assert decision.arm in (f"{name}-a", f"{name}-b")
-                    ids[name].append(decision.decision_id)
+                decisions = [route(stub, name, f"u{i}") for i in range(40)]
+                assert {d.reason for d in decisions} == {pb.SAMPLED}
+                assert {d.arm for d in decisions} <= set(ARMS.get(name, (f"{name}-a", f"{name}-b")))
+                ids[name] = [d.decision_id for d in decisions]
             wait_until(
                 lambda: all(stats(cluster, name)["trials"] == 40 for name in EXPERIMENTS),
                 10,
@@ -174,137 +214,25 @@ def test_router_routes_counts_applies_once_and_obeys_a_kill_by_pubsub(
                 for i, decision_id in enumerate(ids[name]):
                     first = report(stub, decision_id, reward=float(i % 2))
                     assert (first.duplicate, first.experiment) == (False, name)
-                    assert report(stub, decision_id, reward=float(i % 2)).duplicate  # the retry counts nothing
+                    assert report(stub, decision_id, reward=float(i % 2)).duplicate  # counts nothing
                 assert stats(cluster, name) == {"trials": 40.0, "count": 40.0, "sum": 20.0}
 
-            # A kill of an experiment on each master: its change notice is published on that master
-            # and must reach the router's subscription (one node) through the cluster bus.
+            # Kill one experiment on each master: each notice is published on that master, and the
+            # cluster bus must carry it to the one node the router subscribes on.
             timings = {}
-            by_master = {cluster.master_for_key(f"{{{name}}}"): name for name in EXPERIMENTS}
-            for round_ in range(2):
-                for name in by_master.values():
-                    cli("kill", name, "--reason", f"round {round_}", redis_url=url)
-                    started = time.monotonic()
-                    wait_until(
-                        lambda name=name: (
-                            stub.Route(pb.RouteRequest(experiment=name, unit_id="k"), timeout=5).reason
-                            == pb.KILLED
-                        ),
-                        4,
-                        interval=0.005,
-                        what=f"the kill of {name}",
-                    )
-                    timings[f"{name}#{round_}"] = time.monotonic() - started
-                    cli("unkill", name, redis_url=url)
-                    wait_until(
-                        lambda name=name: (
-                            stub.Route(pb.RouteRequest(experiment=name, unit_id="k"), timeout=5).reason
-                            == pb.SAMPLED
-                        ),
-                        4,
-                        interval=0.005,
-                        what=f"the unkill of {name}",
-                    )
-            print(f"\nkill propagation on the cluster (s): {timings}")
-            assert max(timings.values()) < 1.0, timings
+            for name in {cluster.master_for_key(f"{{{name}}}"): name for name in EXPERIMENTS}.values():
+                cli("kill", name, "--reason", "pub/sub check", redis_url=url)
+                timings[name] = killed_within(stub, name, 4.0)
+            print(f"\nkill obeyed after (s), polling every 5 s: {timings}")
+            assert all(t is not None and t < 1.0 for t in timings.values()), timings
     finally:
-        router.kill()
-
-
-# --- failover under traffic -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fresh_cluster() -> Iterator[RedisClusterTopology]:
-    """A cluster of its own: the test kills one of its masters."""
-    with running_cluster(masters=3, replicas_per_master=1) as cluster:
-        yield cluster
-
-
-def test_master_failover_under_traffic_loses_no_route_and_doubles_no_outcome(
-    fresh_cluster: RedisClusterTopology, tmp_path: Path
-) -> None:
-    cluster = fresh_cluster
-    cli("experiment", "apply", str(EXAMPLE), redis_url=cluster.url)
-    slot = cluster.keyslot("{ranker}")
-    victim = cluster.owner_of_slot(slot)
-    (heir,) = cluster.replicas_of(victim)
-    survivor = next(port for port in cluster.masters() if port != victim)
-    metrics_port = free_port()
-    router = RouterProcess(
-        cluster.url_starting_with(survivor),
-        MABROUTER_SPOOL_DIR=str(tmp_path / "spool"),
-        MABROUTER_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
-    ).wait_serving()
-    traffic = Traffic(router.address).start()
-    try:
-        traffic.wait_acks(500)
-        killed_at = time.monotonic()
-        cluster.kill(victim)
-        assert cluster.wait_failover(slot, victim) == heir
-        promoted_at = time.monotonic()
-        traffic.wait_acks(500)  # outcomes flow again (applied, or spooled and replayed)
-        trials_before = stats(cluster, "ranker")["trials"]
-        wait_until(lambda: stats(cluster, "ranker")["trials"] > trials_before, 10, what="trials to flow")
-        traffic.stop()
-        wait_until(
-            lambda: scrape(metrics_port)['mabrouter_pending_writes{buffer=outcome_spool}'] == 0,
-            20,
-            what="the outcome spool to drain",
-        )
-        assert traffic.route_errors == []
-        assert traffic.outcome_errors == []
-        acks = traffic.acks
-        assert len({ack.nonce for ack in acks}) == len(acks)
-
-        # Measure: which acknowledged outcomes did Redis itself lose (async replication)?
-        present = seen_markers(cluster, "ranker", acks)
-        lost = [ack for ack in acks if ack.nonce not in present]
-        totals = stats(cluster, "ranker")
-        spooled = scrape(metrics_port).get("mabrouter_outcomes_total{experiment=,result=spooled}", 0.0)
-        print(
-            f"\nfailover: slot {slot} {victim} -> {heir} in {promoted_at - killed_at:.2f}s; "
-            f"{traffic.routes} routes, {len(acks)} outcomes acknowledged ({spooled:.0f} spooled, "
-            f"{traffic.retries} UNAVAILABLE retries), lost by Redis: {len(lost)}"
-            + (f" acked {[round(killed_at - ack.at, 3) for ack in lost]}s before the kill" if lost else "")
-        )
-        # Nothing doubled, nothing invented: Redis holds exactly the acknowledged outcomes it kept.
-        assert totals["count"] == len(acks) - len(lost)
-        assert totals["sum"] == sum(ack.reward for ack in acks) - sum(ack.reward for ack in lost)
-        # What async replication can lose is what the old master acknowledged just before it died.
-        for ack in lost:
-            assert killed_at - 1.0 <= ack.at <= killed_at, ack
-
-        # Callers may replay: every kept outcome is a duplicate, every lost one is applied now.
-        with grpc.insecure_channel(router.address) as channel:
-            stub = router_pb2_grpc.RouterStub(channel)
-            replayed = [report(stub, ack.decision_id, ack.reward).duplicate for ack in acks]
-        assert replayed == [ack.nonce in present for ack in acks]
-        assert stats(cluster, "ranker")["count"] == len(acks)
-
-        print("DEBUG metrics", {k: v for k, v in scrape(metrics_port).items() if "outcomes" in k or "redis_errors" in k or "pending" in k})
-        assert router.terminate() == 0, router.output()  # the shutdown flush writes the last trials
-        trials = stats(cluster, "ranker")["trials"]
-        recent = sum(1 for at in traffic.route_times if killed_at - 1.0 <= at <= killed_at)
-        print(f"trials: {traffic.counted} counted decisions, {trials:.0f} in Redis")
-        ack_times = [ack.at for ack in acks]
-        print("DEBUG max ack gap", max(b - a for a, b in zip(ack_times, ack_times[1:])),
-              "max route gap", max(b - a for a, b in zip(traffic.route_times, traffic.route_times[1:])),
-              "routes during outage", sum(1 for t in traffic.route_times if killed_at <= t <= promoted_at),
-              "acks during outage", sum(1 for t in ack_times if killed_at <= t <= promoted_at),
-              "max attempts", max(a.attempts for a in acks), "dups", sum(a.duplicate for a in acks))
-        assert traffic.counted - recent <= trials <= traffic.counted
-    finally:
-        traffic.close()
         router.kill()
 
 
 # --- resharding under traffic ---------------------------------------------------------------------------
 
 
-def test_slot_migration_under_traffic_keeps_routing_and_counts_exact(
-    cluster: RedisClusterTopology,
-) -> None:
+def test_slot_migration_under_traffic_keeps_routing_and_counts_exact(cluster: RedisClusterTopology) -> None:
     cli("experiment", "apply", str(EXAMPLE), redis_url=cluster.url)
     slot = cluster.keyslot("{ranker}")
     source = cluster.owner_of_slot(slot)
@@ -319,19 +247,17 @@ def test_slot_migration_under_traffic_keeps_routing_and_counts_exact(
         cluster.wait_healthy()
         assert cluster.owner_of_slot(slot) == target
         assert cluster.keys_on(source, "mabrouter:{ranker}:*") == []
-        traffic.wait_acks(300)
+        traffic.wait_acks(300)  # and outcomes are applied on the slot's new owner
         traffic.stop()
-        assert router.terminate() == 0, router.output()
+        assert router.terminate() == 0, router.output()  # the shutdown flush writes the last trials
         print(
-            f"\nresharding: slot {slot} {source} -> {target}, {moved} keys in {took:.2f}s; "
-            f"{traffic.routes} routes, {len(traffic.acks)} outcomes acknowledged, "
-            f"{traffic.retries} UNAVAILABLE retries {traffic.retry_messages}"
+            f"\nresharding: slot {slot} moved {source} -> {target} ({moved} keys, {took:.1f} s); "
+            f"{traffic.summary()}: {traffic.retry_messages}"
         )
         assert traffic.route_errors == []
         assert traffic.outcome_errors == []
         acks = traffic.acks
-        totals = stats(cluster, "ranker")
-        assert totals == {
+        assert stats(cluster, "ranker") == {
             "trials": traffic.counted,
             "count": len(acks),
             "sum": sum(ack.reward for ack in acks),
@@ -341,3 +267,185 @@ def test_slot_migration_under_traffic_keeps_routing_and_counts_exact(
         traffic.close()
         router.kill()
 
+
+# --- failover under traffic -----------------------------------------------------------------------------
+
+
+def test_master_failover_under_traffic_loses_no_route_and_doubles_no_outcome(
+    fresh_cluster: RedisClusterTopology, tmp_path: Path
+) -> None:
+    """SIGKILL the master of {ranker}'s slot while a caller keeps routing and reporting.
+
+    The router has an outcome spool, so outcomes reported while the slot has no master are
+    acknowledged (fsync'd locally) and replayed once the replica is promoted. Redis replicates
+    asynchronously: an outcome the old master acknowledged in its last moments may never have reached
+    the replica, and Redis itself loses it. The test measures that (per acknowledged decision, from its
+    `seen` marker), asserts any such loss is confined to the second before the kill and that nothing is
+    counted twice, then shows a caller's replay restores exact counts.
+    """
+    cluster = fresh_cluster
+    cli("experiment", "apply", str(EXAMPLE), redis_url=cluster.url)
+    slot = cluster.keyslot("{ranker}")
+    victim = cluster.owner_of_slot(slot)
+    (heir,) = cluster.replicas_of(victim)
+    listener = next(port for port in cluster.masters() if port != victim)  # see the pub/sub test below
+    metrics_port = free_port()
+    router = RouterProcess(
+        cluster.url_starting_with(listener),
+        MABROUTER_SPOOL_DIR=str(tmp_path / "spool"),
+        MABROUTER_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
+    ).wait_serving()
+    traffic = Traffic(router.address).start()
+    try:
+        traffic.wait_acks(500)
+        killed_at = time.monotonic()
+        cluster.kill(victim)
+        assert cluster.wait_failover(slot, victim) == heir
+        promoted_after = time.monotonic() - killed_at
+        traffic.wait_acks(500)  # outcomes flow again
+        before = stats(cluster, "ranker")["trials"]
+        wait_until(lambda: stats(cluster, "ranker")["trials"] > before, 10, what="trial counts to flow")
+        traffic.stop()
+        wait_until(
+            lambda: scrape(metrics_port)["mabrouter_pending_writes{buffer=outcome_spool}"] == 0,
+            20,
+            what="the outcome spool to be replayed",
+        )
+        spooled = scrape(metrics_port).get("mabrouter_outcomes_total{experiment=,result=spooled}", 0.0)
+        assert traffic.route_errors == []  # Route never failed, though Redis did
+        assert traffic.outcome_errors == []
+        acks = traffic.acks
+        assert len({ack.nonce for ack in acks}) == len(acks)
+
+        kept = seen_markers(cluster, "ranker", acks)
+        lost = [ack for ack in acks if ack.nonce not in kept]
+        print(
+            f"\nfailover: slot {slot} {victim} -> {heir}, promoted {promoted_after:.1f} s after the kill; "
+            f"{traffic.summary()}; {spooled:.0f} spooled and replayed; acknowledged outcomes lost by "
+            f"Redis (async replication): {len(lost)}"
+            + (
+                f", acknowledged {[round(killed_at - a.at, 3) for a in lost]} s before the kill"
+                if lost
+                else ""
+            )
+        )
+        # Nothing doubled, nothing invented: Redis holds exactly the acknowledged outcomes it kept...
+        totals = stats(cluster, "ranker")
+        assert totals["count"] == len(acks) - len(lost)
+        assert totals["sum"] == sum(a.reward for a in acks) - sum(a.reward for a in lost)
+        # ... and what asynchronous replication lost was acknowledged by the old master just before it died.
+        assert all(killed_at - 1.0 <= ack.at <= killed_at + REPLY_SLACK for ack in lost), lost
+
+        # A caller replaying every outcome: the kept ones are duplicates, the lost ones now count.
+        with grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            duplicates = [report(stub, ack.decision_id, ack.reward).duplicate for ack in acks]
+        assert duplicates == [ack.nonce in kept for ack in acks]
+        assert stats(cluster, "ranker")["count"] == len(acks)
+
+        assert router.terminate() == 0, router.output()  # the shutdown flush writes the last trials
+        trials = stats(cluster, "ranker")["trials"]
+        last_second = sum(1 for at in traffic.route_times if killed_at - 1.0 <= at <= killed_at)
+        print(f"trials: {traffic.counted} counted decisions, {trials:.0f} in Redis")
+        assert traffic.counted - last_second <= trials <= traffic.counted
+    finally:
+        traffic.close()
+        router.kill()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG src/mabrouter/store/connect.py async_pubsub_client: on a cluster the change feed always "
+        "subscribes on the first host of the URL (target.hosts[0]) and retries only that host, so once "
+        "that node is down no change notice arrives and kills wait for the next poll"
+    ),
+)
+def test_change_feed_survives_losing_the_node_it_listens_on(
+    fresh_cluster: RedisClusterTopology, tmp_path: Path
+) -> None:
+    cluster = fresh_cluster
+    for name in ("ranker", "search", "ads"):
+        cli_here("experiment", "apply", str(experiment_file(tmp_path, name)), redis_url=cluster.url)
+    victim = cluster.master_for_key("{ranker}")
+    url = cluster.url_starting_with(victim)  # the router subscribes on the node about to die
+    # Polling every 20 s: a kill obeyed within 1 s came by the change notice (and one poll can
+    # account for at most one of the two kills below, a second apart).
+    router = RouterProcess(url, MABROUTER_REFRESH_INTERVAL_MS="20000").wait_serving()
+    try:
+        with grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            cli_here("kill", "ads", "--reason", "before", redis_url=url)
+            assert killed_within(stub, "ads", 1.0) is not None  # the change feed works
+
+            slot = cluster.keyslot("{ranker}")
+            cluster.kill(victim)
+            cluster.wait_failover(slot, victim)
+            timings = {}
+            for name in ("ranker", "search"):
+                cli_here("kill", name, "--reason", "after the failover", redis_url=url)
+                timings[name] = killed_within(stub, name, 1.0)
+            assert all(t is not None for t in timings.values()), f"kill not obeyed within 1 s: {timings}"
+    finally:
+        router.kill()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: redis-py raises RedisClusterException (not a RedisError) when no cluster node is reachable; "
+        "runtime/refresher.py, trials.py, outcomes.py, sticky.py, exposure.py catch only RedisError/OSError, "
+        "so ReportOutcome answers UNKNOWN (not UNAVAILABLE, never spooled), Route fails for new units of "
+        "sticky experiments, and the refresher and flusher tasks die: after the cluster returns, kills are "
+        "never obeyed and trials never written"
+    ),
+)
+def test_router_recovers_from_a_whole_cluster_outage(
+    fresh_cluster: RedisClusterTopology, tmp_path: Path
+) -> None:
+    cluster = fresh_cluster
+    url = cluster.url
+    sticky = tmp_path / "sticky.yaml"
+    sticky.write_text(
+        "name: sticky\ncontrol: a\narms:\n  - name: a\n  - name: b\nsticky: {ttl_seconds: 3600}\n"
+    )
+    cli("experiment", "apply", str(EXAMPLE), redis_url=url)
+    cli_here("experiment", "apply", str(sticky), redis_url=url)
+    router = RouterProcess(url).wait_serving()
+    problems = []
+    try:
+        with grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            assert route(stub, "ranker").reason == pb.SAMPLED
+            for port in cluster.ports:  # every node down (no persistence: the data goes too)
+                cluster.kill(port)
+            time.sleep(0.5)  # several refresh and flush intervals
+            pending = [route(stub, "ranker", f"down-{i}") for i in range(5)]  # Route never waits on Redis
+            assert {d.reason for d in pending} == {pb.SAMPLED}
+            try:  # a new unit of a sticky experiment: a hash-seeded draw when Redis is down (README)
+                route(stub, "sticky", "new-unit")
+            except grpc.RpcError as exc:
+                problems.append(f"Route of a new sticky unit during the outage: {exc.code().name}")
+            try:
+                report(stub, pending[0].decision_id)
+                problems.append("an outcome was acknowledged with no Redis and no spool")
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    problems.append(f"outcome during the outage: {exc.code().name} {exc.details()}")
+
+            for port in cluster.ports:
+                cluster.restart(port)
+            cluster.wait_healthy()
+            cli_here("experiment", "apply", str(EXAMPLE), redis_url=url)  # the data went with the nodes
+            for i in range(20):
+                route(stub, "ranker", f"back-{i}")
+            try:
+                wait_until(lambda: stats(cluster, "ranker")["trials"] >= 20, 2, what="trials")
+            except TimeoutError:
+                problems.append(f"trials not written after the outage: {stats(cluster, 'ranker')}")
+            cli_here("kill", "ranker", "--reason", "after the outage", redis_url=url)
+            if killed_within(stub, "ranker", 2.0) is None:
+                problems.append("a kill made after the outage was not obeyed within 2 s")
+        assert problems == []
+    finally:
+        router.kill()

@@ -8,9 +8,9 @@ the measured numbers are printed (run with -s to see them) and recorded in docs/
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
@@ -20,13 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import pytest
 import redis
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tcp_proxy import FaultProxy
 
 from mabrouter.core import decision_id
 from mabrouter.v1 import router_pb2 as pb
@@ -44,16 +45,13 @@ from support import (
     running_redis,
     wait_until,
 )
-from tcp_proxy import FaultProxy
 
 AOF = ("--appendonly", "yes", "--appendfsync", "always")
-STATS = "mabrouter:{ranker}:stats"
-ARMS = ("ranker-v1", "ranker-v2", "ranker-v3")
 CONTROL = "ranker-v1"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Generous bound on Route latency while Redis is dead, hung or slow: a Route that waited for Redis would
-# take the 2 s socket timeout (or 200+ ms through the slow proxy), two orders of magnitude above it.
+# take the 2 s socket timeout (or 400+ ms of round trips through the slow proxy), far above it.
 ROUTE_P99_BOUND = 0.050
 # Clients reconnect quickly to a router restarted on the same port (gRPC's default backoff starts at 1 s).
 FAST_RECONNECT = [
@@ -382,7 +380,7 @@ def check_sigkill_samples(
         errors = [s for s in samples if s.error is not None]
         assert not errors, f"{policy}: {len(errors)} Route calls failed: {Counter(s.error for s in errors)}"
         before = loop.between(begun, killed_at)
-        fresh = loop.between(killed_at, killed_at + 0.8)
+        fresh = loop.between(killed_at, killed_at + 0.5)
         stale = loop.between(killed_at + 1.3, restarted_at)
         after = loop.between(recovered_at + 0.2, time.monotonic())
         outage = loop.between(killed_at, restarted_at)
@@ -532,7 +530,9 @@ def test_redis_sigstop_route_unaffected_and_outcomes_follow_the_acknowledgement_
 # -- a slow, flaky network between the router and Redis -----------------------------------------------
 
 
-def route_many(stub: router_pb2_grpc.RouterStub, prefix: str, n: int) -> tuple[list[pb.RouteResponse], list[float]]:
+def route_many(
+    stub: router_pb2_grpc.RouterStub, prefix: str, n: int
+) -> tuple[list[pb.RouteResponse], list[float]]:
     replies, took = [], []
     for i in range(n):
         started = time.perf_counter()
@@ -542,7 +542,7 @@ def route_many(stub: router_pb2_grpc.RouterStub, prefix: str, n: int) -> tuple[l
 
 
 def report_until_acknowledged(
-    stub: router_pb2_grpc.RouterStub, decision: pb.RouteResponse, reward: float, attempts: int = 50
+    stub: router_pb2_grpc.RouterStub, decision: pb.RouteResponse | Issued, reward: float, attempts: int = 50
 ) -> tuple[pb.OutcomeResponse, int]:
     """Report an outcome, retrying UNAVAILABLE (as a client should); return the reply and the failures."""
     failures = 0
@@ -555,7 +555,8 @@ def report_until_acknowledged(
             if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise
             failures += 1
-            assert failures < attempts, f"outcome not acknowledged after {failures} attempts: {exc.details()}"
+            if failures >= attempts:
+                raise AssertionError(f"outcome not acknowledged after {failures} attempts") from exc
             time.sleep(0.05)
             continue
         return reply, failures
@@ -616,7 +617,8 @@ def test_slow_and_resetting_network_to_redis_route_unaffected_and_learning_conti
     print(
         f"\nproxy: Route base {summary_ms(base)}; with +200 ms per chunk {summary_ms(slow)}; "
         f"ReportOutcome through +200 ms took {slow_outcome_seconds:.2f}s\n"
-        f"  {resets} connection resets in 5 rounds: {outcome_failures} ReportOutcome attempts got UNAVAILABLE "
+        f"  {resets} connection resets in 5 rounds: {outcome_failures} ReportOutcome attempts got "
+        "UNAVAILABLE "
         f"and were retried; {proxy.accepted - accepted_before} reconnections; redis error metric {errors:g}; "
         f"all {len(routed)} trials and {len(reported)} outcomes in Redis exactly once"
     )
@@ -643,7 +645,8 @@ def test_outcomes_and_trials_during_an_outage_are_applied_exactly_once(tmp_path:
                 acknowledged: dict[int, float] = {}
                 for i in range(100):
                     reply = stub.ReportOutcome(
-                        pb.OutcomeRequest(decision_id=decisions[i].decision_id, reward=reward_of(i)), timeout=5
+                        pb.OutcomeRequest(decision_id=decisions[i].decision_id, reward=reward_of(i)),
+                        timeout=5,
                     )
                     assert not reply.duplicate
                     acknowledged[i] = reward_of(i)
@@ -657,7 +660,8 @@ def test_outcomes_and_trials_during_an_outage_are_applied_exactly_once(tmp_path:
                 for i in range(100, 300):
                     started = time.monotonic()
                     reply = stub.ReportOutcome(
-                        pb.OutcomeRequest(decision_id=decisions[i].decision_id, reward=reward_of(i)), timeout=5
+                        pb.OutcomeRequest(decision_id=decisions[i].decision_id, reward=reward_of(i)),
+                        timeout=5,
                     )
                     ack_seconds.append(time.monotonic() - started)
                     assert not reply.duplicate
@@ -680,7 +684,7 @@ def test_outcomes_and_trials_during_an_outage_are_applied_exactly_once(tmp_path:
                     expected_counts[decisions[i].arm] += 1
                     expected_sums[decisions[i].arm] += reward
                 assert final.counts == expected_counts
-                assert final.sums == {arm: expected_sums[arm] for arm in final.sums}
+                assert {arm: final.sums.get(arm, 0.0) for arm in expected_sums} == dict(expected_sums)
                 assert sum(final.counts.values()) == len(acknowledged) == 300
 
                 again = stub.ReportOutcomes(
@@ -697,7 +701,8 @@ def test_outcomes_and_trials_during_an_outage_are_applied_exactly_once(tmp_path:
         finally:
             router.kill()
     print(
-        f"\noutage: 300 decisions and 200 outcomes while Redis was down; outcomes acknowledged from the spool "
+        "\noutage: 300 decisions and 200 outcomes while Redis was down; outcomes acknowledged from the "
+        "spool "
         f"in {summary_ms(ack_seconds)}; after recovery 500/500 trials and 300/300 outcomes applied once"
     )
 
@@ -716,7 +721,9 @@ def test_the_spool_is_bounded_and_refuses_rather_than_growing(tmp_path: Path) ->
                 decisions, _ = route_many(stub, "u", 5)
                 redis_server.stop(kill=True)
                 for decision in decisions[:3]:
-                    stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id, reward=1.0), timeout=5)
+                    stub.ReportOutcome(
+                        pb.OutcomeRequest(decision_id=decision.decision_id, reward=1.0), timeout=5
+                    )
                 with pytest.raises(grpc.RpcError) as info:
                     stub.ReportOutcome(
                         pb.OutcomeRequest(decision_id=decisions[3].decision_id, reward=1.0), timeout=5
@@ -735,11 +742,19 @@ def test_the_spool_is_bounded_and_refuses_rather_than_growing(tmp_path: Path) ->
 # -- the ledger: every acknowledged outcome counted exactly once, through every fault ----------------
 
 
+class Issued(NamedTuple):
+    """What a client keeps of a decision (a compact RouteResponse: soak runs keep hundreds of thousands)."""
+
+    decision_id: str
+    arm: str
+    reason: int
+
+
 @dataclass
 class Ledger:
     """The client's books: every decision, its reward, and which outcomes the router acknowledged."""
 
-    decisions: dict[int, pb.RouteResponse] = field(default_factory=dict)
+    decisions: dict[int, Issued] = field(default_factory=dict)
     acknowledged: set[int] = field(default_factory=set)
     first_report_failures: Counter[str] = field(default_factory=Counter)
     route_failures: Counter[str] = field(default_factory=Counter)
@@ -810,7 +825,7 @@ class LedgerRun:
                 except grpc.RpcError as exc:
                     reply, failure = None, exc.code().name
                 with ledger.lock:
-                    ledger.decisions[i] = decision
+                    ledger.decisions[i] = Issued(decision.decision_id, decision.arm, decision.reason)
                     if reply is not None:
                         ledger.acknowledged.add(i)
                         ledger.duplicate_on_first_report += int(reply.duplicate)
@@ -890,8 +905,7 @@ class LedgerRun:
                 expected_sums[decision.arm] += reward_of(i)
             # The heart of it: the posterior holds exactly the acknowledged outcomes, none lost, none doubled.
             assert final.counts == expected_counts
-            assert final.sums == {arm: expected_sums[arm] for arm in final.sums}
-            assert set(final.sums) == {arm for arm, total in expected_sums.items() if total or arm in final.sums}
+            assert {arm: final.sums.get(arm, 0.0) for arm in expected_sums} == dict(expected_sums)
 
             # Retrying every outcome once more changes nothing: all duplicates.
             duplicates = 0
@@ -901,7 +915,9 @@ class LedgerRun:
                 reply = stub.ReportOutcomes(
                     pb.ReportOutcomesRequest(
                         outcomes=[
-                            pb.OutcomeRequest(decision_id=ledger.decisions[i].decision_id, reward=reward_of(i))
+                            pb.OutcomeRequest(
+                                decision_id=ledger.decisions[i].decision_id, reward=reward_of(i)
+                            )
                             for i in chunk
                         ]
                     ),
@@ -929,34 +945,41 @@ class LedgerRun:
 def test_ledger_every_acknowledged_outcome_counts_exactly_once_through_redis_and_router_faults(
     tmp_path: Path,
 ) -> None:
-    n = 2000
     with running_redis(*AOF) as redis_server:
         apply_ranker(redis_server.url)
         run = LedgerRun(redis_server, tmp_path / "spool")
+        during: dict[str, int] = {}
         try:
-            run.start_clients(workers=4, total=n, pause=0.001)
-            run.wait_progress(n * 15 // 100)
-            run.redis_restart(kill=False)  # SHUTDOWN-like SIGTERM: AOF flushed, then started again
-            run.wait_progress(n * 35 // 100)
-            run.router_restart(kill=True)  # SIGKILL: its spool is adopted by the next router
-            run.wait_progress(n * 55 // 100)
-            run.redis_restart(kill=True)  # SIGKILL with appendfsync always
-            run.wait_progress(n * 75 // 100)
-            run.router_restart(kill=False)  # SIGTERM: graceful drain, spool left for the next start
-            run.wait_clients()
+            run.start_clients(workers=4, total=None, pause=0.002)
+            for name, fault in (
+                ("redis SIGTERM", lambda: run.redis_restart(kill=False)),  # SHUTDOWN-like: AOF flushed
+                ("router SIGKILL", lambda: run.router_restart(kill=True)),  # its spool adopted by the next
+                ("redis SIGKILL", lambda: run.redis_restart(kill=True)),  # appendfsync always
+                ("router SIGTERM", lambda: run.router_restart(kill=False)),  # drains, leaves its spool
+            ):
+                run.wait_progress(run.ledger.done + 300)  # every fault hits live traffic
+                before = run.ledger.done
+                fault()
+                during[name] = run.ledger.done - before
+            run.wait_progress(max(2000, run.ledger.done + 300))
+            run.stop_clients()
             numbers = run.settle()
         finally:
             run.close()
-    # Trials are counted in memory and flushed every 20 ms: a SIGKILLed router loses at most what it had
-    # not flushed (SIGTERM flushes everything; Redis faults lose nothing: flush batches are retried).
-    assert n * 0.9 <= numbers["trials_in_redis"] <= n + numbers["route_retries"]
+    assert numbers["decisions"] >= 2000
+    # Clients kept deciding (and reporting, into the spool) while Redis was down.
+    assert during["redis SIGTERM"] > 0
+    assert during["redis SIGKILL"] > 0
+    # Trials are not acknowledged: a SIGKILLed router loses the counts it had not flushed yet (see
+    # docs/reliability.md). None is ever counted twice.
+    assert numbers["trials_in_redis"] <= numbers["decisions"] + numbers["route_retries"]
     assert numbers["events"] == {
         "redis SIGTERM": 1,
         "router SIGKILL": 1,
         "redis SIGKILL": 1,
         "router SIGTERM": 1,
     }
-    print(f"\nledger: {numbers}")
+    print(f"\nledger: {numbers}\n  decisions made during each fault: {during}")
 
 
 # -- limits --------------------------------------------------------------------------------------------
@@ -1074,7 +1097,7 @@ def test_max_concurrent_rpcs_sheds_load_instead_of_queueing() -> None:
         finally:
             router.kill()
     print(
-        f"\nmax_concurrent_rpcs=2 with Redis hung: {dict((c.name, n) for c, n in codes.items())}; "
+        f"\nmax_concurrent_rpcs=2 with Redis hung: { {c.name: n for c, n in codes.items()} }; "
         f"shed in <= {max(r[3] for r in shed) * 1000:.1f} ms; Route shed too ({route_details!r})"
     )
 
@@ -1120,7 +1143,9 @@ def test_a_decision_id_signed_with_another_secret_is_invalid_argument(router: In
     forged = decision_id.encode(token, b"not-the-routers-secret-0123456789")
     channel, stub = open_stub(router.address)
     with channel:
-        error = rpc_error(lambda: stub.ReportOutcome(pb.OutcomeRequest(decision_id=forged, reward=1.0), timeout=2))
+        error = rpc_error(
+            lambda: stub.ReportOutcome(pb.OutcomeRequest(decision_id=forged, reward=1.0), timeout=2)
+        )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "signature does not verify" in error.details()
         genuine = decision_id.encode(token, b"test-secret-0123456789")  # the fixture router's secret
@@ -1180,7 +1205,9 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def test_a_decision_id_cannot_be_replayed_into_another_experiment(router: InProcessRouter, tmp_path: Path) -> None:
+def test_a_decision_id_cannot_be_replayed_into_another_experiment(
+    router: InProcessRouter, tmp_path: Path
+) -> None:
     other = tmp_path / "ranker-b.yaml"
     other.write_text(EXAMPLE.read_text().replace("name: ranker\n", "name: ranker-b\n"))
     cli("experiment", "apply", str(other), redis_url=router.settings.redis_url)
@@ -1196,7 +1223,9 @@ def test_a_decision_id_cannot_be_replayed_into_another_experiment(router: InProc
         payload = _unb64(body).decode()
         assert payload.startswith("1|ranker|")
         replayed = _b64(payload.replace("1|ranker|", "1|ranker-b|", 1).encode()) + "." + mac
-        error = rpc_error(lambda: stub.ReportOutcome(pb.OutcomeRequest(decision_id=replayed, reward=1.0), timeout=2))
+        error = rpc_error(
+            lambda: stub.ReportOutcome(pb.OutcomeRequest(decision_id=replayed, reward=1.0), timeout=2)
+        )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "signature does not verify" in error.details()
         # Nor with a non-canonical spelling of the same MAC (spare base64 bits) to dodge the dedup by id.
@@ -1229,7 +1258,9 @@ def test_secrets_never_appear_in_the_router_log_or_errors(tmp_path: Path) -> Non
     previous = "previous-secret-" + secrets.token_hex(16)
     with running_redis() as redis_server:
         admin = redis_server.client()
-        admin.config_set("requirepass", password)  # = redis-server --requirepass (support pings unauthenticated)
+        admin.config_set(
+            "requirepass", password
+        )  # = redis-server --requirepass (support pings unauthenticated)
         admin.close()
         url = f"redis://:{password}@127.0.0.1:{redis_server.port}/0"
         apply_ranker(url)
@@ -1246,13 +1277,17 @@ def test_secrets_never_appear_in_the_router_log_or_errors(tmp_path: Path) -> Non
             channel, stub = open_stub(router.address)
             with channel:
                 decisions = [route(stub, f"u{i}") for i in range(5)]
-                stub.ReportOutcome(pb.OutcomeRequest(decision_id=decisions[0].decision_id, reward=1.0), timeout=5)
-                for bad in ("garbage", decisions[1].decision_id[:-2] + "AA"):
-                    details.append(
-                        rpc_error(
-                            lambda bad=bad: stub.ReportOutcome(pb.OutcomeRequest(decision_id=bad, reward=1.0), timeout=2)
-                        ).details()
-                    )
+                stub.ReportOutcome(
+                    pb.OutcomeRequest(decision_id=decisions[0].decision_id, reward=1.0), timeout=5
+                )
+                details.extend(
+                    rpc_error(
+                        lambda bad=bad: stub.ReportOutcome(
+                            pb.OutcomeRequest(decision_id=bad, reward=1.0), timeout=2
+                        )
+                    ).details()
+                    for bad in ("garbage", decisions[1].decision_id[:-2] + "AA")
+                )
                 with stopped(redis_server):  # errors and warnings get logged, outcomes spooled
                     stub.ReportOutcome(
                         pb.OutcomeRequest(decision_id=decisions[2].decision_id, reward=1.0), timeout=10
@@ -1277,16 +1312,20 @@ def test_secrets_never_appear_in_the_router_log_or_errors(tmp_path: Path) -> Non
 
 # Everything the router does: read config/stats/controls, run its Lua scripts (which call SET, GET,
 # HINCRBY, HINCRBYFLOAT, HGET, HSET, XADD inside: scripts run with the caller's permissions), append the
-# exposure log, subscribe to change notices. Only keys under mabrouter:, only the change channel.
+# exposure log, subscribe to change notices. It reads every mabrouter key (%R~) but writes only the keys it
+# owns: it cannot change an experiment's config or its kill switches. Only the change channel.
 ROUTER_ACL = (
-    "resetkeys ~mabrouter:* resetchannels &mabrouter:changes -@all "
+    "resetkeys %R~mabrouter:* ~mabrouter:{*}:stats ~mabrouter:{*}:seen:* ~mabrouter:{*}:batch:* "
+    "~mabrouter:{*}:sticky:* ~mabrouter:{*}:decisions ~mabrouter:{*}:outcomes ~mabrouter:{*}:audit "
+    "~mabrouter:{*}:audited resetchannels &mabrouter:changes -@all "
     "+ping +smembers +hgetall +hget +hset +hincrby +hincrbyfloat +get +set +xadd "
     "+evalsha +eval +script|load +script|exists +subscribe +unsubscribe"
 )
-# Everything the CLI does: apply/list/status/kill/unkill/rollout/audit/export. It publishes change notices
-# and never touches trial or outcome counters directly.
+# Everything the CLI does: apply/list/status/kill/unkill/rollout/audit/export. It writes configs, switches
+# and the audit log, publishes change notices, and only reads counters and logs.
 OPERATOR_ACL = (
-    "resetkeys ~mabrouter:* resetchannels &mabrouter:changes -@all "
+    "resetkeys %R~mabrouter:* ~mabrouter:experiments ~mabrouter:{*}:config ~mabrouter:{*}:control "
+    "~mabrouter:{*}:audit ~mabrouter:{*}:audited resetchannels &mabrouter:changes -@all "
     "+ping +smembers +sadd +hgetall +hget +hset +hdel +hincrby +xadd +xrange +xrevrange "
     "+publish +evalsha +eval +script|load +script|exists"
 )
@@ -1323,7 +1362,7 @@ def _sticky_lookup_works(admin: redis.Redis, stub: router_pb2_grpc.RouterStub, a
 
 def _assert_denied(client: redis.Redis, attempts: list[Callable[[], Any]]) -> int:
     for attempt in attempts:
-        with pytest.raises(redis.exceptions.ResponseError, match="permission|can.t run"):
+        with pytest.raises(redis.exceptions.ResponseError, match=r"permission|can.t run"):
             attempt()
     return len(attempts)
 
@@ -1341,10 +1380,14 @@ def test_least_privilege_acl_users_are_enough_for_the_router_and_the_cli(tmp_pat
         host = f"127.0.0.1:{redis_server.port}"
         router_url = f"redis://router:{router_pw}@{host}/0"
         operator_url = f"redis://operator:{operator_pw}@{host}/0"
-        admin = redis.Redis(port=redis_server.port, username="admin", password=admin_pw, decode_responses=True)
+        admin = redis.Redis(
+            port=redis_server.port, username="admin", password=admin_pw, decode_responses=True
+        )
         sticky_file = tmp_path / "sticky.yaml"
         sticky_file.write_text(STICKY_EXPERIMENT)
-        _parallel_cli(operator_url, ("experiment", "apply", str(EXAMPLE)), ("experiment", "apply", str(sticky_file)))
+        _parallel_cli(
+            operator_url, ("experiment", "apply", str(EXAMPLE)), ("experiment", "apply", str(sticky_file))
+        )
         metrics_port = free_port()
         router = RouterProcess(router_url, MABROUTER_METRICS_LISTEN=f"127.0.0.1:{metrics_port}")
         try:
@@ -1353,7 +1396,9 @@ def test_least_privilege_acl_users_are_enough_for_the_router_and_the_cli(tmp_pat
             with channel:
                 decisions = [route(stub, f"u{i}") for i in range(30)]
                 for i in range(10):
-                    stub.ReportOutcome(pb.OutcomeRequest(decision_id=decisions[i].decision_id, reward=1.0), timeout=5)
+                    stub.ReportOutcome(
+                        pb.OutcomeRequest(decision_id=decisions[i].decision_id, reward=1.0), timeout=5
+                    )
                 first = stub.Route(pb.RouteRequest(experiment="sticky-exp", unit_id="s1"), timeout=2)
                 wait_until(
                     lambda: admin.get("mabrouter:{sticky-exp}:sticky:sticky-exp:s1") == first.arm,
@@ -1361,14 +1406,18 @@ def test_least_privilege_acl_users_are_enough_for_the_router_and_the_cli(tmp_pat
                     what="the sticky assignment written (Lua: GET, SET)",
                 )
                 wait_until(
-                    lambda attempt=[0]: _sticky_lookup_works(admin, stub, attempt), 5, what="a sticky lookup (GET)"
+                    lambda attempt=[0]: _sticky_lookup_works(admin, stub, attempt),
+                    5,
+                    what="a sticky lookup (GET)",
                 )
 
                 cli("kill", "ranker", "--reason", "acl test", "--actor", "ops", redis_url=operator_url)
-                wait_until(lambda: route(stub, "k").reason == pb.KILLED, 5, what="the kill to reach the router")
+                wait_until(
+                    lambda: route(stub, "k").reason == pb.KILLED, 5, what="the kill to reach the router"
+                )
                 cli("unkill", "ranker", "--actor", "ops", redis_url=operator_url)
                 wait_until(lambda: route(stub, "k").reason == pb.SAMPLED, 5, what="the unkill")
-                # A raw edit (an incident with redis-cli): the router writes the audit entry, as the router user.
+                # A raw edit (an incident with redis-cli): the router writes the audit entry, as its user.
                 admin.hset("mabrouter:{ranker}:control", "rollout", "50")
                 wait_until(
                     lambda: any(
@@ -1379,7 +1428,9 @@ def test_least_privilege_acl_users_are_enough_for_the_router_and_the_cli(tmp_pat
                 )
                 admin.hdel("mabrouter:{ranker}:control", "rollout")
                 sampled = sum(1 for d in decisions if d.reason == pb.SAMPLED)
-                wait_until(lambda: books(admin).counts.total() == 10, 5, what="outcomes (Lua: SET, HINCRBY...)")
+                wait_until(
+                    lambda: books(admin).counts.total() == 10, 5, what="outcomes (Lua: SET, HINCRBY...)"
+                )
                 wait_until(lambda: books(admin).trials >= sampled, 5, what="trials (Lua: SET, HINCRBYFLOAT)")
                 wait_until(lambda: admin.xlen("mabrouter:{ranker}:decisions") >= 30, 5, what="exposure log")
                 assert admin.xlen("mabrouter:{ranker}:outcomes") == 10
@@ -1403,7 +1454,7 @@ def test_least_privilege_acl_users_are_enough_for_the_router_and_the_cli(tmp_pat
             for user, password in (("router", router_pw), ("operator", operator_pw))
         }
         denied = 0
-        for user, client in clients.items():
+        for client in clients.values():
             denied += _assert_denied(
                 client,
                 [
@@ -1417,15 +1468,202 @@ def test_least_privilege_acl_users_are_enough_for_the_router_and_the_cli(tmp_pat
                     lambda client=client: client.execute_command("SCRIPT", "FLUSH"),
                 ],
             )
-            client.close()
-        # Each user lacks what only the other needs: the router never publishes, the CLI never counts.
-        denied += _assert_denied(clients["router"], [lambda: clients["router"].publish("mabrouter:changes", "x")])
+        # Each user lacks what only the other needs: the router never publishes nor changes a config or a
+        # switch; the CLI never counts.
+        router_client, operator_client = clients["router"], clients["operator"]
         denied += _assert_denied(
-            clients["operator"],
-            [lambda: clients["operator"].hincrbyfloat("mabrouter:{ranker}:stats", "ranker-v1:sum", 1)],
+            router_client,
+            [
+                lambda: router_client.publish("mabrouter:changes", "x"),
+                lambda: router_client.hset("mabrouter:{ranker}:control", "kill", "0"),
+                lambda: router_client.hset("mabrouter:{_global}:control", "kill", "0"),
+                lambda: router_client.hset("mabrouter:{ranker}:config", "doc", "{}"),
+                lambda: router_client.sadd("mabrouter:experiments", "evil"),
+            ],
         )
-        admin.close()
+        denied += _assert_denied(
+            operator_client,
+            [
+                lambda: operator_client.hincrbyfloat("mabrouter:{ranker}:stats", "ranker-v1:sum", 1),
+                lambda: operator_client.hset("mabrouter:{ranker}:stats", "ranker-v1:count", 0),
+                lambda: operator_client.set("mabrouter:{ranker}:seen:x", "1"),
+            ],
+        )
+        for client in (router_client, operator_client, admin):
+            client.close()
     assert errors == 0
     assert "NOPERM" not in log
     assert "permission" not in log
     print(f"\nACLs: the router and operator users are enough end to end; {denied} forbidden commands refused")
+
+
+# -- bounded memory while Redis is down at start-up ---------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG src/mabrouter/runtime/engine.py:73: while no snapshot is loaded (Redis down at start-up), "
+        "count_decision() labels mabrouter_decisions with the caller's experiment and default_arm, so "
+        "every distinct (valid) name creates a Prometheus series that is never freed: unbounded memory "
+        "and /metrics size driven by callers. Fix: count FALLBACK_DEFAULT under fixed labels "
+        "(e.g. experiment='', arm='') or only label with names from the snapshot."
+    ),
+)
+def test_fallback_answers_do_not_create_a_metric_series_per_caller_supplied_name() -> None:
+    router = InProcessRouter(router_settings(f"redis://127.0.0.1:{free_port()}/0")).start(wait_ready=False)
+    try:
+        channel, stub = open_stub(router.address)
+        with channel:
+            for i in range(2000):
+                reply = stub.Route(
+                    pb.RouteRequest(experiment=f"exp-{i}", unit_id="u", default_arm=f"arm-{i}"), timeout=2
+                )
+                assert reply.reason == pb.FALLBACK_DEFAULT
+        assert router.app is not None
+        series = scrape(router.app.metrics_port)
+    finally:
+        router.stop()
+    decisions = [key for key in series if key.startswith("mabrouter_decisions_total")]
+    assert len(decisions) < 100, f"{len(decisions)} mabrouter_decisions series after 2,000 fallback answers"
+
+
+# -- TLS to Redis (rediss://) --------------------------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_pki(directory: Path) -> Path:
+    """A CA and a server certificate for 127.0.0.1 signed by it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+             "-keyout", "ca.key", "-out", "ca.pem", cwd=directory)  # fmt: skip
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=redis", "-keyout", "server.key",
+             "-out", "server.csr", cwd=directory)  # fmt: skip
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "2", "-extfile", "san.ext", "-out", "server.pem", cwd=directory)  # fmt: skip
+    return directory
+
+
+def test_redis_over_tls_with_a_rediss_url_and_an_unverifiable_server_is_refused(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    tls_port = free_port()
+    tls = (
+        *("--tls-port", str(tls_port), "--tls-auth-clients", "no"),
+        *("--tls-cert-file", str(pki / "server.pem"), "--tls-key-file", str(pki / "server.key")),
+        *("--tls-ca-cert-file", str(pki / "ca.pem")),
+    )
+    with running_redis(*tls) as redis_server:
+        verified = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={pki / 'ca.pem'}&ssl_cert_reqs=required"
+        apply_ranker(verified)  # the CLI over TLS
+        router = RouterProcess(verified)
+        untrusted = RouterProcess(f"rediss://127.0.0.1:{tls_port}/0")  # system CAs: cannot verify the server
+        try:
+            router.wait_serving()
+            channel, stub = open_stub(router.address)
+            with channel:
+                decision = route(stub, "u")
+                assert not stub.ReportOutcome(
+                    pb.OutcomeRequest(decision_id=decision.decision_id, reward=1.0), timeout=5
+                ).duplicate
+            wait_until(lambda: books_of(redis_server).trials == 1, 5, what="a trial over TLS")
+            assert books_of(redis_server).counts == Counter({decision.arm: 1})
+            wait_until(lambda: "certificate verify failed" in untrusted.output(), 10, what="a TLS refusal")
+            assert health_status(untrusted.address) == NOT_SERVING
+        finally:
+            router.kill()
+            untrusted.kill()
+
+
+# -- Route latency while a large spool drains ---------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG src/mabrouter/runtime/spool.py:68-80 (OutcomeSpool.drop), called per batch by "
+        "src/mabrouter/runtime/outcomes.py:162 (replay_spool): every 500-outcome replay batch re-encodes "
+        "and fsyncs ALL remaining entries, synchronously on the event loop. Draining n spooled outcomes "
+        "costs O(n^2/500) encodes and blocks Route during each rewrite (measured: 20k outcomes -> Route "
+        "p50 143 ms / p99 964 ms during a 16 s drain). Fix: keep the file append-only with a persisted "
+        "read offset (or segment files unlinked once applied), and do spool file I/O in "
+        "asyncio.to_thread so the loop never blocks on encoding or fsync."
+    ),
+)
+def test_route_latency_stays_flat_while_a_large_spool_drains(tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    with running_redis(*AOF) as redis_server:
+        apply_ranker(redis_server.url)
+        router = RouterProcess(redis_server.url, MABROUTER_SPOOL_DIR=str(spool_dir)).wait_serving()
+        loop: RouteLoop | None = None
+        try:
+            channel, stub = open_stub(router.address)
+            with channel:
+                batch = stub.RouteBatch(
+                    pb.RouteBatchRequest(
+                        requests=[pb.RouteRequest(experiment="ranker", unit_id=f"u{i}") for i in range(1000)]
+                    ),
+                    timeout=30,
+                )
+                outcomes = [
+                    pb.OutcomeRequest(decision_id=r.response.decision_id, reward=1.0) for r in batch.results
+                ]
+                redis_server.stop(kill=True)
+                for _ in range(15):  # 15,000 spooled entries (retries of 1,000 decisions: replay dedups them)
+                    stub.ReportOutcomes(pb.ReportOutcomesRequest(outcomes=outcomes), timeout=60)
+                assert spooled_entries(spool_dir) == 15_000
+            loop = RouteLoop(router.address)
+            loop.start()
+            time.sleep(0.5)
+            returned_at = time.monotonic()
+            redis_server.start()
+            wait_until(lambda: spooled_entries(spool_dir) == 0, 120, interval=0.2, what="the spool to drain")
+            drained_at = time.monotonic()
+            loop.finish()
+            assert books_of(redis_server).counts.total() == 1000
+        finally:
+            if loop is not None:
+                loop.finish()
+            router.kill()
+    draining = latencies(loop.between(returned_at, drained_at))
+    took = drained_at - returned_at
+    print(f"\nspool of 15,000 drained in {took:.1f}s; Route meanwhile {summary_ms(draining)}")
+    assert not [s for s in loop.samples if s.error is not None]
+    assert percentile(draining, 0.99) < ROUTE_P99_BOUND, summary_ms(draining)
+
+
+# -- an outage is logged, not flooded -------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG src/mabrouter/runtime/trials.py:135 (TrialFlusher.flush): every failed flush attempt logs a "
+        "WARNING, i.e. one line per flush interval (50/s with 20 ms, 10/s with the 100 ms default) for as "
+        "long as Redis is down, while the refresher logs an outage once and its recovery once. Fix: log "
+        "the first failure and the recovery (as Refresher does), count retries in "
+        "mabrouter_redis_errors_total{operation='flush'}."
+    ),
+)
+def test_a_redis_outage_is_logged_once_not_once_per_retry() -> None:
+    with running_redis() as redis_server:
+        apply_ranker(redis_server.url)
+        router = RouterProcess(redis_server.url).wait_serving()
+        try:
+            channel, stub = open_stub(router.address)
+            with channel:
+                route(stub, "u")
+                redis_server.stop(kill=True)
+                deadline = time.monotonic() + 2.0
+                while time.monotonic() < deadline:  # traffic keeps a trial batch waiting to be flushed
+                    route(stub, "u")
+                    time.sleep(0.01)
+        finally:
+            router.kill()
+    warnings = [line for line in router.output().splitlines() if " WARNING " in line]
+    per_logger = Counter(line.split(" WARNING ", 1)[1].split(":", 1)[0] for line in warnings)
+    print(f"\n2 s outage: {len(warnings)} WARNING lines: {dict(per_logger)}")
+    assert all(count <= 3 for count in per_logger.values()), per_logger

@@ -130,8 +130,8 @@ def test_report_of_real_traffic(shop: RedisServer, shop_router: InProcessRouter,
         )
     finally:
         client.close()
-    cli("kill", "shop", "--arm", "b", "--reason", "b regressed on p99 latency", "--actor", "alice",
-        redis_url=shop.url)  # fmt: skip
+    kill = ("kill", "shop", "--arm", "b", "--reason", "b regressed on p99 latency", "--actor", "alice")
+    cli(*kill, redis_url=shop.url)
     out = tmp_path / "reports" / "shop.html"
     result = cli("report", "shop", "--out", str(out), redis_url=shop.url)
     assert f"wrote {out}" in result.stderr
@@ -198,7 +198,6 @@ def test_an_experiment_without_traffic_still_renders(shop: RedisServer, tmp_path
     assert_self_contained(page)
     assert len(png_images(page)) >= 4
     assert "no data yet" in page
-    assert "prior only" not in page or "<img" in page
     assert 'class="banner"' not in page
 
 

@@ -54,6 +54,7 @@ class Exposure:
 def read_exposure(
     arms: tuple[str, ...], decisions: Iterable[Mapping[str, str]], rewards: Mapping[str, float]
 ) -> Exposure:
+    """Decision log entries (oldest first) joined with the rewards of their outcomes by nonce `d`."""
     names, index = list(arms), {name: i for i, name in enumerate(arms)}
     ts, arm, reason, propensity, counted, reward = [], [], [], [], [], []
     for entry in decisions:

@@ -217,8 +217,10 @@ def _reward(data: ReportData) -> Figure:
         means[n < MIN_BUCKET_DECISIONS] = np.nan
         se = np.sqrt(np.maximum(squares - means**2, 0.0) / np.maximum(n - 1, 1))
         ax.plot(centres, means, style, marker="o", markersize=3, color=colour, label=label)
-        ax.fill_between(centres, means - 1.96 * se, means + 1.96 * se, color=colour, alpha=0.1, linewidth=0)
+        ax.fill_between(centres, means - 1.96 * se, means + 1.96 * se, color=colour, alpha=0.08, linewidth=0)
     ax.set_ylabel("mean outcome per decision")
+    if data.reward is RewardKind.BERNOULLI:
+        ax.set_ylim(bottom=0)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     _time_axis(ax, data, unit, width)
     return figure

@@ -239,12 +239,10 @@ def _holdout(data: ReportData) -> str:
         "Bandit: SAMPLED and STICKY decisions. Other imposed answers are in neither group. Decisions without "
         f"a reported outcome {missing if data.reward is RewardKind.BERNOULLI else 'are left out'}.</p>"
     )
-    found = data.holdout
+    found, title = data.holdout, '<section id="holdout"><h2>Holdout comparison</h2>'
     if found is None:
         configured = "" if data.holdout_percent else " (no holdout configured)"
-        return (
-            f'<section id="holdout"><h2>Holdout comparison</h2><p>no data yet{configured}</p>{note}</section>'
-        )
+        return f"{title}<p>no data yet{configured}</p>{note}</section>"
     lift = found.difference / found.holdout_mean if found.holdout_mean else math.nan
     rows: list[list[Cell]] = [
         ["holdout", (f"{found.holdout_n:,}", "holdout-n"), (_num(found.holdout_mean), "holdout-mean")],
@@ -257,7 +255,7 @@ def _holdout(data: ReportData) -> str:
         f"{found.p_bandit_better:.3f}. Method: {escape(found.method)}.</p>"
     )
     table = _table(["group", "decisions", "mean outcome per decision"], "lrr", rows)
-    return f'<section id="holdout"><h2>Holdout comparison</h2>{table}{summary}{note}</section>'
+    return f"{title}{table}{summary}{note}</section>"
 
 
 def _ipw(data: ReportData) -> str:

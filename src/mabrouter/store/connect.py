@@ -86,7 +86,7 @@ def async_client(url: str, **options: Any) -> aioredis.Redis | AsyncRedisCluster
             startup_nodes=nodes, ssl=target.tls, username=target.username, password=target.password, **options
         )
     # redis-py's Sentinel constructors are untyped
-    sentinel = AsyncSentinel(list(target.hosts), socket_timeout=options.get("socket_timeout"))  # type: ignore[no-untyped-call]
+    sentinel = AsyncSentinel(list(target.hosts), socket_timeout=options.get("socket_timeout"))  # type: ignore[no-untyped-call,unused-ignore]
     primary: aioredis.Redis = sentinel.master_for(
         target.service, db=target.db, username=target.username, password=target.password, **options
     )
@@ -98,12 +98,12 @@ def sync_client(url: str, **options: Any) -> redis.Redis | RedisCluster:
     if target.kind == "single":
         return redis.Redis.from_url(url, **options)
     if target.kind == "cluster":
-        nodes = [ClusterNode(host, port) for host, port in target.hosts]  # type: ignore[no-untyped-call]
+        nodes = [ClusterNode(host, port) for host, port in target.hosts]  # type: ignore[no-untyped-call,unused-ignore]
         return RedisCluster(
             startup_nodes=nodes, ssl=target.tls, username=target.username, password=target.password, **options
         )
-    sentinel = Sentinel(list(target.hosts), socket_timeout=options.get("socket_timeout"))  # type: ignore[no-untyped-call]
-    primary: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(list(target.hosts), socket_timeout=options.get("socket_timeout"))  # type: ignore[no-untyped-call,unused-ignore]
+    primary: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
         target.service, db=target.db, username=target.username, password=target.password, **options
     )
     return primary
