@@ -8,6 +8,8 @@ inverse-propensity estimates need (GrowthBook's bandits work the same way, with 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -46,6 +48,37 @@ def constrained_allocation(
             high = middle
     values = np.clip(high * weights, lo, hi)
     q[live_index] = values / values.sum()
+    return q
+
+
+def thompson_allocation(
+    win_probabilities: Callable[[tuple[int, ...]], FloatArray],
+    live: tuple[int, ...],
+    floors: FloatArray,
+    caps: FloatArray,
+) -> FloatArray:
+    """Thompson's allocation under floors and caps, with a capped arm's excess going where Thompson would.
+
+    `win_probabilities(arms)` gives each arm's probability of being best among `arms`. Projecting it
+    once would split a capped favourite's excess in proportion to the others' P(best) among *all*
+    arms, which is ~0 for each of them (noise and smoothing), so a clearly bad arm could get as much as
+    a good one. Instead, in rounds: arms held at their cap keep it, and the rest of the traffic follows
+    P(best) among the arms that are not capped, as Thompson sampling restricted to them would.
+    """
+    p = win_probabilities(live)
+    q = constrained_allocation(p, live, floors, caps)
+    capped: set[int] = set()
+    for _ in range(len(live)):
+        newly = {i for i in live if i not in capped and caps[i] < 1.0 and q[i] >= caps[i] - 1e-9}
+        free = tuple(i for i in live if i not in capped | newly)
+        if not newly or not free:
+            break
+        capped |= newly
+        held = float(sum(min(caps[i], 1.0) for i in capped))
+        p = np.zeros_like(p)
+        p[list(capped)] = 1.0  # at any scale the projection clips these at their caps
+        p[list(free)] = win_probabilities(free)[list(free)] * max(1.0 - held, _EPSILON)
+        q = constrained_allocation(p, live, floors, caps)
     return q
 
 

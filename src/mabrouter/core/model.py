@@ -172,6 +172,8 @@ class Controls:
 
     killed: bool = False
     killed_arms: frozenset[str] = frozenset()
+    # Arms an operator explicitly unkilled (`kill:<arm>` = 0): guardrails no longer auto-kill them.
+    operator_cleared: frozenset[str] = frozenset()
     # Overrides the document's rollout when set.
     rollout: float | None = None
     reason: str = ""

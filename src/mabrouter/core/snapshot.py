@@ -8,7 +8,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from mabrouter.core.allocation import CategoricalSampler, constrained_allocation, ramp_cap
+from mabrouter.core.allocation import (
+    CategoricalSampler,
+    constrained_allocation,
+    ramp_cap,
+    thompson_allocation,
+)
 from mabrouter.core.model import ArmStats, Controls, ExperimentSpec, GlobalControls
 from mabrouter.core.posterior import FloatArray, Posteriors, posteriors_for
 from mabrouter.core.thompson import ThompsonSampler, win_probabilities
@@ -95,9 +100,11 @@ def _allocation(
     if burning_in:
         p = np.zeros(len(spec.arms), dtype=np.float64)
         p[list(live)] = 1.0 / len(live)
+        shares = constrained_allocation(p, live, floors, caps)
     else:
-        p = win_probabilities(posteriors, live, rng)
-    shares = constrained_allocation(p, live, floors, caps)
+        shares = thompson_allocation(
+            lambda arms: win_probabilities(posteriors, arms, rng), live, floors, caps
+        )
     return shares, CategoricalSampler(shares)
 
 

@@ -33,7 +33,9 @@ class Guardian:
         self._holder = holder
         self._rng = rng
         self._actions = actions
-        self._judged: dict[str, int] = {}  # experiment -> id of the state last judged
+        # experiment -> (the state last judged, its breaches). The state itself is kept, not its id():
+        # CPython reuses the address of a freed state for a later one with new statistics.
+        self._judged: dict[str, tuple[ExperimentState, frozenset[str]]] = {}
 
     async def check(self) -> None:
         snapshot = self._holder.current
@@ -66,18 +68,21 @@ class Guardian:
             ]
         return found
 
-    async def _guard(self, name: str, state: ExperimentState) -> set[str]:
-        if self._judged.get(name) == id(state):  # same statistics as last time: same verdict
-            return set()
-        self._judged[name] = id(state)
-        breached: set[str] = set()
-        for breach in self.breaches(state):
-            breached.add(breach.arm)
+    async def _guard(self, name: str, state: ExperimentState) -> frozenset[str]:
+        last = self._judged.get(name)
+        if last is not None and last[0] is state:  # same statistics as last time: same verdict
+            return last[1]
+        breaches = self.breaches(state)
+        breached = frozenset(breach.arm for breach in breaches)
+        self._judged[name] = (state, breached)
+        for breach in breaches:
+            if breach.arm in state.controls.operator_cleared:
+                continue  # an operator brought this arm back after a kill: their call stands
             change = GuardedChange(
                 field=kill_arm_field(breach.arm),
                 value="1",
-                expected="1",
-                unless=True,
+                expected="",  # only an arm nobody has switched: never over an operator's unkill ("0")
+                unless=False,
                 actor="guardrail",
                 action="auto-kill",
                 reason=breach.evidence,
@@ -94,7 +99,7 @@ class Guardian:
         if half_life and needs_rebase(now_ms, state.discount_epoch_ms, half_life):
             await self._store.rebase_discount(name, now_ms, half_life * 1000.0)
 
-    async def _ramp(self, name: str, state: ExperimentState, breached: set[str]) -> None:
+    async def _ramp(self, name: str, state: ExperimentState, breached: frozenset[str]) -> None:
         now_ms = int(time.time() * 1000)
         for index in state.live:
             arm = state.spec.arms[index]

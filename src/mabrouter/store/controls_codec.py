@@ -99,6 +99,7 @@ def parse_controls(
     except ValueError as exc:
         problems.append(str(exc))
     killed_arms: set[str] = set()
+    cleared_arms: set[str] = set()
     ramp_steps: dict[str, int] = {}
     ramp_since: dict[str, int] = {}
     for field, value in raw.items():
@@ -113,8 +114,8 @@ def parse_controls(
             (ramp_since if is_since else ramp_steps)[arm] = number
             continue
         try:
-            if _arm_killed(field, value, spec):
-                killed_arms.add(field.removeprefix(KILL_ARM_PREFIX))
+            arm_name = field.removeprefix(KILL_ARM_PREFIX)
+            (killed_arms if _arm_killed(field, value, spec) else cleared_arms).add(arm_name)
         except ValueError as exc:
             problems.append(str(exc))
             if field.removeprefix(KILL_ARM_PREFIX) in last.killed_arms:
@@ -134,6 +135,7 @@ def parse_controls(
         ramp_since_ms=ramp_since,
         killed=killed,
         killed_arms=frozenset(killed_arms),
+        operator_cleared=frozenset(cleared_arms),
         rollout=rollout,
         reason=_reason(raw),
     ), problems
