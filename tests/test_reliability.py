@@ -1500,16 +1500,6 @@ def test_least_privilege_acl_users_are_enough_for_the_router_and_the_cli(tmp_pat
 # -- bounded memory while Redis is down at start-up ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG src/mabrouter/runtime/engine.py:73: while no snapshot is loaded (Redis down at start-up), "
-        "count_decision() labels mabrouter_decisions with the caller's experiment and default_arm, so "
-        "every distinct (valid) name creates a Prometheus series that is never freed: unbounded memory "
-        "and /metrics size driven by callers. Fix: count FALLBACK_DEFAULT under fixed labels "
-        "(e.g. experiment='', arm='') or only label with names from the snapshot."
-    ),
-)
 def test_fallback_answers_do_not_create_a_metric_series_per_caller_supplied_name() -> None:
     router = InProcessRouter(router_settings(f"redis://127.0.0.1:{free_port()}/0")).start(wait_ready=False)
     try:

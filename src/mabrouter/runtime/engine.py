@@ -70,9 +70,12 @@ class RoutingEngine:
             request = await self._sticky.resolve(request, state)
         stale = self.is_stale()
         decision = decide(request, snapshot, self._rng, stale_control=stale and self._staleness.serve_control)
-        self._record.metrics.count_decision(request.experiment, decision.arm, decision.reason.name)
         if decision.reason is Reason.FALLBACK_DEFAULT or state is None:
+            # Names here come from the caller, not from a loaded experiment: fixed labels keep the
+            # number of metric series bounded whatever callers send.
+            self._record.metrics.count_decision("", "", decision.reason.name)
             return Routed(decision, "", stale)
+        self._record.metrics.count_decision(request.experiment, decision.arm, decision.reason.name)
         if decision.counted:
             sampled_from = state if decision.reason is Reason.SAMPLED else None
             self._record.trials.add(request.experiment, decision.arm, sampled_from, decision.segment)
