@@ -19,6 +19,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -544,14 +545,26 @@ def test_health_is_not_serving_until_the_first_snapshot_then_serving() -> None:
                     15,
                     what=f"{service!r} SERVING",
                 )
+            # SERVING comes with the first snapshot, which may predate the apply by one refresh.
             with grpc.insecure_channel(router.address) as channel:
-                reply = router_pb2_grpc.RouterStub(channel).Route(
-                    pb.RouteRequest(experiment=EXPERIMENT, unit_id="u"), timeout=2
-                )
+                route = router_pb2_grpc.RouterStub(channel).Route
+                request = pb.RouteRequest(experiment=EXPERIMENT, unit_id="u")
+                wait_until(lambda: _answers(route, request), 5, what="the applied experiment")
+                reply = route(request, timeout=2)
             assert reply.arm in ARMS
             assert reply.reason == pb.SAMPLED
         finally:
             router.stop()
+
+
+def _answers(route: Any, request: pb.RouteRequest) -> bool:
+    try:
+        route(request, timeout=2)
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.NOT_FOUND:  # only "not loaded yet" is expected
+            raise
+        return False
+    return True
 
 
 def test_snapshot_health_turns_not_serving_when_the_snapshot_goes_stale() -> None:
