@@ -1,14 +1,15 @@
 """The exposure and outcome log: every decision and every applied outcome, for unbiased analysis.
 
 Entries are buffered in bounded memory on the request path and written to capped Redis Streams in
-pipelined batches. A decision entry carries the propensity the policy had for the served arm, which is
-what inverse-propensity-weighted (off-policy) estimates need. When the buffer is full, entries are
-dropped and counted (a metric and a log line), never queued without bound.
+batches: one script call per stream per batch (store/scripts.py APPEND_LOG), not one XADD per entry.
+A decision entry carries the propensity the policy had for the served arm, which is what
+inverse-propensity-weighted (off-policy) estimates need. When the buffer is full, entries are dropped
+and counted (a metric and a log line), never queued without bound. Outcomes are logged by the script
+that applies them (store/scripts.py RECORD_OUTCOMES); outcomes replayed from the spool come here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 from collections import deque
@@ -23,12 +24,12 @@ from mabrouter.store.router_store import OutcomeWrite, RouterStore
 
 log = logging.getLogger(__name__)
 
-LogEntry = tuple[str, dict[str, str]]
+LogEntry = tuple[str, list[str]]  # (stream key, [field, value, field, value, ...])
 
 
 def unit_hasher(key: bytes) -> Callable[[str], str]:
     """Pseudonymise unit ids with a keyed hash (stable across replicas sharing the key)."""
-    return lambda unit_id: hmac.new(key, unit_id.encode(), hashlib.sha256).hexdigest()[:32]
+    return lambda unit_id: hmac.digest(key, unit_id.encode(), "sha256").hex()[:32]
 
 
 class ExposureLog:
@@ -52,6 +53,11 @@ class ExposureLog:
     def enabled(self) -> bool:
         return self._maxlen > 0
 
+    @property
+    def maxlen(self) -> int:
+        """The streams' approximate cap; 0 when the log is off."""
+        return max(self._maxlen, 0)
+
     def _append(self, entry: LogEntry) -> None:
         if len(self._pending) >= self._max_pending:
             if not self._dropping:
@@ -68,20 +74,30 @@ class ExposureLog:
     ) -> None:
         if not self.enabled:
             return
-        fields = {
-            "d": token.nonce,
-            "ts": str(token.issued_ms),
-            "unit": self._unit_label(request.unit_id),
-            "arm": decision.arm,
-            "reason": decision.reason.name,
-            "p": repr(decision.propensity),
-            "v": str(decision.config_version),
-            "counted": "1" if decision.counted else "0",
-        }
-        for name in segments:
+        fields = [
+            "d",
+            token.nonce,
+            "ts",
+            str(token.issued_ms),
+            "unit",
+            self._unit_label(request.unit_id),
+            "arm",
+            decision.arm,
+            "reason",
+            decision.reason.name,
+            "p",
+            repr(decision.propensity),
+            "v",
+            str(decision.config_version),
+            "counted",
+            "1" if decision.counted else "0",
+        ]
+        for name in (
+            dict.fromkeys(segments) if len(segments) > 1 else segments
+        ):  # a field once, as a dict had it
             value = request.attributes.get(name)
             if value is not None:
-                fields[f"seg.{name}"] = ",".join(value) if isinstance(value, tuple) else str(value)
+                fields += (f"seg.{name}", ",".join(value) if isinstance(value, tuple) else str(value))
         self._append((keys.decisions_log(request.experiment), fields))
 
     def outcome(self, token: DecisionToken, reward: float, now_ms: int) -> None:
@@ -93,7 +109,7 @@ class ExposureLog:
     def _outcome(self, experiment: str, nonce: str, arm: str, reward: float, now_ms: int) -> None:
         if not self.enabled:
             return
-        fields = {"d": nonce, "ts": str(now_ms), "arm": arm, "reward": repr(reward)}
+        fields = ["d", nonce, "ts", str(now_ms), "arm", arm, "reward", repr(reward)]
         self._append((keys.outcomes_log(experiment), fields))
 
     def pending(self) -> int:
@@ -103,7 +119,7 @@ class ExposureLog:
         while self._pending:
             entries = [self._pending.popleft() for _ in range(min(batch, len(self._pending)))]
             try:
-                await self._store.append_logs(entries, self._maxlen)
+                await self._store.append_log_entries(entries, self._maxlen)
             except (RedisError, OSError) as exc:
                 log.debug("exposure log not written yet (%s); will retry", exc)
                 self._pending.extendleft(reversed(entries))

@@ -56,6 +56,8 @@ class RouterMetrics:
             registry=r,
         )
         self._decision_children: dict[tuple[str, str, str], Callable[[], None]] = {}
+        self._outcome_children: dict[tuple[str, str], Callable[[], None]] = {}
+        self._reward_children: dict[tuple[str, str], Callable[[float], None]] = {}
 
     def count_decision(self, experiment: str, arm: str, reason: str) -> None:
         key = (experiment, arm, reason)
@@ -64,6 +66,21 @@ class RouterMetrics:
             child = self.decisions.labels(experiment, arm, reason)
             inc = self._decision_children[key] = child.inc
         inc()
+
+    def count_outcome(self, experiment: str, result: str) -> None:
+        """mabrouter_outcomes{experiment, result} += 1, through a cached child (names from verified ids)."""
+        key = (experiment, result)
+        inc = self._outcome_children.get(key)
+        if inc is None:
+            inc = self._outcome_children[key] = self.outcomes.labels(experiment, result).inc
+        inc()
+
+    def add_reward(self, experiment: str, arm: str, reward: float) -> None:
+        key = (experiment, arm)
+        inc = self._reward_children.get(key)
+        if inc is None:
+            inc = self._reward_children[key] = self.rewards.labels(experiment, arm).inc
+        inc(reward)
 
 
 class SnapshotCollector(Collector):

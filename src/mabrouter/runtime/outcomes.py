@@ -107,21 +107,20 @@ class OutcomeRecorder:
         if accepted:
             writes = [write for _, _, write in accepted]
             try:
-                applied = await self._store.record_outcomes(writes)
+                # The script also appends each applied outcome to the outcomes log, atomically.
+                applied = await self._store.record_outcomes(writes, self._exposure.maxlen, now_ms)
             except (RedisError, OSError) as exc:
                 self._metrics.redis_errors.labels("record_outcomes").inc()
                 self._spool_or_raise(writes, exc)
                 return results  # spooled: acknowledged, applied when Redis returns
+            count_outcome, add_reward = self._metrics.count_outcome, self._metrics.add_reward
             for (slot, token, write), was_applied in zip(accepted, applied, strict=True):
                 results[slot] = Accepted(
                     write.experiment, write.arm, duplicate=not was_applied, trace=token.trace
                 )
-                self._metrics.outcomes.labels(
-                    write.experiment, "applied" if was_applied else "duplicate"
-                ).inc()
+                count_outcome(write.experiment, "applied" if was_applied else "duplicate")
                 if was_applied:
-                    self._metrics.rewards.labels(write.experiment, write.arm).inc(write.reward)
-                    self._exposure.outcome(token, write.reward, now_ms)
+                    add_reward(write.experiment, write.arm, write.reward)
         return results
 
     def _spool_or_raise(self, writes: list[OutcomeWrite], cause: Exception) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -10,13 +11,18 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.exceptions import RedisError
-from redis.typing import EncodableT, FieldT
+from redis.exceptions import NoScriptError, RedisError
 
 from mabrouter.store import keys, scripts
 from mabrouter.store.connect import async_client, async_pubsub_client
 
 BATCH_MARKER_TTL_SECONDS = 3600
+# Outcomes per RECORD_OUTCOMES call and log entries per APPEND_LOG call: one script runs atomically, so
+# a bound keeps any single call from holding Redis for long (a few ms at most).
+OUTCOMES_PER_CALL = 250
+LOG_ENTRIES_PER_CALL = 500
+
+ScriptCall = tuple[str, list[str], list[Any]]  # (script text, keys, args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +73,25 @@ def _discount_args(discount: Discount | tuple[int, float] | None) -> tuple[str, 
     return (str(discount[0]), repr(discount[1])) if discount else ("", "")
 
 
+def _outcome_args(outcome: OutcomeWrite) -> list[str]:
+    """One outcome for RECORD_OUTCOMES (scripts.py): the strings RECORD_OUTCOME took as ARGV, with the
+    nonce at position 10 (for the log entry) and the guardrail metric triples after it."""
+    discount = outcome.discount
+    args = [
+        outcome.arm,
+        repr(outcome.reward),
+        repr(outcome.reward * outcome.reward),
+        str(outcome.ttl_seconds),
+        "1" if outcome.counted else "0",
+        outcome.segment,
+        *((str(discount[0]), repr(discount[1]), repr(discount[2])) if discount else ("", "", "")),
+        outcome.nonce,
+    ]
+    for name, value in outcome.metrics:
+        args += (name, repr(value), repr(value * value))
+    return args
+
+
 @dataclass(frozen=True, slots=True)
 class GuardedChange:
     """Set `field` to `value` only if it currently is (unless=False) or is not (unless=True) `expected`."""
@@ -94,6 +119,8 @@ class RouterStore:
                 scripts.GUARDED_CHANGE,
                 scripts.REBASE_DISCOUNT,
                 scripts.RECORD_OUTCOME,
+                scripts.RECORD_OUTCOMES,
+                scripts.APPEND_LOG,
                 scripts.APPLY_TRIALS,
                 scripts.RECORD_UNATTRIBUTED,
                 scripts.STICKY_GET_OR_SET,
@@ -107,6 +134,36 @@ class RouterStore:
             pipe.eval(text, len(script_keys), *script_keys, *args)
         else:
             await self._scripts[text](keys=script_keys, args=args, client=pipe)
+
+    async def _run_all(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Run scripts in one pipeline and return their replies, in one round trip.
+
+        EVALSHA without redis-py's SCRIPT EXISTS check before every pipeline (a second round trip): a
+        call that finds the script missing fails with NOSCRIPT without running, so only those calls are
+        rerun after loading it. On a cluster, EVAL with the source, as _run does."""
+        if not calls:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for text, script_keys, args in calls:
+                if self._cluster:
+                    pipe.eval(text, len(script_keys), *script_keys, *args)
+                else:
+                    pipe.evalsha(self._scripts[text].sha, len(script_keys), *script_keys, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=self._cluster)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            for text in {calls[i][0] for i in missing}:
+                await self._redis.script_load(text)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for i in missing:
+                    text, script_keys, args = calls[i]
+                    pipe.evalsha(self._scripts[text].sha, len(script_keys), *script_keys, *args)
+                for i, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                    replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, RedisError):
+                raise reply
+        return replies
 
     @classmethod
     def from_url(cls, url: str) -> RouterStore:
@@ -194,35 +251,38 @@ class RouterStore:
                 )
             await pipe.execute()
 
-    async def record_outcomes(self, outcomes: Sequence[OutcomeWrite]) -> list[bool]:
-        """Apply outcomes atomically and idempotently; True where applied, False where a duplicate."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for outcome in outcomes:
-                await self._run(
-                    pipe,
-                    scripts.RECORD_OUTCOME,
-                    [
-                        keys.stats(outcome.experiment),
-                        keys.outcome_seen(outcome.experiment, outcome.nonce),
-                    ],
-                    [
-                        outcome.arm,
-                        repr(outcome.reward),
-                        repr(outcome.reward * outcome.reward),
-                        outcome.ttl_seconds,
-                        "1" if outcome.counted else "0",
-                        outcome.segment,
-                        *(_discount_args(outcome.discount[:2]) if outcome.discount else ("", "")),
-                        repr(outcome.discount[2]) if outcome.discount else "",
-                        *(
-                            part
-                            for name, value in outcome.metrics
-                            for part in (name, repr(value), repr(value * value))
-                        ),
-                    ],
+    async def record_outcomes(
+        self, outcomes: Sequence[OutcomeWrite], log_maxlen: int = 0, now_ms: int = 0
+    ) -> list[bool]:
+        """Apply outcomes atomically and idempotently; True where applied, False where a duplicate.
+
+        One RECORD_OUTCOMES call per experiment (and per OUTCOMES_PER_CALL outcomes), all in one
+        pipeline. With `log_maxlen` > 0, each applied outcome is also appended to its experiment's
+        outcomes log (ts = `now_ms`) by the same script."""
+        groups: dict[str, list[int]] = {}
+        for index, outcome in enumerate(outcomes):
+            groups.setdefault(outcome.experiment, []).append(index)
+        calls: list[ScriptCall] = []
+        slots: list[list[int]] = []
+        for experiment, indices in groups.items():
+            stats_key, log_key = keys.stats(experiment), keys.outcomes_log(experiment)
+            for start in range(0, len(indices), OUTCOMES_PER_CALL):
+                chunk = indices[start : start + OUTCOMES_PER_CALL]
+                items = [_outcome_args(outcomes[i]) for i in chunk]
+                seen = [keys.outcome_seen(experiment, outcomes[i].nonce) for i in chunk]
+                calls.append(
+                    (
+                        scripts.RECORD_OUTCOMES,
+                        [stats_key, log_key, *seen],
+                        [log_maxlen, now_ms, json.dumps(items, ensure_ascii=False, separators=(",", ":"))],
+                    )
                 )
-            replies = await pipe.execute()
-        return [bool(reply) for reply in replies]
+                slots.append(chunk)
+        applied = [False] * len(outcomes)
+        for chunk, reply in zip(slots, await self._run_all(calls), strict=True):
+            for i, flag in zip(chunk, reply, strict=True):
+                applied[i] = bool(flag)
+        return applied
 
     async def sticky_arm(self, experiment: str, salt: str, unit_id: str, timeout: float) -> str | None:
         """The arm a unit was assigned, or None. Raises on a slow or unreachable Redis."""
@@ -243,12 +303,33 @@ class RouterStore:
         return [str(reply) for reply in replies]
 
     async def append_logs(self, entries: Sequence[tuple[str, Mapping[str, str]]], maxlen: int) -> None:
-        """XADD each (stream key, fields) with an approximate cap, in one pipeline."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for stream, fields in entries:
-                entry: dict[FieldT, EncodableT] = dict(fields.items())
-                pipe.xadd(stream, entry, maxlen=maxlen, approximate=True)
-            await pipe.execute()
+        """XADD each (stream key, fields) with an approximate cap, in one round trip."""
+        await self.append_log_entries(
+            [(stream, [part for item in fields.items() for part in item]) for stream, fields in entries],
+            maxlen,
+        )
+
+    async def append_log_entries(self, entries: Sequence[tuple[str, Sequence[str]]], maxlen: int) -> None:
+        """XADD each (stream key, flat field, value list), in order per stream, with an approximate cap:
+        one APPEND_LOG call per stream (and per LOG_ENTRIES_PER_CALL entries), all in one pipeline."""
+        streams: dict[str, list[Sequence[str]]] = {}
+        for stream, fields in entries:
+            streams.setdefault(stream, []).append(fields)
+        calls: list[ScriptCall] = [
+            (
+                scripts.APPEND_LOG,
+                [stream],
+                [
+                    maxlen,
+                    json.dumps(
+                        items[i : i + LOG_ENTRIES_PER_CALL], ensure_ascii=False, separators=(",", ":")
+                    ),
+                ],
+            )
+            for stream, items in streams.items()
+            for i in range(0, len(items), LOG_ENTRIES_PER_CALL)
+        ]
+        await self._run_all(calls)
 
     async def guarded_change(self, experiment: str, change: GuardedChange) -> bool:
         """Apply a router-initiated switch change if the switch is as judged; True when this call won."""
