@@ -9,6 +9,7 @@ import numpy as np
 
 from mabrouter.core.decide import Decision, RouteInput, decide
 from mabrouter.core.model import Reason
+from mabrouter.core.snapshot import ExperimentState, Snapshot
 from mabrouter.runtime.exposure import ExposureLog
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.metrics import RouterMetrics
@@ -68,6 +69,20 @@ class RoutingEngine:
         state = snapshot.experiments.get(request.experiment) if snapshot is not None else None
         if state is not None and state.spec.sticky_ttl_seconds:  # only sticky experiments may await
             request = await self._sticky.resolve(request, state)
+        return self._decide(request, snapshot, state, trace)
+
+    def route_now(self, request: RouteInput, trace: str = "") -> Routed | None:
+        """`route` without a coroutine, for every experiment that is not sticky; None for a sticky one
+        (its lookup may wait on Redis: call `route`). Raises MabrouterError like `route`."""
+        snapshot = self._holder.current
+        state = snapshot.experiments.get(request.experiment) if snapshot is not None else None
+        if state is not None and state.spec.sticky_ttl_seconds:
+            return None
+        return self._decide(request, snapshot, state, trace)
+
+    def _decide(
+        self, request: RouteInput, snapshot: Snapshot | None, state: ExperimentState | None, trace: str
+    ) -> Routed:
         stale = self.is_stale()
         decision = decide(request, snapshot, self._rng, stale_control=stale and self._staleness.serve_control)
         if decision.reason is Reason.FALLBACK_DEFAULT or state is None:

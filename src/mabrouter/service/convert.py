@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from google.protobuf import struct_pb2
 
 from mabrouter.core.decide import AttributeValue, RouteInput
@@ -56,6 +58,16 @@ def attributes_from_struct(struct: struct_pb2.Struct) -> dict[str, AttributeValu
             raise InvalidRequestError(
                 f"attribute name {key[:40]!r}... is longer than {MAX_ATTRIBUTE_KEY_CHARS} characters"
             )
+        kind = value.WhichOneof("kind")
+        # Short strings and booleans, the common cases, inline; everything else (and errors) in _attribute.
+        if kind == "string_value":
+            text = value.string_value
+            if len(text) <= MAX_ATTRIBUTE_STRING_CHARS:
+                result[key] = text
+                continue
+        elif kind == "bool_value":
+            result[key] = value.bool_value
+            continue
         converted = _attribute(key, value)
         if converted is not None:
             result[key] = converted
@@ -64,11 +76,52 @@ def attributes_from_struct(struct: struct_pb2.Struct) -> dict[str, AttributeValu
 
 def route_input(request: router_pb2.RouteRequest) -> RouteInput:
     return RouteInput(
-        experiment=request.experiment,
-        unit_id=request.unit_id,
-        attributes=attributes_from_struct(request.attributes),
-        default_arm=request.default_arm,
+        request.experiment,
+        request.unit_id,
+        attributes_from_struct(request.attributes),
+        request.default_arm,
     )
+
+
+class ResponseBuilder:
+    """Builds RouteResponses. An arm's payload is the same map for every decision of a snapshot, so it
+    is converted to a proto once (per payload mapping, kept while the snapshot is in use) and merged
+    into each response, instead of being copied entry by entry every time."""
+
+    __slots__ = ("_payloads",)
+
+    MAX_CACHED = 1024  # payload maps: arms x experiments x live snapshots, bounded anyway
+
+    def __init__(self) -> None:
+        # id(payload mapping) -> (the mapping, kept alive so its id stays unique; a response with it)
+        self._payloads: dict[int, tuple[Mapping[str, str], router_pb2.RouteResponse]] = {}
+
+    def _payload(self, payload: Mapping[str, str]) -> router_pb2.RouteResponse:
+        cached = self._payloads.get(id(payload))
+        if cached is not None and cached[0] is payload:
+            return cached[1]
+        if len(self._payloads) >= self.MAX_CACHED:
+            self._payloads.clear()  # older snapshots' maps: rebuilt on demand
+        template = router_pb2.RouteResponse(payload=payload)
+        self._payloads[id(payload)] = (payload, template)
+        return template
+
+    def response(self, routed: Routed) -> router_pb2.RouteResponse:
+        decision = routed.decision
+        response = router_pb2.RouteResponse(
+            arm=decision.arm,
+            decision_id=routed.decision_id,
+            reason=router_pb2.Reason.ValueType(decision.reason.value),
+            propensity=decision.propensity,
+            config_version=decision.config_version,
+        )
+        if routed.stale:
+            response.stale = True
+        if decision.shadow_arm:
+            response.shadow_arm = decision.shadow_arm
+        if decision.payload:
+            response.MergeFrom(self._payload(decision.payload))
+        return response
 
 
 def route_response(routed: Routed) -> router_pb2.RouteResponse:

@@ -11,7 +11,7 @@ from mabrouter.errors import InvalidRequestError, MabrouterError
 from mabrouter.runtime.engine import RoutingEngine
 from mabrouter.runtime.metrics import RouterMetrics
 from mabrouter.runtime.outcomes import MAX_BATCH, Accepted, Outcome, OutcomeRecorder, OutcomeResult
-from mabrouter.service.convert import route_input, route_response
+from mabrouter.service.convert import ResponseBuilder, route_input
 from mabrouter.service.status import status_of
 from mabrouter.service.tracing import Tracing, trace_ref
 from mabrouter.v1 import router_pb2, router_pb2_grpc
@@ -37,6 +37,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self._route_latency = metrics.route_latency.observe
         self._outcome_latency = metrics.outcome_latency.observe
         self._tracing = tracing
+        self._respond = ResponseBuilder().response
 
     async def Route(  # noqa: N802 - gRPC method names are fixed by the proto
         self, request: router_pb2.RouteRequest, context: Context
@@ -44,11 +45,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         started = time.perf_counter()
         try:
             if self._tracing is None:
-                return route_response(await self._engine.route(route_input(request)))
+                asked = route_input(request)
+                routed = self._engine.route_now(asked) or await self._engine.route(asked)
+                return self._respond(routed)
             with self._tracing.span("Route", context.invocation_metadata()) as span:
                 routed = await self._engine.route(route_input(request), trace_ref(span))
                 self._tracing.record_decision(span, request.experiment, request.unit_id, routed)
-                return route_response(routed)
+                return self._respond(routed)
         except MabrouterError as exc:
             await _abort(context, exc)
         finally:
@@ -65,13 +68,15 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 ),
             )
         response = router_pb2.RouteBatchResponse()
+        add, engine, respond = response.results.add, self._engine, self._respond
         for item in request.requests:
             try:
-                routed = await self._engine.route(route_input(item))
+                asked = route_input(item)
+                routed = engine.route_now(asked) or await engine.route(asked)
             except MabrouterError as exc:
-                response.results.add(code=status_of(exc).value[0], message=str(exc))
+                add(code=status_of(exc).value[0], message=str(exc))
             else:
-                response.results.add(response=route_response(routed))
+                add(response=respond(routed))
         return response
 
     async def _record(self, pairs: list[Outcome], context: Context) -> list[OutcomeResult]:
