@@ -12,8 +12,8 @@ routed (RouteBatch of 100 through a grpc.aio client) and their ids collected. Th
             duplicate. The clock runs from the first send to the last reply: "acknowledged" means
             applied in Redis (the Lua script ran), so this is outcomes applied per second.
   baseline  the same Redis work without the router: mabrouter's own RouterStore.record_outcomes (one
-            pipelined EVALSHA of the RECORD_OUTCOME script per outcome, `--batch` per pipeline) and
-            RouterStore.append_logs (one XADD per outcome to the outcomes stream), `--streams` pipelines
+            EVALSHA of the RECORD_OUTCOMES script per 250 outcomes of an experiment, which also XADDs
+            each applied outcome to the outcomes stream; `--batch` per call), `--streams` calls
             in flight on one redis.asyncio client, fresh nonces. No gRPC, no id verification.
 
 After every round the sum of the `<arm>:count` fields in Redis must have grown by exactly the number
@@ -177,19 +177,10 @@ async def report_via_redis(url: str, count: int, batch: int, streams: int, seed:
             nonlocal problems
             while pending:
                 chunk = pending.pop()
-                applied = await store.record_outcomes(chunk)
+                # What the router sends: RECORD_OUTCOMES, which also appends each applied outcome to
+                # the outcomes log.
+                applied = await store.record_outcomes(chunk, LOG_MAXLEN, int(time.time() * 1000))
                 problems += applied.count(False)
-                now_ms = str(int(time.time() * 1000))
-                await store.append_logs(
-                    [
-                        (
-                            keys.outcomes_log(w.experiment),
-                            {"d": w.nonce, "ts": now_ms, "arm": w.arm, "reward": repr(w.reward)},
-                        )
-                        for w in chunk
-                    ],
-                    LOG_MAXLEN,
-                )
 
         cpu0 = time.process_time()
         started = time.perf_counter()
@@ -309,7 +300,7 @@ def main() -> int:
                         f"({'ok' if result['verified'] else 'MISMATCH'})",
                         flush=True,
                     )
-            costs = redis_command_costs(client)  # EVALSHA: RECORD_OUTCOME (all but ~0.1 %: trial flushes)
+            costs = redis_command_costs(client)  # EVALSHA: RECORD_OUTCOMES (and the rare trial flush)
         finally:
             router.stop()
         print("timing the trial-flush script (APPLY_TRIALS) on its own...", flush=True)
@@ -384,7 +375,7 @@ def main() -> int:
         + ", ".join(
             f"{n.upper()} {costs[n]['usec_per_call']:.1f} us" for n in ("evalsha", "xadd") if n in costs
         )
-        + " (EVALSHA = RECORD_OUTCOME)"
+        + " (EVALSHA = RECORD_OUTCOMES, up to 250 outcomes per call, XADDs inside)"
     )
     print(
         f"trial flush (APPLY_TRIALS, {flush_cost['fields_per_call']} fields into a hash of "
