@@ -1571,18 +1571,6 @@ def test_redis_over_tls_with_a_rediss_url_and_an_unverifiable_server_is_refused(
 # -- Route latency while a large spool drains ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG src/mabrouter/runtime/spool.py:68-80 (OutcomeSpool.drop), called per batch by "
-        "src/mabrouter/runtime/outcomes.py:162 (replay_spool): every 500-outcome replay batch re-encodes "
-        "and fsyncs ALL remaining entries, synchronously on the event loop. Draining n spooled outcomes "
-        "costs O(n^2/500) encodes and blocks Route during each rewrite (measured: 20k outcomes -> Route "
-        "p50 143 ms / p99 964 ms during a 16 s drain). Fix: keep the file append-only with a persisted "
-        "read offset (or segment files unlinked once applied), and do spool file I/O in "
-        "asyncio.to_thread so the loop never blocks on encoding or fsync."
-    ),
-)
 def test_route_latency_stays_flat_while_a_large_spool_drains(tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     with running_redis(*AOF) as redis_server:

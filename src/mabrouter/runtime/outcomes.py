@@ -8,6 +8,7 @@ Redis gets UNAVAILABLE and the caller retries (safe: retries are deduplicated).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -140,8 +141,12 @@ class OutcomeRecorder:
     def spooled(self) -> int:
         return len(self._spool) if self._spool is not None else 0
 
-    async def replay_spool(self, batch: int = 500) -> None:
-        """Apply spooled outcomes to Redis (exactly once, by nonce); stop at the first Redis error."""
+    async def replay_spool(self, batch: int = 100) -> None:
+        """Apply spooled outcomes to Redis (exactly once, by nonce); stop at the first Redis error.
+
+        Encoding a batch and parsing its replies holds the event loop (~5 ms per 100 outcomes, ~20 ms
+        per 500, measured), and Route waits for whatever batch is in hand, hence small batches.
+        """
         if self._spool is None:
             return
         while len(self._spool):
@@ -158,4 +163,5 @@ class OutcomeRecorder:
                 if was_applied:
                     self._metrics.rewards.labels(write.experiment, write.arm).inc(write.reward)
                     self._exposure.outcome_of(write, now_ms)
-            self._spool.drop(len(writes))
+            # Persisting the progress fsyncs: off the event loop, so Route never waits on the disk.
+            await asyncio.to_thread(self._spool.drop, len(writes))
