@@ -30,8 +30,13 @@ pytest: $(BIN)/.installed system-deps
 
 test: lint typecheck pytest
 
-bench: $(BIN)/.installed system-deps
+# ~8 minutes: decision cost, router vs the bare gRPC floor (h2load), outcomes/s, regret vs MABWiser.
+bench: $(BIN)/.installed
+	@MABROUTER_NEED_H2LOAD=1 scripts/ensure_system_deps.sh
 	$(BIN)/python benchmarks/bench_decide.py
+	$(BIN)/python benchmarks/bench_grpc.py
+	$(BIN)/python benchmarks/bench_outcomes.py
+	$(BIN)/python benchmarks/regret.py
 
 protos: $(BIN)/.installed
 	PATH=$(BIN):$$PATH $(BIN)/python scripts/gen_protos.py

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/regret.py [--seeds 8] [--decisions 20000] [--rate 2000] [--output PATH]
 
-Needs `mabwiser` (benchmark only, not a runtime dependency: `.venv/bin/pip install mabwiser`).
+Needs `mabwiser` (benchmark only, not a runtime dependency: the `dev` and `bench` extras install it).
 
 Environment: 5 Bernoulli arms with true rates 4 %, 5 %, 6 %, 7 %, 8 % (a CTR-like gap). A run is T
 decisions; its cumulative expected regret is the sum over decisions of (best rate - rate of the chosen
