@@ -98,7 +98,7 @@ class RouterApp:
             on_drop=lambda n: self.metrics.dropped.labels("exposure_log").inc(n),
         )
         rng = np.random.default_rng()
-        self.builder = SnapshotBuilder(rng)
+        self.builder = SnapshotBuilder(np.random.default_rng())  # its own: it runs in a worker thread
         self.refresher = Refresher(self.store, self.holder, self.builder)
         self.sticky = StickyAssignments(self.store)
         self.guardian = Guardian(

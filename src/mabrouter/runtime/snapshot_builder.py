@@ -25,6 +25,23 @@ from mabrouter.store.stats_codec import arm_stats, discount_epoch, discounted_st
 
 log = logging.getLogger(__name__)
 
+# A state whose only change is new data is rebuilt when that data moved it (its observations grew by
+# 2%, or by 20 while small) or when it is a second old. Each rebuild estimates propensities by Monte
+# Carlo (~2 ms for 10 arms): rebuilding every experiment on every 200 ms refresh costs a whole core at
+# 100 experiments, while a 1% change in counts barely moves a posterior. Version and switch changes
+# (kills, rollouts) always rebuild at once.
+REBUILD_MAX_AGE_SECONDS = 1.0
+REBUILD_MIN_GROWTH = 0.02
+REBUILD_MIN_OBSERVATIONS = 1_000
+
+
+def rebuild_due(observed_then: float, observed_now: float, age_seconds: float) -> bool:
+    """Whether new data alone (same document, same switches) is worth a rebuild."""
+    moved = abs(observed_now - observed_then) >= REBUILD_MIN_GROWTH * max(
+        observed_then, REBUILD_MIN_OBSERVATIONS
+    )
+    return moved or age_seconds >= REBUILD_MAX_AGE_SECONDS
+
 
 @dataclass(frozen=True, slots=True)
 class UnattributedEdit:
@@ -43,13 +60,20 @@ class _Inputs:
     control: Mapping[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class _Built:
+    inputs: _Inputs
+    at: float  # monotonic
+    observations: float  # trials and rewards over all arms
+
+
 class SnapshotBuilder:
     """Stateful across refreshes: caches parsed specs, reuses unchanged states, remembers raw inputs."""
 
     def __init__(self, rng: np.random.Generator) -> None:
         self._rng = rng
         self._specs: dict[str, tuple[str, ExperimentSpec]] = {}
-        self._inputs: dict[str, _Inputs] = {}
+        self._built: dict[str, _Built] = {}
         self._seen_raw: dict[str, tuple[Mapping[str, str], str]] = {}
         self._reported_bad: set[tuple[str, str]] = set()
         self._global = GlobalControls()
@@ -64,7 +88,7 @@ class SnapshotBuilder:
         for item in raw.experiments:
             self._notice_raw_edits(item)
             try:
-                state = self._state(item, old.get(item.name))
+                state = self._state(item, old.get(item.name), loaded_at)
             except (ConfigError, ValueError, KeyError) as exc:
                 errors[item.name] = str(exc)
                 self._report_once(
@@ -89,11 +113,18 @@ class SnapshotBuilder:
             self._report_once(GLOBAL_SCOPE, repr(sorted(raw.items())), str(exc))
             return self._global
 
-    def _state(self, item: RawExperiment, old: ExperimentState | None) -> ExperimentState | None:
+    def _state(self, item: RawExperiment, old: ExperimentState | None, now: float) -> ExperimentState | None:
         version = int(item.config.get(VERSION, "0"))
         inputs = _Inputs(version, item.stats, item.control)
-        if old is not None and self._inputs.get(item.name) == inputs:
-            return old  # nothing changed: keep the sampler and its propensities
+        built = self._built.get(item.name)
+        if old is not None and built is not None:
+            if built.inputs == inputs:
+                return old  # nothing changed: keep the sampler and its propensities
+            same_rules = (built.inputs.version, built.inputs.control) == (version, item.control)
+            if same_rules and not rebuild_due(
+                built.observations, _observations(old.spec, item.stats), now - built.at
+            ):
+                return old
         if old is not None and version < old.version:
             # The document never goes back (a rewound or restored Redis), but switches and stats still
             # apply: a kill made after a rewind must be obeyed.
@@ -122,7 +153,7 @@ class SnapshotBuilder:
             posterior_stats=discounted,
             discount_epoch_ms=discount_epoch(item.stats),
         )
-        self._inputs[item.name] = inputs
+        self._built[item.name] = _Built(inputs, now, _observations(spec, item.stats))
         return state
 
     def _spec(self, item: RawExperiment, version: int) -> ExperimentSpec:
@@ -183,3 +214,7 @@ class SnapshotBuilder:
         self._reported_bad.add(key)
         self.invalid_documents += 1
         log.error("keeping the last good state of %s: %s", scope, message)
+
+
+def _observations(spec: ExperimentSpec, raw: Mapping[str, str]) -> float:
+    return sum(arm.trials + arm.reward_count for arm in arm_stats(spec, raw))
