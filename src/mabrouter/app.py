@@ -131,7 +131,13 @@ class RouterApp:
             tracer = self.tracer_provider.get_tracer("mabrouter")
         tracing = Tracing(tracer, unit_label) if tracer is not None else None
         self.health = HealthReporter()
-        servicer = RouterServicer(self.engine, self.outcomes, self.metrics, tracing)
+        servicer = RouterServicer(
+            self.engine,
+            self.outcomes,
+            self.metrics,
+            tracing,
+            max_outcome_calls=max(1, settings.max_concurrent_rpcs // 2),
+        )
         self.server, self.port = build_server(
             servicer,
             self.health,

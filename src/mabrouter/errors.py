@@ -67,6 +67,12 @@ class StoreUnavailableError(MabrouterError):
     code = ErrorCode.UNAVAILABLE
 
 
+class OverloadedError(MabrouterError):
+    """Too many calls of one kind in flight: shed at once rather than queued."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+
 class ConfigError(MabrouterError):
     """An experiment document (file or Redis) is invalid; the message names the field."""
 

@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from mabrouter.errors import InvalidRequestError, MabrouterError
+from mabrouter.errors import InvalidRequestError, MabrouterError, OverloadedError
 from mabrouter.runtime.engine import RoutingEngine
 from mabrouter.runtime.metrics import RouterMetrics
 from mabrouter.runtime.outcomes import MAX_BATCH, Accepted, Outcome, OutcomeRecorder, OutcomeResult
@@ -31,8 +31,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         outcomes: OutcomeRecorder,
         metrics: RouterMetrics,
         tracing: Tracing | None,
+        max_outcome_calls: int,
     ) -> None:
         self._engine = engine
+        # Outcome calls may wait on Redis (up to its socket timeout in a stall); Route never does. Without
+        # a limit of their own they could fill every slot of the server's concurrency limit and get Route
+        # shed too. In-flight count, not a semaphore: an excess call is refused at once, never queued.
+        self._max_outcome_calls = max_outcome_calls
+        self._outcome_calls = 0
         self._outcomes = outcomes
         self._route_latency = metrics.route_latency.observe
         self._outcome_latency = metrics.outcome_latency.observe
@@ -80,6 +86,15 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return response
 
     async def _record(self, pairs: list[Outcome], context: Context) -> list[OutcomeResult]:
+        if self._outcome_calls >= self._max_outcome_calls:
+            await _abort(
+                context,
+                OverloadedError(
+                    f"{self._outcome_calls} outcome calls already in flight, the limit "
+                    "(half of MABROUTER_MAX_CONCURRENT_RPCS, so Route keeps the rest); retry with backoff"
+                ),
+            )
+        self._outcome_calls += 1
         started = time.perf_counter()
         try:
             if self._tracing is None:
@@ -95,6 +110,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         except MabrouterError as exc:
             await _abort(context, exc)
         finally:
+            self._outcome_calls -= 1
             self._outcome_latency(time.perf_counter() - started)
 
     async def ReportOutcome(  # noqa: N802
