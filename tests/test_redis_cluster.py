@@ -353,14 +353,6 @@ def test_master_failover_under_traffic_loses_no_route_and_doubles_no_outcome(
         router.kill()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG src/mabrouter/store/connect.py async_pubsub_client: on a cluster the change feed always "
-        "subscribes on the first host of the URL (target.hosts[0]) and retries only that host, so once "
-        "that node is down no change notice arrives and kills wait for the next poll"
-    ),
-)
 def test_change_feed_survives_losing_the_node_it_listens_on(
     fresh_cluster: RedisClusterTopology, tmp_path: Path
 ) -> None:
@@ -390,16 +382,6 @@ def test_change_feed_survives_losing_the_node_it_listens_on(
         router.kill()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: redis-py raises RedisClusterException (not a RedisError) when no cluster node is reachable; "
-        "runtime/refresher.py, trials.py, outcomes.py, sticky.py, exposure.py catch only RedisError/OSError, "
-        "so ReportOutcome answers UNKNOWN (not UNAVAILABLE, never spooled), Route fails for new units of "
-        "sticky experiments, and the refresher and flusher tasks die: after the cluster returns, kills are "
-        "never obeyed and trials never written"
-    ),
-)
 def test_router_recovers_from_a_whole_cluster_outage(
     fresh_cluster: RedisClusterTopology, tmp_path: Path
 ) -> None:

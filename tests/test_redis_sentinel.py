@@ -145,16 +145,6 @@ def test_master_killed_under_traffic_router_reconnects_through_sentinel(sentinel
         router.kill()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG src/mabrouter/store/connect.py (sentinel branch of async_client): redis-py's "
-        "SentinelConnectionPool asks Sentinel for the master only when it opens a connection or gets "
-        "READONLY. After SENTINEL FAILOVER the demoted master stays writable until Sentinel "
-        "reconfigures it (~10 s), so the router keeps acknowledging outcomes and trials there, which "
-        "the old master then discards in its resync, and keeps reading config (kills) from it"
-    ),
-)
 def test_sentinel_failover_command_under_traffic_moves_the_router_to_the_new_master(
     sentinel: SentinelTopology,
 ) -> None:

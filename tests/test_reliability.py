@@ -1616,16 +1616,6 @@ def test_route_latency_stays_flat_while_a_large_spool_drains(tmp_path: Path) -> 
 # -- an outage is logged, not flooded -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG src/mabrouter/runtime/trials.py:135 (TrialFlusher.flush): every failed flush attempt logs a "
-        "WARNING, i.e. one line per flush interval (50/s with 20 ms, 10/s with the 100 ms default) for as "
-        "long as Redis is down, while the refresher logs an outage once and its recovery once. Fix: log "
-        "the first failure and the recovery (as Refresher does), count retries in "
-        "mabrouter_redis_errors_total{operation='flush'}."
-    ),
-)
 def test_a_redis_outage_is_logged_once_not_once_per_retry() -> None:
     with running_redis() as redis_server:
         apply_ranker(redis_server.url)

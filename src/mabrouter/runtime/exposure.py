@@ -15,11 +15,10 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from redis.exceptions import RedisError
-
 from mabrouter.core.decide import Decision, RouteInput
 from mabrouter.core.decision_id import DecisionToken
 from mabrouter.store import keys
+from mabrouter.store.errors import STORE_ERRORS
 from mabrouter.store.router_store import OutcomeWrite, RouterStore
 
 log = logging.getLogger(__name__)
@@ -120,7 +119,7 @@ class ExposureLog:
             entries = [self._pending.popleft() for _ in range(min(batch, len(self._pending)))]
             try:
                 await self._store.append_log_entries(entries, self._maxlen)
-            except (RedisError, OSError) as exc:
+            except STORE_ERRORS as exc:
                 log.debug("exposure log not written yet (%s); will retry", exc)
                 self._pending.extendleft(reversed(entries))
                 return

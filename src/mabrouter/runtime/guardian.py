@@ -13,12 +13,12 @@ import time
 
 import numpy as np
 from prometheus_client import Counter
-from redis.exceptions import RedisError
 
 from mabrouter.core.discount import needs_rebase
 from mabrouter.core.evidence import Breach, divergences, guardrail_breaches
 from mabrouter.core.snapshot import ExperimentState
 from mabrouter.runtime.holder import SnapshotHolder
+from mabrouter.store.errors import STORE_ERRORS
 from mabrouter.store.keys import RAMP_PREFIX, RAMP_SINCE_PREFIX, kill_arm_field
 from mabrouter.store.router_store import GuardedChange, RouterStore
 
@@ -48,7 +48,7 @@ class Guardian:
                 breached = await self._guard(name, state)
                 await self._ramp(name, state, breached)
                 await self._rebase(name, state)
-            except (RedisError, OSError) as exc:
+            except STORE_ERRORS as exc:
                 log.debug("guardian could not act on %s yet: %s", name, exc)
 
     def breaches(self, state: ExperimentState) -> list[Breach]:

@@ -24,6 +24,7 @@ from mabrouter.runtime.exposure import ExposureLog
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.metrics import RouterMetrics
 from mabrouter.runtime.spool import OutcomeSpool, SpoolFullError
+from mabrouter.store.errors import STORE_ERRORS
 from mabrouter.store.router_store import OutcomeWrite, RouterStore
 
 MAX_BATCH = 1000
@@ -110,7 +111,7 @@ class OutcomeRecorder:
             try:
                 # The script also appends each applied outcome to the outcomes log, atomically.
                 applied = await self._store.record_outcomes(writes, self._exposure.maxlen, now_ms)
-            except (RedisError, OSError) as exc:
+            except STORE_ERRORS as exc:
                 self._metrics.redis_errors.labels("record_outcomes").inc()
                 self._spool_or_raise(writes, exc)
                 return results  # spooled: acknowledged, applied when Redis returns

@@ -11,10 +11,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from redis.exceptions import RedisError
-
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.snapshot_builder import SnapshotBuilder
+from mabrouter.store.errors import STORE_ERRORS
 from mabrouter.store.router_store import RouterStore
 
 log = logging.getLogger(__name__)
@@ -32,7 +31,7 @@ class Refresher:
     async def refresh_once(self) -> bool:
         try:
             raw = await self._store.load_all()
-        except (RedisError, OSError) as exc:
+        except STORE_ERRORS as exc:
             if not self._failing:
                 log.warning("snapshot refresh failed, serving the last snapshot: %s", exc)
             self._failing = True
@@ -50,7 +49,7 @@ class Refresher:
         for edit in self._builder.take_unattributed():
             try:
                 await self._store.record_unattributed(edit.scope, edit.target, edit.before, edit.after)
-            except (RedisError, OSError) as exc:
+            except STORE_ERRORS as exc:
                 log.warning(
                     "could not write the audit entry for an unattributed edit of %s: %s", edit.target, exc
                 )
@@ -67,12 +66,29 @@ async def every(
     Stopping is cooperative rather than by Task.cancel(): redis-py can swallow a CancelledError raised
     inside a pipeline, which left a cancelled task running forever. Each `work` call is bounded by the
     Redis socket timeouts, so shutdown waits at most one of them. Whoever sets `stop` sets `wake` too.
+
+    A failing `work` never ends the loop: an exception that escaped it would end the task silently (no
+    one awaits it until shutdown), and with it refreshing or flushing for the life of the process. The
+    first failure is logged with its traceback, repeats only at DEBUG, and the recovery once.
     """
     trigger = wake or stop
+    name = getattr(work, "__qualname__", repr(work))
+    failing = False
     while not stop.is_set():
         if wake is not None:
             wake.clear()
-        await work()
+        try:
+            await work()
+        except Exception:
+            if not failing:
+                log.exception("background task %s failed; it keeps running", name)
+            else:
+                log.debug("background task %s failed again", name, exc_info=True)
+            failing = True
+        else:
+            if failing:
+                log.info("background task %s recovered", name)
+            failing = False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(trigger.wait(), interval_seconds)
 
@@ -85,7 +101,7 @@ async def watch_changes(store: RouterStore, stop: asyncio.Event, wake: asyncio.E
             await store.watch_changes(stop, on_change=lambda _scope: wake.set(), on_subscribed=wake.set)
             backoff = 0.1
         except Exception as exc:  # noqa: BLE001 - the change feed is an optimisation: never let it stop the router
-            level = logging.DEBUG if isinstance(exc, (RedisError, OSError)) else logging.WARNING
+            level = logging.DEBUG if isinstance(exc, STORE_ERRORS) else logging.WARNING
             log.log(level, "change feed lost (%r); polling continues, resubscribing in %.1fs", exc, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)

@@ -14,11 +14,10 @@ import time
 from collections import OrderedDict
 from dataclasses import replace
 
-from redis.exceptions import RedisError
-
 from mabrouter.core.decide import Decision, RouteInput
 from mabrouter.core.model import Reason
 from mabrouter.core.snapshot import ExperimentState
+from mabrouter.store.errors import STORE_ERRORS
 from mabrouter.store.router_store import RouterStore, StickyWrite
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,7 @@ class StickyAssignments:
             return replace(request, hash_seeded=True)
         try:
             arm = await self._store.sticky_arm(*key, timeout=self._lookup_timeout)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except STORE_ERRORS as exc:
             log.warning(
                 "sticky lookups paused for %.1fs, using hash-seeded draws: %r", self._breaker_seconds, exc
             )
@@ -105,7 +104,7 @@ class StickyAssignments:
         batch = list(self._pending.values())
         try:
             arms = await self._store.assign_sticky(batch)
-        except (RedisError, OSError) as exc:
+        except STORE_ERRORS as exc:
             log.debug("sticky assignments not written yet (%s); will retry", exc)
             return
         for item, arm in zip(batch, arms, strict=True):

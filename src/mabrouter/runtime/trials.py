@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-
-from redis.exceptions import RedisError
+from collections.abc import Callable
 
 from mabrouter.core.discount import weight
 from mabrouter.core.snapshot import ExperimentState
+from mabrouter.store.errors import STORE_ERRORS
 from mabrouter.store.keys import (
     DISCOUNTED,
     EXPECTED,
@@ -107,12 +107,23 @@ class TrialBuffer:
 
 
 class TrialFlusher:
-    """Moves drained counts to Redis. A failed batch is retried with the same id, so it counts once."""
+    """Moves drained counts to Redis. A failed batch is retried with the same id, so it counts once.
 
-    def __init__(self, buffer: TrialBuffer, store: RouterStore, process_prefix: str) -> None:
+    `on_error` is called for every failed attempt (for the redis-errors metric); the log says only
+    when flushing starts failing and when it recovers, not once per retry of an outage."""
+
+    def __init__(
+        self,
+        buffer: TrialBuffer,
+        store: RouterStore,
+        process_prefix: str,
+        on_error: Callable[[], None] = lambda: None,
+    ) -> None:
         self._buffer = buffer
         self._store = store
         self._prefix = process_prefix
+        self._on_error = on_error
+        self._failing = False
         self._sequence = 0
         self._unsent: Increments | None = None
         self._unsent_id = ""
@@ -131,9 +142,17 @@ class TrialFlusher:
             )
         try:
             await self._store.apply_increments(self._unsent_id, self._unsent, self._discounts)
-        except (RedisError, OSError) as exc:
-            log.warning("trial flush %s failed, will retry: %s", self._unsent_id, exc)
+        except STORE_ERRORS as exc:
+            self._on_error()
+            if not self._failing:
+                log.warning("trial flush %s failed, retrying until Redis answers: %s", self._unsent_id, exc)
+            else:
+                log.debug("trial flush %s failed again: %s", self._unsent_id, exc)
+            self._failing = True
             return
+        if self._failing:
+            log.info("trial flush recovered (%s written)", self._unsent_id)
+            self._failing = False
         self._unsent = None
 
     def unsent(self) -> int:

@@ -14,7 +14,8 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
 from mabrouter.store import keys, scripts
-from mabrouter.store.connect import async_client, async_pubsub_client
+from mabrouter.store.connect import async_client, async_pubsub_client, follow_sentinel_master
+from mabrouter.store.errors import STORE_ERRORS
 
 BATCH_MARKER_TTL_SECONDS = 3600
 # Outcomes per RECORD_OUTCOMES call and log entries per APPEND_LOG call: one script runs atomically, so
@@ -173,7 +174,11 @@ class RouterStore:
             "socket_connect_timeout": 2.0,
         }
         client = async_client(url, **options)
-        pubsub = async_pubsub_client(url, **options) if isinstance(client, AsyncRedisCluster) else None
+        pubsub = (
+            async_pubsub_client(url, cluster=client, **options)
+            if isinstance(client, AsyncRedisCluster)
+            else None
+        )
         return cls(client, pubsub)
 
     async def close(self) -> None:
@@ -184,11 +189,15 @@ class RouterStore:
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())
-        except (RedisError, OSError):
+        except STORE_ERRORS:
             return False
 
     async def load_all(self) -> RawState:
-        """Everything a snapshot needs, in two round trips (names, then one pipeline)."""
+        """Everything a snapshot needs, in two round trips (names, then one pipeline).
+
+        Through Sentinel, it first asks Sentinel for the master: refreshing is the router's heartbeat,
+        so a failover moves reads and writes to the new master within one refresh interval."""
+        await follow_sentinel_master(self._redis)
         names = sorted(str(name) for name in await self._redis.smembers(keys.EXPERIMENTS))
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.control(keys.GLOBAL_SCOPE))
