@@ -1081,24 +1081,26 @@ def test_max_concurrent_rpcs_sheds_load_instead_of_queueing() -> None:
                         )
                         for d in decisions
                     ]
-                    time.sleep(0.3)  # two slow calls hold both slots
-                    _, route_error, route_details, route_seconds = timed(lambda: route(stub, "during"))
+                    time.sleep(0.3)  # the one admitted outcome call holds its slot, waiting on Redis
+                    during, route_error, _, route_seconds = timed(lambda: route(stub, "during"))
                     results = [future.result() for future in slow]
                 codes = Counter(code for _, code, _, _ in results)
                 shed = [r for r in results if r[1] == grpc.StatusCode.RESOURCE_EXHAUSTED]
                 assert shed
                 assert all(seconds < 1.0 and details for _, _, details, seconds in shed)  # refused at once
+                assert any("outcome calls already in flight" in details for _, _, details, _ in shed)
                 assert codes[grpc.StatusCode.UNAVAILABLE] <= 2  # only the admitted ones waited for Redis
                 assert set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
-                # The limit covers every RPC: while slow outcome calls hold the slots, Route is shed too.
-                assert route_error == grpc.StatusCode.RESOURCE_EXHAUSTED
+                # Outcome calls may take only half the slots: Route keeps the rest and is answered.
+                assert route_error is None, route_error
+                assert during.reason == pb.SAMPLED
                 assert route_seconds < 1.0
                 assert route(stub, "after").reason == pb.SAMPLED
         finally:
             router.kill()
     print(
         f"\nmax_concurrent_rpcs=2 with Redis hung: { {c.name: n for c, n in codes.items()} }; "
-        f"shed in <= {max(r[3] for r in shed) * 1000:.1f} ms; Route shed too ({route_details!r})"
+        f"shed in <= {max(r[3] for r in shed) * 1000:.1f} ms; Route answered in {route_seconds * 1000:.1f} ms"
     )
 
 

@@ -40,7 +40,9 @@ class Refresher:
             log.info("snapshot refresh recovered")
             self._failing = False
         now = time.monotonic()
-        self._holder.current = self._builder.build(raw, self._holder.current, now)
+        # Rebuilding many experiments (Monte Carlo propensities, samplers) takes tens of ms: off the event
+        # loop, Route waits at most a GIL switch interval instead of the whole rebuild.
+        self._holder.current = await asyncio.to_thread(self._builder.build, raw, self._holder.current, now)
         self.last_success = now
         await self._record_unattributed()
         return True
