@@ -90,7 +90,9 @@ class RouterApp:
         unit_label = unit_hasher(signing_key) if settings.unit_id_privacy == "hash" else str
         self.metrics = RouterMetrics()
         self.trials = TrialBuffer()
-        self.flusher = TrialFlusher(self.trials, self.store, process_prefix)
+        self.flusher = TrialFlusher(
+            self.trials, self.store, process_prefix, on_error=self.metrics.redis_errors.labels("flush").inc
+        )
         self.exposure = ExposureLog(
             self.store,
             settings.exposure_log_maxlen,

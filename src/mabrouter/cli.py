@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mabrouter.commands import controls, experiments, export, loadtest, report, server
@@ -38,4 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     except RedisError as exc:
         print(f"error: Redis refused the command: {exc}", file=sys.stderr)
+        return 3
+    except RedisClusterException as exc:  # not a RedisError: e.g. no cluster node reachable
+        print(f"error: cannot reach the Redis cluster: {exc}", file=sys.stderr)
         return 3

@@ -13,8 +13,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
-
 from mabrouter.core import decision_id
 from mabrouter.core.discount import weight
 from mabrouter.core.outcome import guardrail_metrics, validate_outcome
@@ -154,8 +152,8 @@ class OutcomeRecorder:
             writes = self._spool.peek(batch)
             try:
                 applied = await self._store.record_outcomes(writes)
-            except (RedisError, OSError):
-                return
+            except STORE_ERRORS:
+                return  # still down: the next flush round retries
             now_ms = int(time.time() * 1000)
             for write, was_applied in zip(writes, applied, strict=True):
                 self._metrics.outcomes.labels(

@@ -100,8 +100,13 @@ async def watch_changes(store: RouterStore, stop: asyncio.Event, wake: asyncio.E
     backoff = 0.1
     while not stop.is_set():
         try:
-            await store.watch_changes(stop, on_change=lambda _scope: wake.set(), on_subscribed=wake.set)
-            backoff = 0.1
+
+            def subscribed() -> None:
+                nonlocal backoff
+                backoff = 0.1  # a working subscription resets the backoff, however it ends later
+                wake.set()
+
+            await store.watch_changes(stop, on_change=lambda _scope: wake.set(), on_subscribed=subscribed)
         except Exception as exc:  # noqa: BLE001 - the change feed is an optimisation: never let it stop the router
             level = logging.DEBUG if isinstance(exc, STORE_ERRORS) else logging.WARNING
             log.log(level, "change feed lost (%r); polling continues, resubscribing in %.1fs", exc, backoff)

@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -16,6 +15,26 @@ from redis.exceptions import NoScriptError, RedisError
 from mabrouter.store import keys, scripts
 from mabrouter.store.connect import async_client, async_pubsub_client, follow_sentinel_master
 from mabrouter.store.errors import STORE_ERRORS
+from mabrouter.store.records import (
+    Discount,
+    GuardedChange,
+    OutcomeWrite,
+    RawExperiment,
+    RawState,
+    StickyWrite,
+    discount_args,
+    outcome_args,
+)
+
+__all__ = [  # the records are part of this module's interface
+    "Discount",
+    "GuardedChange",
+    "OutcomeWrite",
+    "RawExperiment",
+    "RawState",
+    "RouterStore",
+    "StickyWrite",
+]
 
 BATCH_MARKER_TTL_SECONDS = 3600
 # Outcomes per RECORD_OUTCOMES call and log entries per APPEND_LOG call: one script runs atomically, so
@@ -24,87 +43,6 @@ OUTCOMES_PER_CALL = 250
 LOG_ENTRIES_PER_CALL = 500
 
 ScriptCall = tuple[str, list[str], list[Any]]  # (script text, keys, args)
-
-
-@dataclass(frozen=True, slots=True)
-class RawExperiment:
-    """An experiment as stored, not yet validated: the router validates before trusting it."""
-
-    name: str
-    config: Mapping[str, str]
-    stats: Mapping[str, str]
-    control: Mapping[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class RawState:
-    experiments: list[RawExperiment]
-    global_control: Mapping[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class OutcomeWrite:
-    experiment: str
-    arm: str
-    nonce: str
-    reward: float
-    counted: bool
-    ttl_seconds: int
-    # Guardrail metrics (name, value) observed with the outcome.
-    metrics: tuple[tuple[str, float], ...] = ()
-    segment: str = ""
-    # Forward decay: the epoch (ms) the weight is scaled to, the half-life (ms), and the weight.
-    discount: tuple[int, float, float] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StickyWrite:
-    experiment: str
-    salt: str
-    unit_id: str
-    arm: str
-    ttl_seconds: int
-    replaces: str = ""  # the (killed) arm this assignment replaces; '' for a first assignment
-
-
-Discount = tuple[int, float]  # (epoch ms the increments are scaled to, half-life ms)
-
-
-def _discount_args(discount: Discount | tuple[int, float] | None) -> tuple[str, str]:
-    return (str(discount[0]), repr(discount[1])) if discount else ("", "")
-
-
-def _outcome_args(outcome: OutcomeWrite) -> list[str]:
-    """One outcome for RECORD_OUTCOMES (scripts.py): the strings RECORD_OUTCOME took as ARGV, with the
-    nonce at position 10 (for the log entry) and the guardrail metric triples after it."""
-    discount = outcome.discount
-    args = [
-        outcome.arm,
-        repr(outcome.reward),
-        repr(outcome.reward * outcome.reward),
-        str(outcome.ttl_seconds),
-        "1" if outcome.counted else "0",
-        outcome.segment,
-        *((str(discount[0]), repr(discount[1]), repr(discount[2])) if discount else ("", "", "")),
-        outcome.nonce,
-    ]
-    for name, value in outcome.metrics:
-        args += (name, repr(value), repr(value * value))
-    return args
-
-
-@dataclass(frozen=True, slots=True)
-class GuardedChange:
-    """Set `field` to `value` only if it currently is (unless=False) or is not (unless=True) `expected`."""
-
-    field: str
-    value: str
-    expected: str
-    unless: bool
-    actor: str
-    action: str
-    reason: str
-    also: tuple[tuple[str, str], ...] = ()
 
 
 class RouterStore:
@@ -249,7 +187,7 @@ class RouterStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             for experiment, fields in increments.items():
                 discount = (discounts or {}).get(experiment)
-                args: list[str | int | float] = [BATCH_MARKER_TTL_SECONDS, *_discount_args(discount)]
+                args: list[str | int | float] = [BATCH_MARKER_TTL_SECONDS, *discount_args(discount)]
                 for field, increment in fields.items():
                     args += [field, repr(increment), "1" if f":{keys.DISCOUNTED}" in field else "0"]
                 await self._run(
@@ -277,7 +215,7 @@ class RouterStore:
             stats_key, log_key = keys.stats(experiment), keys.outcomes_log(experiment)
             for start in range(0, len(indices), OUTCOMES_PER_CALL):
                 chunk = indices[start : start + OUTCOMES_PER_CALL]
-                items = [_outcome_args(outcomes[i]) for i in chunk]
+                items = [outcome_args(outcomes[i]) for i in chunk]
                 seen = [keys.outcome_seen(experiment, outcomes[i].nonce) for i in chunk]
                 calls.append(
                     (
