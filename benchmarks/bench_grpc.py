@@ -51,12 +51,14 @@ from common import (
     H2Result,
     RouterServer,
     apply_experiments,
+    command_stats,
     cpu_seconds,
     experiment_doc,
     grpc_frame,
     machine_info,
     median,
     redis_command_costs,
+    redis_cpu,
     rss_kib,
     run_h2load,
     running_redis,
@@ -102,16 +104,6 @@ def settle(client: redis.Redis, experiment: str, expected: float, timeout: float
         if total >= expected or time.monotonic() > deadline:
             return total
         time.sleep(0.05)
-
-
-def command_stats(client: redis.Redis) -> dict[str, int]:
-    info: dict[str, Any] = client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in info.items()}
-
-
-def redis_cpu(client: redis.Redis) -> float:
-    info: dict[str, Any] = client.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:

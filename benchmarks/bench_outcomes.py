@@ -44,11 +44,13 @@ from common import (
     RESULTS_DIR,
     RouterServer,
     apply_experiments,
+    command_stats,
     cpu_seconds,
     experiment_doc,
     machine_info,
     median,
     redis_command_costs,
+    redis_cpu,
     running_redis,
 )
 
@@ -69,16 +71,6 @@ RESULTS = RESULTS_DIR / "outcomes.json"
 def count_total(client: redis.Redis) -> float:
     fields: dict[str, str] = client.hgetall(keys.stats(EXPERIMENT))  # type: ignore[assignment]
     return sum(float(v) for k, v in fields.items() if k.endswith(":count") and not k.startswith("@"))
-
-
-def command_stats(client: redis.Redis) -> dict[str, int]:
-    info: dict[str, Any] = client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in info.items()}
-
-
-def redis_cpu(client: redis.Redis) -> float:
-    info: dict[str, Any] = client.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 async def route_ids(address: str, count: int, streams: int) -> list[str]:

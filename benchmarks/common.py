@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mabrouter.core.hashing import bucket_of, in_rollout
@@ -43,6 +44,7 @@ __all__ = [
     "H2Result",
     "RouterServer",
     "apply_experiments",
+    "command_stats",
     "cpu_seconds",
     "experiment_doc",
     "free_port",
@@ -50,6 +52,7 @@ __all__ = [
     "machine_info",
     "percentile",
     "redis_command_costs",
+    "redis_cpu",
     "rss_kib",
     "run_h2load",
     "running_redis",
@@ -193,6 +196,16 @@ def unit_in_rollout(salt: str, rollout: float, prefix: str = "user-", want: bool
 
 
 # ------------------------------------------------------------------------------------------------- redis
+
+
+def command_stats(client: redis.Redis) -> dict[str, int]:
+    info: dict[str, Any] = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in info.items()}
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    info: dict[str, Any] = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 def redis_command_costs(client: Any) -> dict[str, dict[str, float]]:
