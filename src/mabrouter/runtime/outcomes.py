@@ -111,7 +111,7 @@ class OutcomeRecorder:
                 applied = await self._store.record_outcomes(writes, self._exposure.maxlen, now_ms)
             except STORE_ERRORS as exc:
                 self._metrics.redis_errors.labels("record_outcomes").inc()
-                self._spool_or_raise(writes, exc)
+                await self._spool_or_raise(writes, exc)
                 return results  # spooled: acknowledged, applied when Redis returns
             count_outcome, add_reward = self._metrics.count_outcome, self._metrics.add_reward
             for (slot, token, write), was_applied in zip(accepted, applied, strict=True):
@@ -123,13 +123,15 @@ class OutcomeRecorder:
                     add_reward(write.experiment, write.arm, write.reward)
         return results
 
-    def _spool_or_raise(self, writes: list[OutcomeWrite], cause: Exception) -> None:
+    async def _spool_or_raise(self, writes: list[OutcomeWrite], cause: Exception) -> None:
         if self._spool is None:
             raise StoreUnavailableError(
                 f"outcome not recorded, Redis is unavailable ({cause}); retry it"
             ) from cause
         try:
-            self._spool.append(writes)
+            # fsync takes milliseconds (more on a busy disk): off the event loop, so Route never waits for
+            # it. The spool is thread-safe; the call is acknowledged only after the fsync returns.
+            await asyncio.to_thread(self._spool.append, writes)
         except (SpoolFullError, OSError) as exc:
             self._metrics.dropped.labels("outcome_spool").inc(len(writes))
             raise StoreUnavailableError(
