@@ -707,9 +707,42 @@ def test_the_guardian_judges_every_new_state(redis_server: RedisServer, tmp_path
                 break
             keep.append(holder.current)  # hold other addresses so the freed one gets reused
         else:
-            pytest.skip("the allocator did not reuse the address here")
+            print("\nthe allocator did not reuse the address this time: a plain new state was judged")
         loop.run_until_complete(guardian.check())
         assert control_field(redis_server, "judged", "kill:harmful") == KILLED_ARM
+    finally:
+        loop.run_until_complete(store.close())
+        loop.close()
+
+
+def test_a_ramp_step_waits_for_its_minimum_trials_not_only_for_time(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    ramp = [{"share": 0.05, "min_seconds": 0, "min_trials": 50}, {"share": 0.25, "min_seconds": 0}]
+    document = {"name": "patient", "control": "control", "arms": [arm("control"), arm("new", ramp=ramp)]}
+    apply(redis_server, tmp_path, document)
+    spec = parse_experiment(document, "test").to_spec()
+    store = RouterStore.from_url(redis_server.url)
+    holder = SnapshotHolder()
+    actions = PromCounter("actions", "guardian actions", ["e", "a", "k"], registry=CollectorRegistry())
+    guardian = Guardian(store, holder, np.random.default_rng(0), actions)
+
+    def publish(new_arm_trials: int) -> None:
+        stats = (ArmStats(500, 500, 50.0), ArmStats(new_arm_trials, new_arm_trials, 5.0))
+        controls = Controls(ramp_since_ms={"new": 0})  # the step began long ago: time is not the limit
+        state = build_experiment_state(spec, 1, stats, np.random.default_rng(0), controls)
+        holder.current = Snapshot({"patient": state}, loaded_at=time.monotonic())
+
+    loop = asyncio.new_event_loop()
+    try:
+        publish(49)
+        loop.run_until_complete(guardian.check())
+        assert control_field(redis_server, "patient", "ramp:new") is None  # one trial short: holds
+        publish(50)
+        loop.run_until_complete(guardian.check())
+        assert control_field(redis_server, "patient", "ramp:new") == "1"
+        (advance,) = [e for e in audit(redis_server, "patient") if e["action"] == "ramp-advance"]
+        assert "50 trials" in advance["reason"]
     finally:
         loop.run_until_complete(store.close())
         loop.close()

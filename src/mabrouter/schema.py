@@ -71,6 +71,7 @@ class ExpectationDoc(_Strict):
 class RampStepDoc(_Strict):
     share: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
     min_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    min_trials: Annotated[int, Field(ge=0)] = 0
 
 
 Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
@@ -231,7 +232,7 @@ class ExperimentDoc(_Strict):
                     min_share=arm.min_share,
                     shadow=arm.shadow,
                     expected=Expectation(arm.expected.mean, arm.expected.tolerance) if arm.expected else None,
-                    ramp=tuple(RampStep(step.share, step.min_seconds) for step in arm.ramp),
+                    ramp=tuple(RampStep(step.share, step.min_seconds, step.min_trials) for step in arm.ramp),
                 )
                 for arm in self.arms
             ),

@@ -61,10 +61,12 @@ Prior = BetaPrior | NormalPrior
 
 @dataclass(frozen=True, slots=True)
 class RampStep:
-    """Cap the arm at `share` of sampled traffic for at least `min_seconds` before the next step."""
+    """Cap the arm at `share` of sampled traffic for at least `min_seconds`, and until the arm has
+    `min_trials` decisions in all, before the next step: time alone says nothing with no traffic."""
 
     share: float
     min_seconds: float
+    min_trials: int = 0
 
 
 @dataclass(frozen=True, slots=True)

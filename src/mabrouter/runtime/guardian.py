@@ -123,6 +123,8 @@ class Guardian:
                 continue
             if step >= len(arm.ramp) or now_ms - since < arm.ramp[step].min_seconds * 1000:
                 continue
+            if state.stats[index].trials < arm.ramp[step].min_trials:
+                continue  # not enough traffic yet for its guardrails to have judged it
             following = f"{arm.ramp[step + 1].share:.0%}" if step + 1 < len(arm.ramp) else "uncapped"
             change = GuardedChange(
                 field=f"{RAMP_PREFIX}{arm.name}",
@@ -131,7 +133,10 @@ class Guardian:
                 unless=False,
                 actor="ramp",
                 action="ramp-advance",
-                reason=f"step {step + 1} held {arm.ramp[step].min_seconds:g}s, healthy; next {following}",
+                reason=(
+                    f"step {step + 1} held {arm.ramp[step].min_seconds:g}s, "
+                    f"{state.stats[index].trials:g} trials, healthy; next {following}"
+                ),
                 also=((f"{RAMP_SINCE_PREFIX}{arm.name}", str(now_ms)),),
             )
             if await self._store.guarded_change(name, change):
