@@ -22,6 +22,7 @@ from mabrouter.core.evidence import (
     chi_square_p_value,
     divergences,
     guardrail_breaches,
+    metrics_since,
     sample_ratio_check,
 )
 from mabrouter.core.hashing import bucket_of, in_rollout
@@ -487,3 +488,17 @@ def test_chi_square_p_value_matches_closed_forms(x: float) -> None:
     assert chi_square_p_value(x, 2) == pytest.approx(math.exp(-x / 2), rel=1e-9)
     assert chi_square_p_value(x, 4) == pytest.approx(math.exp(-x / 2) * (1 + x / 2), rel=1e-9)
     assert chi_square_p_value(0.0, 3) == 1.0
+
+
+def test_metrics_since_keeps_only_what_came_after_the_baseline() -> None:
+    baseline = ArmStats(100, 100, 10.0, metrics={"error": MetricStats(100, 30.0, 30.0)})
+    now = ArmStats(
+        300,
+        300,
+        40.0,
+        metrics={"error": MetricStats(300, 32.0, 32.0), "latency_ms": MetricStats(5, 500.0, 50_000.0)},
+    )
+    fresh = metrics_since(now, baseline)
+    assert fresh.metrics["error"] == MetricStats(200, 2.0, 2.0)
+    assert fresh.metrics["latency_ms"] == MetricStats(5, 500.0, 50_000.0)  # none at the baseline
+    assert (fresh.trials, fresh.reward_sum) == (300, 40.0)  # the posterior's data is not touched

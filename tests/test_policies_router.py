@@ -746,3 +746,46 @@ def test_a_ramp_step_waits_for_its_minimum_trials_not_only_for_time(
     finally:
         loop.run_until_complete(store.close())
         loop.close()
+
+
+def test_after_an_operator_unkill_only_fresh_evidence_kills_the_arm_again(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    document = harmful_experiment("rearmed")
+    apply(redis_server, tmp_path, document)
+    mabrouter(redis_server, "unkill", "rearmed", "--arm", "harmful", "--actor", "alice", "--reason", "fixed")
+    assert control_field(redis_server, "rearmed", "kill:harmful") == "0"
+    spec = parse_experiment(document, "test").to_spec()
+    store = RouterStore.from_url(redis_server.url)
+    holder = SnapshotHolder()
+    actions = PromCounter("actions", "guardian actions", ["e", "a", "k"], registry=CollectorRegistry())
+    guardian = Guardian(store, holder, np.random.default_rng(0), actions)
+
+    def publish(harmful_n: int, harmful_errors: int) -> None:
+        def arm_stats(n: int, errors: int) -> ArmStats:
+            return ArmStats(n, n, n / 10, metrics={"error": MetricStats(n, float(errors), float(errors))})
+
+        stats = (arm_stats(2000, 20), arm_stats(harmful_n, harmful_errors), arm_stats(2000, 20))
+        controls = Controls(operator_cleared=frozenset({"harmful"}))
+        state = build_experiment_state(spec, 1, stats, np.random.default_rng(0), controls)
+        holder.current = Snapshot({"rearmed": state}, loaded_at=time.monotonic())
+
+    def check() -> str | None:
+        loop.run_until_complete(guardian.check())
+        return control_field(redis_server, "rearmed", "kill:harmful")
+
+    loop = asyncio.new_event_loop()
+    try:
+        publish(400, 80)  # 20% errors vs 1%: the evidence the operator overruled
+        assert check() == "0"
+        publish(600, 82)  # since the unkill: 200 outcomes, 2 errors (1%), healthy
+        assert check() == "0"
+        publish(900, 142)  # since the unkill: 500 outcomes, 62 errors (12%): a new regression
+        assert check() == KILLED_ARM
+        (kill,) = [e for e in audit(redis_server, "rearmed") if e["action"] == "auto-kill"]
+        assert (kill["before"], kill["after"]) == ("0", "1")
+        assert "n=500" in kill["reason"]
+        assert "since the operator's unkill" in kill["reason"]
+    finally:
+        loop.run_until_complete(store.close())
+        loop.close()

@@ -59,8 +59,8 @@ def _switch(args: argparse.Namespace, on: bool) -> int:
         _warn_about_bad_fields(store, args)
         scope = keys.GLOBAL_SCOPE if args.all else args.experiment
         field = keys.kill_arm_field(args.arm) if args.arm else keys.KILL
-        # Unkilling an arm writes 0 rather than deleting the field: an explicit operator decision that
-        # the guardrails respect (they auto-kill only arms nobody has switched).
+        # Unkilling an arm writes 0 rather than deleting the field: a recorded operator decision, after
+        # which guardrails judge the arm only on evidence gathered since (docs/decisions/0013).
         off = "0" if args.arm else ""
         version, before = store.set_control(
             scope, field, "1" if on else off, change(args, "kill" if on else "unkill")
@@ -74,10 +74,7 @@ def _switch(args: argparse.Namespace, on: bool) -> int:
     note = " (no change)" if (before == "1") == on else ""
     print(f"{what} is {state}{note} (version {version})")
     if args.arm and not on:
-        print(
-            f"guardrails will not auto-kill {args.arm} again; to re-arm them: redis-cli HDEL "
-            f"'{keys.control(args.experiment)}' {field}"
-        )
+        print(f"guardrails now judge {args.arm} only on outcomes reported from now on")
     return 0
 
 

@@ -7,7 +7,7 @@ guardrails wait for a minimum sample size on both sides and require a posterior 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -32,6 +32,19 @@ class Divergence:
     tolerance: float
     ci_low: float
     ci_high: float
+
+
+def metrics_since(current: ArmStats, baseline: ArmStats) -> ArmStats:
+    """`current` with only the guardrail metrics observed after `baseline` (e.g. since an operator's
+    unkill): old evidence an operator already overruled must not count again."""
+    fresh = {
+        name: MetricStats(
+            max(now.n - then.n, 0), now.total - then.total, max(now.total_sq - then.total_sq, 0.0)
+        )
+        for name, now in current.metrics.items()
+        for then in (baseline.metrics.get(name, MetricStats()),)
+    }
+    return replace(current, metrics=fresh)
 
 
 def _normal_sf(z: float) -> float:

@@ -15,7 +15,8 @@ import numpy as np
 from prometheus_client import Counter
 
 from mabrouter.core.discount import needs_rebase
-from mabrouter.core.evidence import Breach, divergences, guardrail_breaches
+from mabrouter.core.evidence import Breach, divergences, guardrail_breaches, metrics_since
+from mabrouter.core.model import ArmStats
 from mabrouter.core.snapshot import ExperimentState
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.store.errors import STORE_ERRORS
@@ -36,6 +37,10 @@ class Guardian:
         # experiment -> (the state last judged, its breaches). The state itself is kept, not its id():
         # CPython reuses the address of a freed state for a later one with new statistics.
         self._judged: dict[str, tuple[ExperimentState, frozenset[str]]] = {}
+        # (experiment, arm) -> the arm's statistics when this process first saw an operator's unkill of
+        # it: its guardrails then judge only evidence gathered after that, so a new regression is still
+        # caught but the evidence the operator overruled never counts again.
+        self._unkilled_at: dict[tuple[str, str], ArmStats] = {}
 
     async def check(self) -> None:
         snapshot = self._holder.current
@@ -51,10 +56,16 @@ class Guardian:
             except STORE_ERRORS as exc:
                 log.debug("guardian could not act on %s yet: %s", name, exc)
 
-    def breaches(self, state: ExperimentState) -> list[Breach]:
-        found = guardrail_breaches(state.spec, state.stats, state.live, self._rng)
+    def breaches(self, state: ExperimentState, name: str = "") -> list[Breach]:
+        stats = self._fresh_evidence(name, state)
+        found = guardrail_breaches(state.spec, stats, state.live, self._rng)
         if state.spec.divergence_guardrail:
-            live_names = {state.spec.arms[i].name for i in state.live if i != state.control_index}
+            cleared = state.controls.operator_cleared  # the posterior has no "since": an unkill stands
+            live_names = {
+                state.spec.arms[i].name
+                for i in state.live
+                if i != state.control_index and state.spec.arms[i].name not in cleared
+            }
             found += [
                 Breach(
                     d.arm,
@@ -68,24 +79,39 @@ class Guardian:
             ]
         return found
 
+    def _fresh_evidence(self, name: str, state: ExperimentState) -> tuple[ArmStats, ...]:
+        """The statistics to judge: for an arm an operator unkilled, only what came after the unkill."""
+        cleared = state.controls.operator_cleared
+        for key in [key for key in self._unkilled_at if key[0] == name and key[1] not in cleared]:
+            del self._unkilled_at[key]  # killed or re-armed since: judged on everything again
+        if not cleared:
+            return state.stats
+        stats = list(state.stats)
+        for index, arm in enumerate(state.spec.arms):
+            if arm.name in cleared:
+                baseline = self._unkilled_at.setdefault((name, arm.name), state.stats[index])
+                stats[index] = metrics_since(state.stats[index], baseline)
+        return tuple(stats)
+
     async def _guard(self, name: str, state: ExperimentState) -> frozenset[str]:
         last = self._judged.get(name)
         if last is not None and last[0] is state:  # same statistics as last time: same verdict
             return last[1]
-        breaches = self.breaches(state)
+        breaches = self.breaches(state, name)
         breached = frozenset(breach.arm for breach in breaches)
         self._judged[name] = (state, breached)
         for breach in breaches:
-            if breach.arm in state.controls.operator_cleared:
-                continue  # an operator brought this arm back after a kill: their call stands
+            unkilled = breach.arm in state.controls.operator_cleared
             change = GuardedChange(
                 field=kill_arm_field(breach.arm),
                 value="1",
-                expected="",  # only an arm nobody has switched: never over an operator's unkill ("0")
+                # Only over the switch as judged: unset, or an operator's unkill ("0") judged on fresh
+                # evidence; never over a switch someone changed meanwhile.
+                expected="0" if unkilled else "",
                 unless=False,
                 actor="guardrail",
                 action="auto-kill",
-                reason=breach.evidence,
+                reason=breach.evidence + (" (evidence since the operator's unkill)" if unkilled else ""),
             )
             if await self._store.guarded_change(name, change):
                 self._actions.labels(name, breach.arm, "auto_kill").inc()
