@@ -14,8 +14,9 @@ single file earlier versions wrote, so their spools are adopted unchanged.
 A process holds an exclusive flock on each of its segments; a segment nobody holds belongs to a process
 that died (SIGKILL, OOM) or stopped with outcomes left, and is adopted by whichever router finds it first.
 
-Thread safety: `drop` does blocking file I/O and is meant for `asyncio.to_thread`; it runs alongside
-`append`, `peek` and `len` on the event loop, so the shared bookkeeping sits behind a lock.
+Thread safety: `append` and `drop` do blocking file I/O (fsync) and the router runs them in
+`asyncio.to_thread`, alongside `peek` and `len` on the event loop, so the shared bookkeeping sits behind
+a lock.
 """
 
 from __future__ import annotations
