@@ -35,7 +35,7 @@ from prometheus_client import Counter as PromCounter
 
 from mabrouter.cli import main
 from mabrouter.core.evidence import sample_ratio_check
-from mabrouter.core.model import ArmStats, Controls, MetricStats
+from mabrouter.core.model import ArmStats, Controls, ExperimentSpec, MetricStats
 from mabrouter.core.snapshot import Snapshot, build_experiment_state
 from mabrouter.runtime.guardian import Guardian
 from mabrouter.runtime.holder import SnapshotHolder
@@ -666,126 +666,111 @@ def test_a_shadow_arm_is_never_served_and_its_pick_is_reported(
 # --- guardian bookkeeping -----------------------------------------------------------------------------
 
 
-def test_the_guardian_judges_every_new_state(redis_server: RedisServer, tmp_path: Path) -> None:
+class GuardianRig:
+    """A real Guardian on a real Redis, fed hand-built states: each check() is one guardian period."""
+
+    def __init__(self, redis_server: RedisServer) -> None:
+        self.store = RouterStore.from_url(redis_server.url)
+        self.holder = SnapshotHolder()
+        actions = PromCounter("actions", "guardian actions", ["e", "a", "k"], registry=CollectorRegistry())
+        self.guardian = Guardian(self.store, self.holder, np.random.default_rng(0), actions)
+        self.loop = asyncio.new_event_loop()
+
+    def publish(
+        self, name: str, spec: ExperimentSpec, stats: tuple[ArmStats, ...], controls: Controls
+    ) -> int:
+        """Make a state from `stats` the current snapshot; its id()."""
+        state = build_experiment_state(spec, 1, stats, np.random.default_rng(0), controls)
+        self.holder.current = Snapshot({name: state}, loaded_at=time.monotonic())
+        return id(state)
+
+    def check(self) -> None:
+        self.loop.run_until_complete(self.guardian.check())
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.store.close())
+        self.loop.close()
+
+
+@pytest.fixture
+def rig(redis_server: RedisServer) -> Iterator[GuardianRig]:
+    made = GuardianRig(redis_server)
+    yield made
+    made.close()
+
+
+def error_stats(n: int, errors: int) -> ArmStats:
+    return ArmStats(n, n, n / 10, metrics={"error": MetricStats(n, float(errors), float(errors))})
+
+
+def test_the_guardian_judges_every_new_state(
+    redis_server: RedisServer, rig: GuardianRig, tmp_path: Path
+) -> None:
     document = harmful_experiment("judged")
     apply(redis_server, tmp_path, document)
     spec = parse_experiment(document, "test").to_spec()
-    store = RouterStore.from_url(redis_server.url)
-    holder = SnapshotHolder()
-    actions = PromCounter("actions", "guardian actions", ["e", "a", "k"], registry=CollectorRegistry())
-    guardian = Guardian(store, holder, np.random.default_rng(0), actions)
-
-    def stats(harmful_errors: int) -> tuple[ArmStats, ...]:
-        errors = {"control": 2, "harmful": harmful_errors, "fine": 2}
-        return tuple(
-            ArmStats(
-                200,
-                200,
-                20.0,
-                metrics={"error": MetricStats(200, float(errors[a.name]), float(errors[a.name]))},
-            )
-            for a in spec.arms
-        )
 
     def publish(harmful_errors: int) -> int:
-        state = build_experiment_state(spec, 1, stats(harmful_errors), np.random.default_rng(0), Controls())
-        holder.current = Snapshot({"judged": state}, loaded_at=time.monotonic())
-        return id(state)
+        stats = (error_stats(200, 2), error_stats(200, harmful_errors), error_stats(200, 2))
+        return rig.publish("judged", spec, stats, Controls())
 
-    loop = asyncio.new_event_loop()
-    try:
-        judged_id = publish(2)  # healthy
-        loop.run_until_complete(guardian.check())
-        assert control_field(redis_server, "judged", "kill:harmful") is None
-        # The refresher replaces the state as statistics arrive; the old one is freed. A later state
-        # (now breaching: 40 errors in 200 vs 2 in 200) often lands at the same address.
-        holder.current = None
-        gc.collect()
-        keep = []
-        for _ in range(1000):
-            if publish(40) == judged_id:
-                break
-            keep.append(holder.current)  # hold other addresses so the freed one gets reused
-        else:
-            print("\nthe allocator did not reuse the address this time: a plain new state was judged")
-        loop.run_until_complete(guardian.check())
-        assert control_field(redis_server, "judged", "kill:harmful") == KILLED_ARM
-    finally:
-        loop.run_until_complete(store.close())
-        loop.close()
+    judged_id = publish(2)  # healthy
+    rig.check()
+    assert control_field(redis_server, "judged", "kill:harmful") is None
+    # The refresher replaces the state as statistics arrive; the old one is freed. A later state
+    # (now breaching: 40 errors in 200 vs 2 in 200) often lands at the same address.
+    rig.holder.current = None
+    gc.collect()
+    keep = []
+    for _ in range(1000):
+        if publish(40) == judged_id:
+            break
+        keep.append(rig.holder.current)  # hold other addresses so the freed one gets reused
+    else:
+        print("\nthe allocator did not reuse the address this time: a plain new state was judged")
+    rig.check()
+    assert control_field(redis_server, "judged", "kill:harmful") == KILLED_ARM
 
 
 def test_a_ramp_step_waits_for_its_minimum_trials_not_only_for_time(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, rig: GuardianRig, tmp_path: Path
 ) -> None:
     ramp = [{"share": 0.05, "min_seconds": 0, "min_trials": 50}, {"share": 0.25, "min_seconds": 0}]
     document = {"name": "patient", "control": "control", "arms": [arm("control"), arm("new", ramp=ramp)]}
     apply(redis_server, tmp_path, document)
     spec = parse_experiment(document, "test").to_spec()
-    store = RouterStore.from_url(redis_server.url)
-    holder = SnapshotHolder()
-    actions = PromCounter("actions", "guardian actions", ["e", "a", "k"], registry=CollectorRegistry())
-    guardian = Guardian(store, holder, np.random.default_rng(0), actions)
+    began_long_ago = Controls(ramp_since_ms={"new": 0})  # time is not the limit
 
-    def publish(new_arm_trials: int) -> None:
-        stats = (ArmStats(500, 500, 50.0), ArmStats(new_arm_trials, new_arm_trials, 5.0))
-        controls = Controls(ramp_since_ms={"new": 0})  # the step began long ago: time is not the limit
-        state = build_experiment_state(spec, 1, stats, np.random.default_rng(0), controls)
-        holder.current = Snapshot({"patient": state}, loaded_at=time.monotonic())
-
-    loop = asyncio.new_event_loop()
-    try:
-        publish(49)
-        loop.run_until_complete(guardian.check())
-        assert control_field(redis_server, "patient", "ramp:new") is None  # one trial short: holds
-        publish(50)
-        loop.run_until_complete(guardian.check())
-        assert control_field(redis_server, "patient", "ramp:new") == "1"
-        (advance,) = [e for e in audit(redis_server, "patient") if e["action"] == "ramp-advance"]
-        assert "50 trials" in advance["reason"]
-    finally:
-        loop.run_until_complete(store.close())
-        loop.close()
+    rig.publish("patient", spec, (ArmStats(500, 500, 50.0), ArmStats(49, 49, 5.0)), began_long_ago)
+    rig.check()
+    assert control_field(redis_server, "patient", "ramp:new") is None  # one trial short: holds
+    rig.publish("patient", spec, (ArmStats(500, 500, 50.0), ArmStats(50, 50, 5.0)), began_long_ago)
+    rig.check()
+    assert control_field(redis_server, "patient", "ramp:new") == "1"
+    (advance,) = [e for e in audit(redis_server, "patient") if e["action"] == "ramp-advance"]
+    assert "50 trials" in advance["reason"]
 
 
 def test_after_an_operator_unkill_only_fresh_evidence_kills_the_arm_again(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, rig: GuardianRig, tmp_path: Path
 ) -> None:
     document = harmful_experiment("rearmed")
     apply(redis_server, tmp_path, document)
     mabrouter(redis_server, "unkill", "rearmed", "--arm", "harmful", "--actor", "alice", "--reason", "fixed")
     assert control_field(redis_server, "rearmed", "kill:harmful") == "0"
     spec = parse_experiment(document, "test").to_spec()
-    store = RouterStore.from_url(redis_server.url)
-    holder = SnapshotHolder()
-    actions = PromCounter("actions", "guardian actions", ["e", "a", "k"], registry=CollectorRegistry())
-    guardian = Guardian(store, holder, np.random.default_rng(0), actions)
+    unkilled = Controls(operator_cleared=frozenset({"harmful"}))
 
-    def publish(harmful_n: int, harmful_errors: int) -> None:
-        def arm_stats(n: int, errors: int) -> ArmStats:
-            return ArmStats(n, n, n / 10, metrics={"error": MetricStats(n, float(errors), float(errors))})
-
-        stats = (arm_stats(2000, 20), arm_stats(harmful_n, harmful_errors), arm_stats(2000, 20))
-        controls = Controls(operator_cleared=frozenset({"harmful"}))
-        state = build_experiment_state(spec, 1, stats, np.random.default_rng(0), controls)
-        holder.current = Snapshot({"rearmed": state}, loaded_at=time.monotonic())
-
-    def check() -> str | None:
-        loop.run_until_complete(guardian.check())
+    def judged(harmful_n: int, harmful_errors: int) -> str | None:
+        stats = (error_stats(2000, 20), error_stats(harmful_n, harmful_errors), error_stats(2000, 20))
+        rig.publish("rearmed", spec, stats, unkilled)
+        rig.check()
         return control_field(redis_server, "rearmed", "kill:harmful")
 
-    loop = asyncio.new_event_loop()
-    try:
-        publish(400, 80)  # 20% errors vs 1%: the evidence the operator overruled
-        assert check() == "0"
-        publish(600, 82)  # since the unkill: 200 outcomes, 2 errors (1%), healthy
-        assert check() == "0"
-        publish(900, 142)  # since the unkill: 500 outcomes, 62 errors (12%): a new regression
-        assert check() == KILLED_ARM
-        (kill,) = [e for e in audit(redis_server, "rearmed") if e["action"] == "auto-kill"]
-        assert (kill["before"], kill["after"]) == ("0", "1")
-        assert "n=500" in kill["reason"]
-        assert "since the operator's unkill" in kill["reason"]
-    finally:
-        loop.run_until_complete(store.close())
-        loop.close()
+    assert judged(400, 80) == "0"  # 20% errors vs 1%: the evidence the operator overruled
+    assert judged(600, 82) == "0"  # since the unkill: 200 outcomes, 2 errors (1%), healthy
+    assert judged(900, 142) == KILLED_ARM  # since the unkill: 500 outcomes, 62 errors (12%): a regression
+    (kill,) = [e for e in audit(redis_server, "rearmed") if e["action"] == "auto-kill"]
+    assert (kill["before"], kill["after"]) == ("0", "1")
+    assert "n=500" in kill["reason"]
+    assert "since the operator's unkill" in kill["reason"]
