@@ -242,7 +242,7 @@ class ExperimentDoc(_Strict):
             allow={unit: arm for arm, units in self.allow.items() for unit in units},
             deny=frozenset(self.deny),
             sticky_ttl_seconds=self.sticky.ttl_seconds if self.sticky is not None else 0,
-            segments=tuple(self.segments),
+            segments=tuple(dict.fromkeys(self.segments)),  # each attribute logged once
             holdout_percent=self.holdout,
             burn_in_trials=self.burn_in_trials,
             guardrails=tuple(

@@ -91,9 +91,7 @@ class ExposureLog:
             "counted",
             "1" if decision.counted else "0",
         ]
-        for name in (
-            dict.fromkeys(segments) if len(segments) > 1 else segments
-        ):  # a field once, as a dict had it
+        for name in segments:  # unique: the schema drops repeats
             value = request.attributes.get(name)
             if value is not None:
                 fields += (f"seg.{name}", ",".join(value) if isinstance(value, tuple) else str(value))

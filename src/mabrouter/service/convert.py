@@ -122,17 +122,3 @@ class ResponseBuilder:
         if decision.payload:
             response.MergeFrom(self._payload(decision.payload))
         return response
-
-
-def route_response(routed: Routed) -> router_pb2.RouteResponse:
-    decision = routed.decision
-    return router_pb2.RouteResponse(
-        arm=decision.arm,
-        decision_id=routed.decision_id,
-        stale=routed.stale,
-        shadow_arm=decision.shadow_arm,
-        reason=router_pb2.Reason.ValueType(decision.reason.value),
-        propensity=decision.propensity,
-        config_version=decision.config_version,
-        payload=decision.payload,
-    )

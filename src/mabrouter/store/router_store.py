@@ -249,13 +249,6 @@ class RouterStore:
             replies = await pipe.execute()
         return [str(reply) for reply in replies]
 
-    async def append_logs(self, entries: Sequence[tuple[str, Mapping[str, str]]], maxlen: int) -> None:
-        """XADD each (stream key, fields) with an approximate cap, in one round trip."""
-        await self.append_log_entries(
-            [(stream, [part for item in fields.items() for part in item]) for stream, fields in entries],
-            maxlen,
-        )
-
     async def append_log_entries(self, entries: Sequence[tuple[str, Sequence[str]]], maxlen: int) -> None:
         """XADD each (stream key, flat field, value list), in order per stream, with an approximate cap:
         one APPEND_LOG call per stream (and per LOG_ENTRIES_PER_CALL entries), all in one pipeline."""
