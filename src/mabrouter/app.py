@@ -205,6 +205,7 @@ class RouterApp:
         )
 
     async def _flush_writes(self) -> None:
+        self.engine.record_pending()  # normally done already, right after each Route
         await self.outcomes.replay_spool()
         await self.flusher.flush()
         await self.sticky.flush()

@@ -8,7 +8,8 @@ sampling.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,13 +22,16 @@ from mabrouter.errors import InvalidRequestError, NoSnapshotError, UnknownExperi
 __all__ = ["AttributeValue", "Decision", "RouteInput", "decide", "validate"]
 
 MAX_UNIT_ID_CHARS = 512
+NO_ATTRIBUTES: Mapping[str, AttributeValue] = MappingProxyType({})
+
+# RouteInput and Decision are NamedTuples, not frozen dataclasses: as immutable and typed, and one of
+# each per Route is built about 3x faster (a frozen dataclass sets every field through object.__setattr__).
 
 
-@dataclass(frozen=True, slots=True)
-class RouteInput:
+class RouteInput(NamedTuple):
     experiment: str
     unit_id: str
-    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    attributes: Mapping[str, AttributeValue] = NO_ATTRIBUTES
     default_arm: str = ""
     # The arm this unit was first assigned, when the experiment is sticky and the caller knows it.
     sticky_arm: str | None = None
@@ -36,8 +40,7 @@ class RouteInput:
     hash_seeded: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     arm: str
     reason: Reason
     propensity: float
@@ -57,6 +60,12 @@ def validate(request: RouteInput) -> None:
         raise InvalidRequestError("experiment is empty: name the experiment to route, e.g. 'ranker'")
     if not NAME_PATTERN.match(request.experiment):
         raise InvalidRequestError(f"experiment {request.experiment[:80]!r} is not a valid name ({NAME_RULE})")
+    _validate_unit(request)
+
+
+def _validate_unit(request: RouteInput) -> None:
+    """`validate` but for the experiment name: enough once the name was found among loaded experiments,
+    which were validated when applied."""
     if not request.unit_id:
         raise InvalidRequestError("unit_id is empty: pass the user, session or request id being routed")
     if len(request.unit_id) > MAX_UNIT_ID_CHARS:
@@ -114,8 +123,8 @@ def decide(  # noqa: PLR0911, PLR0912 - the precedence chain reads top-down as e
     request: RouteInput, snapshot: Snapshot | None, rng: np.random.Generator, *, stale_control: bool = False
 ) -> Decision:
     """`stale_control`: the snapshot is too old to experiment on; serve control (kills still apply)."""
-    validate(request)
     if snapshot is None:
+        validate(request)
         if request.default_arm:
             return Decision(request.default_arm, Reason.FALLBACK_DEFAULT, 1.0, 0, {}, counted=False)
         raise NoSnapshotError(
@@ -123,7 +132,9 @@ def decide(  # noqa: PLR0911, PLR0912 - the precedence chain reads top-down as e
         )
     state = snapshot.experiments.get(request.experiment)
     if state is None:
+        validate(request)
         raise UnknownExperimentError(request.experiment)
+    _validate_unit(request)  # a loaded experiment's name is valid
     spec, control = state.spec, state.control_index
     if snapshot.global_controls.killed or state.controls.killed or state.sampler is None:
         return _fixed(state, control, Reason.KILLED)

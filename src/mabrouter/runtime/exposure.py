@@ -10,13 +10,12 @@ that applies them (store/scripts.py RECORD_OUTCOMES); outcomes replayed from the
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections import deque
 from collections.abc import Callable
 
 from mabrouter.core.decide import Decision, RouteInput
-from mabrouter.core.decision_id import DecisionToken
+from mabrouter.core.decision_id import DecisionToken, KeyedMac
 from mabrouter.store import keys
 from mabrouter.store.errors import STORE_ERRORS
 from mabrouter.store.router_store import OutcomeWrite, RouterStore
@@ -27,8 +26,10 @@ LogEntry = tuple[str, list[str]]  # (stream key, [field, value, field, value, ..
 
 
 def unit_hasher(key: bytes) -> Callable[[str], str]:
-    """Pseudonymise unit ids with a keyed hash (stable across replicas sharing the key)."""
-    return lambda unit_id: hmac.digest(key, unit_id.encode(), "sha256").hex()[:32]
+    """Pseudonymise unit ids with a keyed hash (stable across replicas sharing the key): the first 16
+    bytes of HMAC-SHA256, in hex."""
+    mac = KeyedMac(key)
+    return lambda unit_id: mac(unit_id.encode()).hex()
 
 
 class ExposureLog:

@@ -9,10 +9,10 @@ from mabrouter.core.decide import Decision
 
 
 class DecisionSigner:
-    __slots__ = ("_key", "_next_nonce")
+    __slots__ = ("_mac", "_next_nonce")
 
     def __init__(self, key: bytes, process_prefix: str) -> None:
-        self._key = key
+        self._mac = decision_id.KeyedMac(key)
         self._next_nonce = decision_id.nonce_factory(process_prefix)
 
     def sign(
@@ -29,4 +29,4 @@ class DecisionSigner:
             trace=trace,
             segment=decision.segment,
         )
-        return decision_id.encode(token, self._key), token
+        return decision_id.encode(token, self._mac), token

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import replace
 
 from mabrouter.core.decide import Decision, RouteInput
 from mabrouter.core.model import Reason
@@ -68,9 +67,9 @@ class StickyAssignments:
         key = (request.experiment, state.spec.hash_salt, request.unit_id)
         arm = self._cached(key)
         if arm is not None:
-            return replace(request, sticky_arm=arm)
+            return request._replace(sticky_arm=arm)
         if time.monotonic() < self._breaker_open_until:
-            return replace(request, hash_seeded=True)
+            return request._replace(hash_seeded=True)
         try:
             arm = await self._store.sticky_arm(*key, timeout=self._lookup_timeout)
         except STORE_ERRORS as exc:
@@ -78,11 +77,11 @@ class StickyAssignments:
                 "sticky lookups paused for %.1fs, using hash-seeded draws: %r", self._breaker_seconds, exc
             )
             self._breaker_open_until = time.monotonic() + self._breaker_seconds
-            return replace(request, hash_seeded=True)
+            return request._replace(hash_seeded=True)
         if arm is None:
             return request
         self._cache_put(key, arm, state.spec.sticky_ttl_seconds)
-        return replace(request, sticky_arm=arm)
+        return request._replace(sticky_arm=arm)
 
     def remember(self, request: RouteInput, decision: Decision, state: ExperimentState | None) -> None:
         """Record a first assignment made by sampling (locally now, in Redis at the next flush)."""

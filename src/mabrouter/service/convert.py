@@ -122,3 +122,19 @@ class ResponseBuilder:
         if decision.payload:
             response.MergeFrom(self._payload(decision.payload))
         return response
+
+    def fill(self, response: router_pb2.RouteResponse, routed: Routed) -> None:
+        """`response(routed)` written into an existing message: for RouteBatch, whose results are added
+        in place (half the cost of building each response and copying it into the list)."""
+        decision = routed.decision
+        response.arm = decision.arm
+        response.decision_id = routed.decision_id
+        response.reason = router_pb2.Reason.ValueType(decision.reason.value)
+        response.propensity = decision.propensity
+        response.config_version = decision.config_version
+        if routed.stale:
+            response.stale = True
+        if decision.shadow_arm:
+            response.shadow_arm = decision.shadow_arm
+        if decision.payload:
+            response.MergeFrom(self._payload(decision.payload))

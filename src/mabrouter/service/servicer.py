@@ -43,7 +43,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self._route_latency = metrics.route_latency.observe
         self._outcome_latency = metrics.outcome_latency.observe
         self._tracing = tracing
-        self._respond = ResponseBuilder().response
+        responses = ResponseBuilder()
+        self._respond, self._fill = responses.response, responses.fill
 
     async def Route(  # noqa: N802 - gRPC method names are fixed by the proto
         self, request: router_pb2.RouteRequest, context: Context
@@ -74,7 +75,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 ),
             )
         response = router_pb2.RouteBatchResponse()
-        add, engine, respond = response.results.add, self._engine, self._respond
+        add, engine, fill = response.results.add, self._engine, self._fill
         for item in request.requests:
             try:
                 asked = route_input(item)
@@ -82,7 +83,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             except MabrouterError as exc:
                 add(code=status_of(exc).value[0], message=str(exc))
             else:
-                add(response=respond(routed))
+                fill(add().response, routed)
         return response
 
     async def _record(self, pairs: list[Outcome], context: Context) -> list[OutcomeResult]:
