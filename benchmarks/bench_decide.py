@@ -9,7 +9,7 @@ What is timed (each as a zero-argument callable, `timeit.repeat(repeat=R, number
                   per request, what a straightforward implementation does
   decide          `mabrouter.core.decide.decide(RouteInput, Snapshot, rng)`: validation, snapshot look-up,
                   block-drawn Thompson winner (refills of the 128-winner block are included, amortised)
-  sign id         `mabrouter.core.decision_id.encode(DecisionToken, key)`: HMAC-SHA256 + base64
+  sign id         `mabrouter.core.decision_id.encode(DecisionToken, KeyedMac)`: HMAC-SHA256 + base64
   decide + sign   what Route does in process: decide, build the token (clock, nonce), encode it
 
 Not a test: nothing here passes or fails. Numbers are medians on a noisy shared machine; read them as
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from mabrouter.core.decide import RouteInput, decide
-from mabrouter.core.decision_id import DecisionToken, encode, nonce_factory
+from mabrouter.core.decision_id import DecisionToken, KeyedMac, encode, nonce_factory
 from mabrouter.core.model import ArmSpec, ArmStats, BetaPrior, ExperimentSpec, RewardKind
 from mabrouter.core.posterior import BetaPosteriors
 from mabrouter.core.snapshot import Snapshot, build_experiment_state
@@ -43,7 +43,7 @@ from mabrouter.core.snapshot import Snapshot, build_experiment_state
 ARMS = 10
 SEED = 20240601
 EXPERIMENT = "bench-ranker"
-SIGNING_KEY = b"benchmark-signing-key-0123456789abcdef"
+SIGNING_KEY = KeyedMac(b"benchmark-signing-key-0123456789abcdef")  # keyed once, as the router does
 RESULTS = Path(__file__).resolve().parent / "results" / "decide.json"
 
 TARGET_DECIDE_US = 20.0  # the project's stated budget for one decision
