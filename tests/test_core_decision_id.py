@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mabrouter.core.decision_id import DecisionToken, decode, encode, nonce_factory
+from mabrouter.core.decision_id import MAC_BYTES, DecisionToken, KeyedMac, decode, encode, nonce_factory
 from mabrouter.errors import ExpiredDecisionIdError, InvalidDecisionIdError
 
 KEY = b"k" * 32
@@ -57,3 +59,13 @@ def test_garbage_is_invalid_not_a_crash(garbage: str) -> None:
 def test_nonces_are_unique_within_a_process() -> None:
     make = nonce_factory("p1")
     assert len({make() for _ in range(10_000)}) == 10_000
+
+
+@given(st.binary(min_size=1, max_size=100), st.binary(max_size=300))
+def test_keyed_mac_is_truncated_hmac_sha256(key: bytes, payload: bytes) -> None:
+    assert KeyedMac(key)(payload) == hmac.digest(key, payload, "sha256")[:MAC_BYTES]
+
+
+def test_encoding_with_a_keyed_mac_or_the_raw_key_gives_the_same_id() -> None:
+    assert encode(TOKEN, KeyedMac(KEY)) == encode(TOKEN, KEY)
+    assert decode(encode(TOKEN, KeyedMac(KEY)), [KEY], NOW, DAY_MS) == TOKEN

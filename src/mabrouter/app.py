@@ -205,7 +205,7 @@ class RouterApp:
         )
 
     async def _flush_writes(self) -> None:
-        self.engine.record_pending()  # normally done already, right after each Route
+        self.engine.record_pending()  # usually done already by the engine's recording timer
         await self.outcomes.replay_spool()
         await self.flusher.flush()
         await self.sticky.flush()
