@@ -10,7 +10,7 @@ import pytest
 from mabrouter.app import RouterApp
 from mabrouter.core.decide import RouteInput
 from mabrouter.runtime import engine
-from mabrouter.runtime.engine import RECORD_DELAY_SECONDS
+from mabrouter.runtime.engine import RECORD_DELAY_SECONDS, Routed
 from mabrouter.service.convert import ResponseBuilder
 from mabrouter.store import keys
 from mabrouter.v1 import router_pb2
@@ -85,17 +85,23 @@ def test_decisions_not_yet_recorded_reach_redis_at_shutdown(
         client.close()
 
 
-def test_route_batch_results_filled_in_place_equal_built_responses(router: InProcessRouter) -> None:
-    builder = ResponseBuilder()
-
-    async def both(app: RouterApp) -> tuple[router_pb2.RouteResponse, router_pb2.RouteResponse]:
+def test_a_response_carries_every_field_of_the_decision(router: InProcessRouter) -> None:
+    async def routed_and_filled(app: RouterApp) -> tuple[Routed, router_pb2.RouteResponse]:
         routed = app.engine.route_now(RouteInput("ranker", "user-1"))
         assert routed is not None
-        filled = router_pb2.RouteBatchResponse().results.add().response
-        builder.fill(filled, routed)
-        return builder.response(routed), filled
+        filled = router_pb2.RouteBatchResponse().results.add().response  # as RouteBatch fills them
+        ResponseBuilder().fill(filled, routed)
+        return routed, filled
 
-    built, filled = router.call(both)
-    assert filled == built
-    assert built.decision_id
-    assert built.payload  # the example's arms carry payloads
+    routed, filled = router.call(routed_and_filled)
+    decision = routed.decision
+    assert (filled.arm, filled.decision_id, filled.propensity, filled.config_version) == (
+        decision.arm,
+        routed.decision_id,
+        decision.propensity,
+        decision.config_version,
+    )
+    assert router_pb2.Reason.Name(filled.reason) == decision.reason.name
+    assert dict(filled.payload) == dict(decision.payload)
+    assert decision.payload  # the example's arms carry payloads
+    assert filled == ResponseBuilder().response(routed)

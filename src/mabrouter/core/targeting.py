@@ -72,8 +72,6 @@ class Condition:
     attribute: str
     operator: Operator
     value: ConditionValue = None
-    _test: Test = field(init=False, repr=False, compare=False)
-    _if_missing: bool = field(init=False, repr=False, compare=False)
     test: Predicate = field(init=False, repr=False, compare=False)  # matches(self, attributes)
 
     depth: ClassVar[int] = 0
@@ -93,9 +91,8 @@ class Condition:
             raise ValueError(f"attribute {self.attribute!r}: {exc}") from None
         object.__setattr__(self, "operator", operator)
         object.__setattr__(self, "value", value)
-        object.__setattr__(self, "_test", test)
-        object.__setattr__(self, "_if_missing", operator in TRUE_WHEN_MISSING)
-        object.__setattr__(self, "test", _condition_predicate(self.attribute, test, self._if_missing))
+        if_missing = operator in TRUE_WHEN_MISSING
+        object.__setattr__(self, "test", _condition_predicate(self.attribute, test, if_missing))
 
 
 def _measure(kind: str, rules: tuple[object, ...]) -> tuple[int, int]:

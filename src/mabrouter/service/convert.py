@@ -107,25 +107,14 @@ class ResponseBuilder:
         return template
 
     def response(self, routed: Routed) -> router_pb2.RouteResponse:
-        decision = routed.decision
-        response = router_pb2.RouteResponse(
-            arm=decision.arm,
-            decision_id=routed.decision_id,
-            reason=router_pb2.Reason.ValueType(decision.reason.value),
-            propensity=decision.propensity,
-            config_version=decision.config_version,
-        )
-        if routed.stale:
-            response.stale = True
-        if decision.shadow_arm:
-            response.shadow_arm = decision.shadow_arm
-        if decision.payload:
-            response.MergeFrom(self._payload(decision.payload))
+        response = router_pb2.RouteResponse()
+        self.fill(response, routed)
         return response
 
     def fill(self, response: router_pb2.RouteResponse, routed: Routed) -> None:
-        """`response(routed)` written into an existing message: for RouteBatch, whose results are added
-        in place (half the cost of building each response and copying it into the list)."""
+        """Write `routed` into an empty response. RouteBatch fills its results in place: half the cost
+        of building each response and copying it into the list. (Setting the fields one by one is also
+        faster than passing them to the constructor.)"""
         decision = routed.decision
         response.arm = decision.arm
         response.decision_id = routed.decision_id
