@@ -31,7 +31,6 @@ to the floor of the same run, not the absolute numbers. Writes benchmarks/result
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import threading
@@ -63,6 +62,7 @@ from common import (
     run_h2load,
     running_redis,
     unit_in_rollout,
+    write_report,
 )
 
 from mabrouter.v1 import router_pb2 as pb
@@ -528,9 +528,7 @@ def main() -> int:
     report["elapsed_s"] = time.perf_counter() - started
     print_table(report, best, rounds, seconds)
     print(f"elapsed {report['elapsed_s']:.0f} s")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2, default=list) + "\n", encoding="utf-8")
-    print(f"wrote {args.output}")
+    write_report(args.output, report)
     return 0
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import secrets
 import sys
@@ -52,6 +51,7 @@ from common import (
     redis_command_costs,
     redis_cpu,
     running_redis,
+    write_report,
 )
 
 from mabrouter.client import CHANNEL_OPTIONS
@@ -381,9 +381,7 @@ def main() -> int:
         f"router {ops['router']:,.0f} outcomes/s: target >= {TARGET_PER_S:,}/s {'met' if met else 'MISSED'}; "
         f"Redis counts {'verified' if summary['all_verified'] else 'MISMATCH'} in every round"
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.output} ({report['elapsed_s']:.0f} s)")
+    write_report(args.output, report)
     return 0
 
 

@@ -8,6 +8,7 @@ Process CPU time and RSS are read from /proc, so these scripts need Linux.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import re
@@ -58,6 +59,7 @@ __all__ = [
     "running_redis",
     "unit_in_rollout",
     "wait_until",
+    "write_report",
 ]
 
 SECRET = "bench-secret-0123456789abcdef"
@@ -130,6 +132,14 @@ def percentile(values: Sequence[float], q: float) -> float:
     low = int(pos)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """Write a benchmark's JSON report (creating benchmarks/results/, which git ignores) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=list) + "\n", encoding="utf-8")
+    elapsed = f" ({report['elapsed_s']:.0f} s)" if "elapsed_s" in report else ""
+    print(f"wrote {path}{elapsed}")
 
 
 def median(values: Iterable[float]) -> float:

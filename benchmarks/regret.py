@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import secrets
 import sys
 import time
@@ -45,7 +44,15 @@ import numpy as np
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, RouterServer, apply_experiments, machine_info, median, running_redis
+from common import (
+    RESULTS_DIR,
+    RouterServer,
+    apply_experiments,
+    machine_info,
+    median,
+    running_redis,
+    write_report,
+)
 
 from mabrouter.client import CHANNEL_OPTIONS
 from mabrouter.store import keys
@@ -364,9 +371,7 @@ def main() -> int:
         f"router / numpy TS = {summary['router_over_numpy_ts']:.2f}; "
         f"lagged / sequential numpy TS = {summary['lagged_ts_over_numpy_ts']:.2f}"
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.output} ({report['elapsed_s']:.0f} s)")
+    write_report(args.output, report)
     return 0
 
 
