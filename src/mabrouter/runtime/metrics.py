@@ -55,32 +55,25 @@ class RouterMetrics:
             ["experiment", "arm", "action"],
             registry=r,
         )
-        self._decision_children: dict[tuple[str, str, str], Callable[[], None]] = {}
-        self._outcome_children: dict[tuple[str, str], Callable[[], None]] = {}
-        self._reward_children: dict[tuple[str, str], Callable[[float], None]] = {}
+        self._increments: dict[tuple[Counter, tuple[str, ...]], Callable[[float], None]] = {}
+
+    def _inc(self, counter: Counter, *labels: str) -> Callable[[float], None]:
+        """The `inc` of `counter`'s child for `labels`, cached: `labels()` costs a lock and a lookup."""
+        key = (counter, labels)
+        inc = self._increments.get(key)
+        if inc is None:
+            inc = self._increments[key] = counter.labels(*labels).inc
+        return inc
 
     def count_decision(self, experiment: str, arm: str, reason: str) -> None:
-        key = (experiment, arm, reason)
-        inc = self._decision_children.get(key)
-        if inc is None:
-            child = self.decisions.labels(experiment, arm, reason)
-            inc = self._decision_children[key] = child.inc
-        inc()
+        self._inc(self.decisions, experiment, arm, reason)(1)
 
     def count_outcome(self, experiment: str, result: str) -> None:
-        """mabrouter_outcomes{experiment, result} += 1, through a cached child (names from verified ids)."""
-        key = (experiment, result)
-        inc = self._outcome_children.get(key)
-        if inc is None:
-            inc = self._outcome_children[key] = self.outcomes.labels(experiment, result).inc
-        inc()
+        """mabrouter_outcomes{experiment, result} += 1 (names from verified ids)."""
+        self._inc(self.outcomes, experiment, result)(1)
 
     def add_reward(self, experiment: str, arm: str, reward: float) -> None:
-        key = (experiment, arm)
-        inc = self._reward_children.get(key)
-        if inc is None:
-            inc = self._reward_children[key] = self.rewards.labels(experiment, arm).inc
-        inc(reward)
+        self._inc(self.rewards, experiment, arm)(reward)
 
 
 class SnapshotCollector(Collector):
