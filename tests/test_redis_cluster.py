@@ -361,8 +361,10 @@ def test_change_feed_survives_losing_the_node_it_listens_on(
         cli_here("experiment", "apply", str(experiment_file(tmp_path, name)), redis_url=cluster.url)
     victim = cluster.master_for_key("{ranker}")
     url = cluster.url_starting_with(victim)  # the router subscribes on the node about to die
-    # Polling every 20 s: a kill obeyed within 1 s came by the change notice (and one poll can
-    # account for at most one of the two kills below, a second apart).
+    # Polling every 20 s: a kill obeyed within seconds came by the change notice (and one poll can
+    # account for at most one of the two kills after the failover, at most 6 s apart). After the
+    # failover the router must first notice the dead connection and resubscribe: on a loaded CI machine
+    # that took over 1 s once, hence 3 s there.
     router = RouterProcess(url, MABROUTER_REFRESH_INTERVAL_MS="20000").wait_serving()
     try:
         with grpc.insecure_channel(router.address) as channel:
@@ -376,8 +378,8 @@ def test_change_feed_survives_losing_the_node_it_listens_on(
             timings = {}
             for name in ("ranker", "search"):
                 cli_here("kill", name, "--reason", "after the failover", redis_url=url)
-                timings[name] = killed_within(stub, name, 1.0)
-            assert all(t is not None for t in timings.values()), f"kill not obeyed within 1 s: {timings}"
+                timings[name] = killed_within(stub, name, 3.0)
+            assert all(t is not None for t in timings.values()), f"kill not obeyed within 3 s: {timings}"
     finally:
         router.kill()
 

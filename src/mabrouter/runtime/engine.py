@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -119,16 +120,14 @@ class RoutingEngine:
     def record_pending(self) -> None:
         """Record every decision made since the last call: trials, the exposure log, the metric."""
         pending, self._unrecorded = self._unrecorded, []
-        trials, exposure, count = (
-            self._record.trials,
-            self._record.exposure,
-            self._record.metrics.count_decision,
-        )
+        trials, exposure = self._record.trials, self._record.exposure
+        counts: Counter[tuple[str, str, str]] = Counter()
         for request, decision, token, state in pending:
-            count(request.experiment, decision.arm, decision.reason.name)
+            counts[request.experiment, decision.arm, decision.reason.name] += 1
             if decision.counted:
                 sampled_from = state if decision.reason is Reason.SAMPLED else None
                 trials.add(request.experiment, decision.arm, sampled_from, decision.segment)
             elif decision.reason is Reason.HOLDOUT:
                 trials.add_split(request.experiment, SPLIT_HOLDOUT)
             exposure.decision(request, decision, token, state.spec.segments)
+        self._record.metrics.count_decisions(counts)

@@ -2,6 +2,9 @@
 
 Entries are buffered in bounded memory on the request path and written to capped Redis Streams in
 batches: one script call per stream per batch (store/scripts.py APPEND_LOG), not one XADD per entry.
+Each entry is JSON-encoded when it is recorded (a few at a time, by the engine's recording timer), so
+the flush only joins strings: encoding a whole flush at once held the event loop for ~1 us per entry
+(230 us for the 200 entries of a 100 ms flush at 2k decisions/s), which Route calls waited out.
 A decision entry carries the propensity the policy had for the served arm, which is what
 inverse-propensity-weighted (off-policy) estimates need. When the buffer is full, entries are dropped
 and counted (a metric and a log line), never queued without bound. Outcomes are logged by the script
@@ -10,6 +13,7 @@ that applies them (store/scripts.py RECORD_OUTCOMES); outcomes replayed from the
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -22,7 +26,32 @@ from mabrouter.store.router_store import OutcomeWrite, RouterStore
 
 log = logging.getLogger(__name__)
 
-LogEntry = tuple[str, list[str]]  # (stream key, [field, value, field, value, ...])
+LogEntry = tuple[str, str]  # (stream key, JSON array [field, value, field, value, ...])
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# A JSON string literal, quotes included (the C encoder json.dumps uses for str with ensure_ascii=False).
+_quote: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def decision_entry(
+    request: RouteInput, decision: Decision, token: DecisionToken, unit: str, segments: tuple[str, ...]
+) -> str:
+    """A decision's log entry: the JSON array [field, value, ...] that APPEND_LOG XADDs.
+
+    Written out rather than encoded from a list (2.3 -> ~1 us): only the values a caller or an operator
+    chose (unit, arm, segment names and values) need JSON quoting; the rest are ours (base64url, digits,
+    an enum name, a float repr)."""
+    entry = (
+        f'["d","{token.nonce}","ts","{token.issued_ms}","unit",{_quote(unit)},"arm",{_quote(decision.arm)},'
+        f'"reason","{decision.reason.name}","p","{decision.propensity!r}","v","{decision.config_version}",'
+        f'"counted","{1 if decision.counted else 0}"'
+    )
+    for name in segments:  # unique: the schema drops repeats
+        value = request.attributes.get(name)
+        if value is not None:
+            text = ",".join(value) if isinstance(value, tuple) else str(value)
+            entry += f",{_quote(f'seg.{name}')},{_quote(text)}"
+    return entry + "]"
 
 
 def unit_hasher(key: bytes) -> Callable[[str], str]:
@@ -74,29 +103,8 @@ class ExposureLog:
     ) -> None:
         if not self.enabled:
             return
-        fields = [
-            "d",
-            token.nonce,
-            "ts",
-            str(token.issued_ms),
-            "unit",
-            self._unit_label(request.unit_id),
-            "arm",
-            decision.arm,
-            "reason",
-            decision.reason.name,
-            "p",
-            repr(decision.propensity),
-            "v",
-            str(decision.config_version),
-            "counted",
-            "1" if decision.counted else "0",
-        ]
-        for name in segments:  # unique: the schema drops repeats
-            value = request.attributes.get(name)
-            if value is not None:
-                fields += (f"seg.{name}", ",".join(value) if isinstance(value, tuple) else str(value))
-        self._append((keys.decisions_log(request.experiment), fields))
+        entry = decision_entry(request, decision, token, self._unit_label(request.unit_id), segments)
+        self._append((keys.decisions_log(request.experiment), entry))
 
     def outcome(self, token: DecisionToken, reward: float, now_ms: int) -> None:
         self._outcome(token.experiment, token.nonce, token.arm, reward, now_ms)
@@ -108,7 +116,7 @@ class ExposureLog:
         if not self.enabled:
             return
         fields = ["d", nonce, "ts", str(now_ms), "arm", arm, "reward", repr(reward)]
-        self._append((keys.outcomes_log(experiment), fields))
+        self._append((keys.outcomes_log(experiment), _encode(fields)))
 
     def pending(self) -> int:
         return len(self._pending)

@@ -4,7 +4,7 @@ everything derived from the snapshot is read at scrape time by a collector, cost
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -67,6 +67,12 @@ class RouterMetrics:
 
     def count_decision(self, experiment: str, arm: str, reason: str) -> None:
         self._inc(self.decisions, experiment, arm, reason)(1)
+
+    def count_decisions(self, counts: Mapping[tuple[str, str, str], int]) -> None:
+        """count_decision for many at once, by (experiment, arm, reason): one locked increment per series
+        instead of one per decision."""
+        for labels, count in counts.items():
+            self._inc(self.decisions, *labels)(count)
 
     def count_outcome(self, experiment: str, result: str) -> None:
         """mabrouter_outcomes{experiment, result} += 1 (names from verified ids)."""

@@ -249,23 +249,14 @@ class RouterStore:
             replies = await pipe.execute()
         return [str(reply) for reply in replies]
 
-    async def append_log_entries(self, entries: Sequence[tuple[str, Sequence[str]]], maxlen: int) -> None:
-        """XADD each (stream key, flat field, value list), in order per stream, with an approximate cap:
-        one APPEND_LOG call per stream (and per LOG_ENTRIES_PER_CALL entries), all in one pipeline."""
-        streams: dict[str, list[Sequence[str]]] = {}
-        for stream, fields in entries:
-            streams.setdefault(stream, []).append(fields)
+    async def append_log_entries(self, entries: Sequence[tuple[str, str]], maxlen: int) -> None:
+        """XADD each (stream key, JSON array of field, value...), in order per stream, with an approximate
+        cap: one APPEND_LOG call per stream (and per LOG_ENTRIES_PER_CALL entries), all in one pipeline."""
+        streams: dict[str, list[str]] = {}
+        for stream, encoded in entries:
+            streams.setdefault(stream, []).append(encoded)
         calls: list[ScriptCall] = [
-            (
-                scripts.APPEND_LOG,
-                [stream],
-                [
-                    maxlen,
-                    json.dumps(
-                        items[i : i + LOG_ENTRIES_PER_CALL], ensure_ascii=False, separators=(",", ":")
-                    ),
-                ],
-            )
+            (scripts.APPEND_LOG, [stream], [maxlen, f"[{','.join(items[i : i + LOG_ENTRIES_PER_CALL])}]"])
             for stream, items in streams.items()
             for i in range(0, len(items), LOG_ENTRIES_PER_CALL)
         ]
