@@ -35,6 +35,7 @@ bench: $(BIN)/.installed
 	@MABROUTER_NEED_H2LOAD=1 scripts/ensure_system_deps.sh
 	$(BIN)/python benchmarks/bench_decide.py
 	$(BIN)/python benchmarks/bench_grpc.py
+	$(BIN)/python benchmarks/bench_handler_parts.py
 	$(BIN)/python benchmarks/bench_outcomes.py
 	$(BIN)/python benchmarks/regret.py
 

@@ -311,7 +311,15 @@ class _Process:
 class RouterServer(_Process):
     """`mabrouter serve` (optionally --workers N) with the DEFAULT refresh and flush intervals."""
 
-    def __init__(self, redis_url: str, workers: int = 1, **env_overrides: str) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        workers: int = 1,
+        launcher: Sequence[str] = ("-m", "mabrouter"),
+        **env_overrides: str,
+    ) -> None:
+        """`launcher`: what follows the interpreter instead of `-m mabrouter` (a script that patches the
+        router, then runs its command line: bench_handler_parts.py)."""
         super().__init__(f"127.0.0.1:{free_port()}")
         self.workers = workers
         env = {
@@ -325,7 +333,7 @@ class RouterServer(_Process):
             MABROUTER_METRICS_LISTEN="127.0.0.1:0",  # the default port 9464 is one per host
             **env_overrides,
         )
-        argv = [sys.executable, "-m", "mabrouter", "serve", "--listen", self.address]
+        argv = [sys.executable, *launcher, "serve", "--listen", self.address]
         if workers > 1:
             argv += ["--workers", str(workers)]
         self._spawn(argv, env)
