@@ -10,7 +10,7 @@ whose Route handler is replaced, at start-up, by a prefix of the real one:
   decide      + decides from the live snapshot (rules, rollout hash, Thompson draw)
   sign        + signs the decision id
   route       + the engine's bookkeeping and recording (RoutingEngine.route_now), constant response
-  unrecorded  the whole handler, recording discarded (trials, exposure log, metric never written)
+  unrecorded  the whole handler, its decisions dropped by the recording timer instead of recorded
   router      the router as shipped
 
 The floor (floor_server.py) and every variant are driven by h2load at one setting, alternating, and
@@ -50,6 +50,7 @@ from floor_server import RESPONSE
 
 from mabrouter.cli import main as cli_main
 from mabrouter.core.decide import decide
+from mabrouter.runtime.engine import RoutingEngine
 from mabrouter.service.convert import route_input
 from mabrouter.service.servicer import RouterServicer
 
@@ -85,27 +86,27 @@ def part_handler(part: str) -> Handler | None:
         servicer._engine.route_now(route_input(request))
         return RESPONSE
 
-    async def unrecorded(servicer: Any, request: Any, _context: Any) -> Any:
-        engine = servicer._engine
-        routed = engine.route_now(route_input(request))
-        engine._unrecorded.clear()  # before its timer records them
-        return servicer._respond(routed)
-
     handlers: dict[str, Handler] = {
         "constant": constant,
         "convert": convert,
         "decide": decide_only,
         "sign": sign,
         "route": route,
-        "unrecorded": unrecorded,
     }
     return handlers.get(part)
+
+
+def discard_pending(engine: RoutingEngine) -> None:
+    """record_pending that records nothing: the recording timer still runs once per batch, as shipped."""
+    engine._unrecorded = []
 
 
 def launch(part: str, argv: list[str]) -> int:
     handler = part_handler(part)
     if handler is not None:
         RouterServicer.Route = handler  # type: ignore[assignment, method-assign]
+    if part == "unrecorded":  # the real handler; what it leaves to record is dropped
+        RoutingEngine.record_pending = discard_pending  # type: ignore[method-assign]
     return cli_main(argv)
 
 

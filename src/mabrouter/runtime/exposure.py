@@ -38,9 +38,9 @@ def decision_entry(
 ) -> str:
     """A decision's log entry: the JSON array [field, value, ...] that APPEND_LOG XADDs.
 
-    Written out rather than encoded from a list (2.3 -> ~1 us): only the values a caller or an operator
-    chose (unit, arm, segment names and values) need JSON quoting; the rest are ours (base64url, digits,
-    an enum name, a float repr)."""
+    Written out rather than built as a list and JSON-encoded (3.7 -> 1.7 us per entry with one segment,
+    timeit): only the values a caller or an operator chose (unit, arm, segment names and values) need
+    JSON quoting; the rest are ours (base64url, digits, an enum name, a float repr)."""
     entry = (
         f'["d","{token.nonce}","ts","{token.issued_ms}","unit",{_quote(unit)},"arm",{_quote(decision.arm)},'
         f'"reason","{decision.reason.name}","p","{decision.propensity!r}","v","{decision.config_version}",'
