@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -37,8 +37,13 @@ class RouterMetrics:
         self.outcomes = Counter(
             "mabrouter_outcomes", "Outcomes by result", ["experiment", "result"], registry=r
         )
-        self.rewards = Counter(
-            "mabrouter_reward_sum", "Sum of applied rewards", ["experiment", "arm"], registry=r
+        # A Gauge, not a Counter: rewards may be negative (minimising latency or cost), and a Counter
+        # refuses a negative increment with an exception.
+        self.rewards = Gauge(
+            "mabrouter_reward_sum",
+            "Sum of applied rewards (may decrease: rewards can be negative)",
+            ["experiment", "arm"],
+            registry=r,
         )
         self.redis_errors = Counter(
             "mabrouter_redis_errors", "Failed Redis operations", ["operation"], registry=r
@@ -55,9 +60,27 @@ class RouterMetrics:
             ["experiment", "arm", "action"],
             registry=r,
         )
-        self._increments: dict[tuple[Counter, tuple[str, ...]], Callable[[float], None]] = {}
+        self.bad_requests = Counter(
+            "mabrouter_bad_requests",
+            "Calls refused as malformed (INVALID_ARGUMENT), by method and kind of problem",
+            ["method", "kind"],
+            registry=r,
+        )
+        self.telemetry_errors = Counter(
+            "mabrouter_telemetry_errors",
+            "Exceptions raised by metrics or tracing code, swallowed so the call still answers",
+            ["part"],
+            registry=r,
+        )
+        self.build_failures = Counter(
+            "mabrouter_state_build_failures",
+            "Refreshes that could not build an experiment's state from Redis (its last good state is kept)",
+            ["experiment"],
+            registry=r,
+        )
+        self._increments: dict[tuple[Counter | Gauge, tuple[str, ...]], Callable[[float], None]] = {}
 
-    def _inc(self, counter: Counter, *labels: str) -> Callable[[float], None]:
+    def _inc(self, counter: Counter | Gauge, *labels: str) -> Callable[[float], None]:
         """The `inc` of `counter`'s child for `labels`, cached: `labels()` costs a lock and a lookup."""
         key = (counter, labels)
         inc = self._increments.get(key)
