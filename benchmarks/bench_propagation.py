@@ -79,7 +79,7 @@ class Router:
         }
         env.update(
             MABROUTER_REDIS_URL=redis_url,
-            MABROUTER_DECISION_SECRET="bench-secret-0123456789",
+            MABROUTER_DECISION_SECRET="bench-decision-secret-0123456789abcdef",  # >= 32 bytes
             # The default Prometheus port (9464) is one per host; replicas here share a host.
             MABROUTER_METRICS_LISTEN="127.0.0.1:0",
         )

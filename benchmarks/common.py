@@ -62,7 +62,7 @@ __all__ = [
     "write_report",
 ]
 
-SECRET = "bench-secret-0123456789abcdef"
+SECRET = "bench-decision-secret-0123456789abcdef"  # >= 32 bytes, or routers refuse it
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RULE_ATTRIBUTES: dict[str, Any] = {
     "country": "US",

@@ -25,7 +25,7 @@ from mabrouter.core import decision_id
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from support import free_port, redis_binary, wait_until
+from support import DECISION_SECRET, free_port, redis_binary, wait_until
 
 NODE_TIMEOUT_MS = 1000  # cluster-node-timeout and sentinel down-after-milliseconds: failover in seconds
 SENTINEL_SERVICE = "mymaster"
@@ -561,7 +561,7 @@ def running_sentinel(replicas: int = 1, sentinels: int = 3) -> Iterator[Sentinel
 
 # --- Live traffic against a router ----------------------------------------------------------------------
 
-SECRET = b"test-secret-0123456789"  # the decision secret support.RouterProcess gives every router
+SECRET = DECISION_SECRET.encode()  # the decision secret support.RouterProcess gives every router
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 

@@ -26,6 +26,9 @@ from mabrouter.v1 import router_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "src" / "mabrouter" / "examples" / "ranker.yaml"
+# The decision secret every test router gets (routers refuse secrets under 32 bytes). Tests that sign or
+# decode decision ids themselves import it, so they always agree with the routers.
+DECISION_SECRET = "test-decision-secret-0123456789abcdef"
 
 
 def free_port() -> int:
@@ -176,7 +179,7 @@ def router_settings(redis_url: str, **overrides: Any) -> Settings:
         "listen": "127.0.0.1:0",
         "refresh_interval_ms": 50,
         "flush_interval_ms": 20,
-        "decision_secret": "test-secret-0123456789",
+        "decision_secret": DECISION_SECRET,
         "metrics_listen": "127.0.0.1:0",
     }
     values.update(overrides)
@@ -219,7 +222,7 @@ class RouterProcess:
             env={
                 **os.environ,
                 "MABROUTER_REDIS_URL": redis_url,
-                "MABROUTER_DECISION_SECRET": "test-secret-0123456789",
+                "MABROUTER_DECISION_SECRET": DECISION_SECRET,
                 "MABROUTER_REFRESH_INTERVAL_MS": "50",
                 "MABROUTER_FLUSH_INTERVAL_MS": "20",
                 "MABROUTER_METRICS_LISTEN": "127.0.0.1:0",

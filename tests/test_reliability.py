@@ -1150,7 +1150,7 @@ def test_a_decision_id_signed_with_another_secret_is_invalid_argument(router: In
         )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "signature does not verify" in error.details()
-        genuine = decision_id.encode(token, b"test-secret-0123456789")  # the fixture router's secret
+        genuine = decision_id.encode(token, support.DECISION_SECRET.encode())  # the fixture router's secret
         assert not stub.ReportOutcome(pb.OutcomeRequest(decision_id=genuine, reward=1.0), timeout=2).duplicate
 
 

@@ -12,7 +12,8 @@ import numpy as np
 from opentelemetry import trace
 from prometheus_client import start_http_server
 
-from mabrouter.config import Settings
+from mabrouter.config import SecretError, Settings
+from mabrouter.config import decision_keys as resolve_decision_keys
 from mabrouter.runtime.engine import Recorders, RoutingEngine, StalenessPolicy
 from mabrouter.runtime.exposure import ExposureLog, unit_hasher
 from mabrouter.runtime.guardian import Guardian
@@ -34,7 +35,6 @@ from mabrouter.telemetry import configure_tracing
 
 log = logging.getLogger(__name__)
 
-INSECURE_DEFAULT_SECRET = b"mabrouter-insecure-local-secret"
 GUARDIAN_INTERVAL_SECONDS = 1.0
 
 
@@ -43,23 +43,18 @@ class StartupError(Exception):
 
 
 def decision_keys(settings: Settings) -> tuple[bytes, list[bytes]]:
-    """The key that signs new decision ids, and every key accepted when verifying one."""
-    if settings.decision_secret is not None:
-        current = settings.decision_secret.get_secret_value().encode()
-    elif settings.decision_secret_file is not None:
-        current = settings.decision_secret_file.read_bytes().strip()
-    else:
-        log.warning(
-            "no MABROUTER_DECISION_SECRET set: using the built-in local secret; anyone can forge "
-            "decision ids. Set a random secret shared by all replicas before production use"
-        )
-        current = INSECURE_DEFAULT_SECRET
-    if len(current) < 16 and current != INSECURE_DEFAULT_SECRET:
-        log.warning("the decision secret is shorter than 16 bytes; use a long random value")
-    accepted = [current]
-    if settings.decision_secret_previous is not None:
-        accepted.append(settings.decision_secret_previous.get_secret_value().encode())
-    return current, accepted
+    """The key that signs new decision ids, and every key accepted when verifying one.
+
+    Raises StartupError for a missing, short or unreadable secret: a router that signs with a guessable
+    key lets anyone forge outcomes, so it must not serve (unless settings.dev_insecure_secret says so).
+    """
+    try:
+        keys = resolve_decision_keys(settings)
+    except SecretError as exc:
+        raise StartupError(str(exc)) from None  # the message is the whole story; no traceback
+    for warning in keys.warnings:
+        log.warning("INSECURE DECISION SECRET: %s", warning)  # on every start, so it cannot be missed
+    return keys.signing, list(keys.accepted)
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -78,6 +73,7 @@ class RouterApp:
 
     def __init__(self, settings: Settings, tracer: trace.Tracer | None = None) -> None:
         """`tracer` overrides the OTEL_* configuration (tests pass one with an in-memory exporter)."""
+        signing_key, accepted_keys = decision_keys(settings)  # refuse before building anything
         self.settings = settings
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -86,7 +82,6 @@ class RouterApp:
         self.store = RouterStore.from_url(settings.redis_url)
         self.holder = SnapshotHolder()
         process_prefix = secrets.token_hex(6)
-        signing_key, accepted_keys = decision_keys(settings)
         unit_label = unit_hasher(signing_key) if settings.unit_id_privacy == "hash" else str
         self.metrics = RouterMetrics()
         self.trials = TrialBuffer()

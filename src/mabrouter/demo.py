@@ -96,7 +96,7 @@ def private_redis() -> Iterator[str]:
 @contextlib.contextmanager
 def router_process(redis_url: str) -> Iterator[str]:
     address = f"127.0.0.1:{_free_port()}"
-    env = {**os.environ, "MABROUTER_REDIS_URL": redis_url, "MABROUTER_DECISION_SECRET": secrets.token_hex(16)}
+    env = {**os.environ, "MABROUTER_REDIS_URL": redis_url, "MABROUTER_DECISION_SECRET": secrets.token_hex(32)}
     process = subprocess.Popen(
         [sys.executable, "-m", "mabrouter", "serve", "--listen", address],
         env=env,

@@ -2,8 +2,10 @@
 
 Each worker is a full router with its own snapshot, change feed and buffers (Python's GIL makes one
 process use one core). The supervisor forwards SIGTERM/SIGINT so every worker drains and flushes, and
-restarts a worker that dies unexpectedly, with a backoff so a crash loop cannot spin. Worker i serves
-metrics on the metrics port + i.
+restarts a worker that dies unexpectedly, with a backoff so a crash loop cannot spin. A worker that exits
+with STARTUP_ERROR_EXIT is not restarted: it cannot start with these settings (a refused decision secret, a
+busy metrics port) and never will, so the supervisor stops every worker and exits with that code. Worker i
+serves metrics on the metrics port + i.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0)
+STARTUP_ERROR_EXIT = 2  # what `mabrouter serve` exits with when its settings cannot work
 
 
 def _metrics_listen(base: str, index: int) -> str:
@@ -38,6 +41,7 @@ def worker_env(index: int, metrics_listen: str) -> dict[str, str]:
 def supervise(workers: int, argv: list[str], metrics_listen: str) -> int:
     """Run `workers` copies of `mabrouter serve argv...` until SIGTERM/SIGINT; return an exit code."""
     stopping = False
+    startup_failed = False
 
     def start(index: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -63,6 +67,11 @@ def supervise(workers: int, argv: list[str], metrics_listen: str) -> int:
             code = process.poll()
             if code is None or stopping:
                 continue
+            if code == STARTUP_ERROR_EXIT:
+                log.error("worker %d (pid %d) cannot start with these settings; stopping", index, process.pid)
+                startup_failed = True
+                forward(signal.SIGTERM, None)
+                break
             delay = RESTART_BACKOFF_SECONDS[min(restarts[index], len(RESTART_BACKOFF_SECONDS) - 1)]
             log.error(
                 "worker %d (pid %d) exited with %d; restarting in %.1fs", index, process.pid, code, delay
@@ -71,4 +80,6 @@ def supervise(workers: int, argv: list[str], metrics_listen: str) -> int:
             restarts[index] += 1
             processes[index] = start(index)
     codes = [process.wait() for process in processes]
+    if startup_failed:
+        return STARTUP_ERROR_EXIT
     return 0 if all(code == 0 for code in codes) else 1

@@ -37,15 +37,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _supervise(args: argparse.Namespace, settings: Settings) -> int:
+    from mabrouter.config import SecretError, decision_keys  # noqa: PLC0415
     from mabrouter.workers import supervise  # noqa: PLC0415
 
     if settings.listen.startswith("unix:") or settings.listen.endswith(":0"):
         print("error: --workers needs a TCP host:port with a fixed port (SO_REUSEPORT)", file=sys.stderr)
         return 2
-    argv = [
-        f"--{flag.replace('_', '-')}={value}" for flag, value in _flags(args).items() if value is not None
+    try:
+        decision_keys(settings)  # once here, rather than N workers failing the same way
+    except SecretError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return supervise(args.workers, _argv(_flags(args)), settings.metrics_listen)
+
+
+def _argv(flags: dict[str, Any]) -> list[str]:
+    """The serve flags that were given, as workers' argv (a switch set to True takes no value)."""
+    return [
+        f"--{flag.replace('_', '-')}" + ("" if value is True else f"={value}")
+        for flag, value in flags.items()
+        if value is not None
     ]
-    return supervise(args.workers, argv, settings.metrics_listen)
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -55,6 +67,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "refresh_interval_ms": args.refresh_interval_ms,
         "flush_interval_ms": args.flush_interval_ms,
         "log_format": args.log_format,
+        "dev_insecure_secret": args.dev_insecure_secret,
     }
 
 
@@ -97,6 +110,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument("--flush-interval-ms", type=int, help="trial-count flush period (default 100)")
     serve.add_argument("--log-format", choices=["json", "text"])
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    serve.add_argument(
+        "--dev-insecure-secret",
+        action="store_true",
+        default=None,  # None: leave MABROUTER_DEV_INSECURE_SECRET in charge
+        help="DEVELOPMENT ONLY: serve without MABROUTER_DECISION_SECRET (a public built-in one: anyone "
+        "can forge decision ids) or with one under 32 bytes (env MABROUTER_DEV_INSECURE_SECRET=1)",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     health = commands.add_parser("health", help="ask a router's gRPC health service; exit 0 when SERVING")
