@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from mabrouter.core.decision_id import MAC_BYTES, DecisionToken, KeyedMac, decode, encode, nonce_factory
+from mabrouter.core.decision_id import (
+    MAC_BYTES,
+    MAX_CLOCK_SKEW_MS,
+    DecisionToken,
+    KeyedMac,
+    decode,
+    encode,
+    nonce_factory,
+)
 from mabrouter.errors import ExpiredDecisionIdError, InvalidDecisionIdError
 
 KEY = b"k" * 32
@@ -69,3 +78,143 @@ def test_keyed_mac_is_truncated_hmac_sha256(key: bytes, payload: bytes) -> None:
 def test_encoding_with_a_keyed_mac_or_the_raw_key_gives_the_same_id() -> None:
     assert encode(TOKEN, KeyedMac(KEY)) == encode(TOKEN, KEY)
     assert decode(encode(TOKEN, KeyedMac(KEY)), [KEY], NOW, DAY_MS) == TOKEN
+
+
+# -- signed ids whose fields are not what encode() writes ---------------------------------------------
+# These are what a holder of the secret (a leaked key, a buggy or newer router) could send: the signature
+# verifies, so every field must be checked, and refused with its name, never parsed into a ValueError.
+
+FIELDS = ["1", "ranker", "ranker-v2", "7", str(TOKEN.issued_ms), "abc123", "1"]
+TRACE = "0123456789abcdef" * 3
+
+
+def signed(payload: bytes, key: bytes = KEY) -> str:
+    """An id for any payload, signed with `key`: base64url(payload) "." base64url(truncated HMAC)."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    return f"{b64(payload)}.{b64(hmac.digest(key, payload, 'sha256')[:MAC_BYTES])}"
+
+
+def with_field(index: int, value: str, fields: list[str] = FIELDS) -> str:
+    changed = [*fields]
+    changed[index] = value
+    return signed("|".join(changed).encode())
+
+
+def test_a_hand_signed_id_in_the_router_format_decodes() -> None:
+    # the reference for the refusals below: only the altered field makes them fail
+    assert decode(signed("|".join(FIELDS).encode()), [KEY], NOW, DAY_MS) == TOKEN
+    segmented = [*FIELDS, "", "gold"]
+    assert decode(signed("|".join(segmented).encode()), [KEY], NOW, DAY_MS).segment == "gold"
+
+
+@pytest.mark.parametrize(
+    ("index", "value", "field"),
+    [
+        (0, "2", "format version"),
+        (1, "", "experiment"),
+        (1, "has space", "experiment"),
+        (1, "-leading-dash", "experiment"),
+        (1, "x" * 65, "experiment"),
+        (2, "arm/../x", "arm"),
+        (2, "", "arm"),
+        (3, "x", "config_version"),
+        (3, "-1", "config_version"),
+        (3, "1_000", "config_version"),  # int() would accept it
+        (3, " 7", "config_version"),  # int() would accept it
+        (3, "\u0663", "config_version"),  # an Arabic-Indic 3: int() would accept it
+        (3, "9" * 19, "config_version"),
+        (4, "1.7e12", "issued_ms"),
+        (4, "", "issued_ms"),
+        (4, "+1700000000000", "issued_ms"),
+        (5, "", "nonce"),
+        (5, 'a"b', "nonce"),
+        (5, "n" * 65, "nonce"),
+        (6, "2", "flags"),
+        (6, "3", "flags"),
+        (6, "01", "flags"),
+        (6, "x", "flags"),
+    ],
+)
+def test_a_signed_id_with_a_field_not_as_routers_write_it_names_the_field(
+    index: int, value: str, field: str
+) -> None:
+    with pytest.raises(InvalidDecisionIdError, match=field):
+        decode(with_field(index, value), [KEY], NOW, DAY_MS)
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        (["short"], "trace"),
+        ([TRACE.upper()], "trace"),
+        ([TRACE + "0"], "trace"),
+        ([""], "trace"),  # an empty trace is written only before a segment
+        ([TRACE, ""], "segment"),
+        ([TRACE, "bad segment"], "segment"),
+        (["xyz", "gold"], "trace"),
+        ([TRACE, "gold", "more"], "10 fields"),
+    ],
+)
+def test_trace_and_segment_are_checked_when_present(extra: list[str], field: str) -> None:
+    with pytest.raises(InvalidDecisionIdError, match=field):
+        decode(signed("|".join([*FIELDS, *extra]).encode()), [KEY], NOW, DAY_MS)
+
+
+def test_a_signed_payload_that_is_not_utf8_is_invalid() -> None:
+    payload = "|".join(FIELDS).encode().replace(b"ranker-v2", b"ranker-\xff")
+    with pytest.raises(InvalidDecisionIdError, match="UTF-8"):
+        decode(signed(payload), [KEY], NOW, DAY_MS)
+
+
+def test_an_id_issued_further_ahead_than_the_clock_skew_is_refused() -> None:
+    ahead = DecisionToken("ranker", "ranker-v2", 7, NOW + MAX_CLOCK_SKEW_MS, "abc123", counted=True)
+    assert decode(encode(ahead, KEY), [KEY], NOW, DAY_MS) == ahead  # a replica whose clock runs ahead
+    too_far = ahead._replace(issued_ms=NOW + MAX_CLOCK_SKEW_MS + 1)
+    with pytest.raises(InvalidDecisionIdError, match="future"):
+        decode(encode(too_far, KEY), [KEY], NOW, DAY_MS)
+    year_2500 = ahead._replace(issued_ms=16_725_225_600_000)
+    with pytest.raises(InvalidDecisionIdError, match="future"):
+        decode(encode(year_2500, KEY), [KEY], NOW, DAY_MS)
+
+
+FIELD_TEXT = st.one_of(
+    st.text(max_size=70),
+    st.sampled_from(["", "0", "-1", "1e3", "1_0", " 1", "\u0661", "ranker", "x|y", TRACE, "9" * 20]),
+)
+
+
+@given(
+    st.lists(st.one_of(st.none(), FIELD_TEXT), min_size=7, max_size=10),
+)
+@example([None] * 4 + ["x", None, None])
+@example([None] * 7 + [TRACE, "gold"])
+def test_any_signed_payload_decodes_to_a_token_that_re_encodes_to_it_or_is_invalid(
+    replacements: list[str | None],
+) -> None:
+    """Every field altered (None keeps the valid one), re-signed with the test key. Whatever decodes
+    is exactly what encode() writes; anything else is InvalidDecisionIdError, never another exception."""
+    valid = [*FIELDS, TRACE, "gold", "extra"]
+    fields = [valid[i] if value is None else value for i, value in enumerate(replacements)]
+    decision_id = signed("|".join(fields).encode())
+    if len(decision_id) > 512:
+        return
+    try:
+        token = decode(decision_id, [KEY], NOW, 10**15)
+    except InvalidDecisionIdError as exc:
+        message = str(exc)
+    else:
+        assert encode(token, KEY) == decision_id
+        return
+    assert message.startswith("decision_id ")
+
+
+@given(st.binary(max_size=300))
+def test_any_signed_bytes_are_a_token_or_invalid(payload: bytes) -> None:
+    try:
+        token = decode(signed(payload), [KEY], NOW, 10**15)
+    except (InvalidDecisionIdError, ExpiredDecisionIdError):
+        return
+    assert encode(token, KEY) == signed(payload)

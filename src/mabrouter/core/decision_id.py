@@ -12,16 +12,49 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import re
 from collections.abc import Callable, Sequence
 from itertools import count
 from typing import NamedTuple
 
+from mabrouter.core.model import NAME_PATTERN, NAME_RULE
 from mabrouter.errors import ExpiredDecisionIdError, InvalidDecisionIdError
 
 FORMAT_VERSION = "1"
 MAC_BYTES = 16
 MAX_DECISION_ID_CHARS = 512
 _FLAG_COUNTED = 1
+# How far in the future an id's issued_ms may be. Ids are verified by whichever replica receives the
+# outcome, so the issuing host's clock may run ahead of ours; NTP keeps hosts within milliseconds to
+# seconds, and 5 minutes is the tolerance Kerberos settled on for the same problem. Anything further
+# ahead is not a clock difference, and accepting it would stretch the outcome's seen-marker TTL (the
+# id's remaining life) without bound: issued_ms in the year 2500 meant a TTL of 15e9 s.
+MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
+
+# Each field exactly as encode() writes it. A signed id whose fields differ was not written by a router
+# (a leaked secret, or a bug): it is refused with the field named, never half-parsed. [0-9], not \d,
+# which also matches other scripts' digits; lengths bound the ints (config versions are Redis counters,
+# at most 18 digits; a millisecond timestamp has 13 until the year 2286).
+# Names are checked as NAME_PATTERN.match checks them wherever ids are issued: its '$' also matches before
+# a final newline, so a segment value "gold\n" is used (core/decide.py segment_of) and its ids must verify.
+_NAME = NAME_PATTERN.pattern.removeprefix("^").removesuffix("$") + r"\n?"
+_NONCE = "[A-Za-z0-9_-]{1,64}"  # nonce_factory writes hex; the base64url alphabet is JSON- and key-safe
+_TRACE = "[0-9a-f]{48}"
+_PAYLOAD = re.compile(
+    rf"1\|({_NAME})\|({_NAME})\|([0-9]{{1,18}})\|([0-9]{{1,15}})\|({_NONCE})\|([01])"
+    rf"(?:\|({_TRACE})|\|({_TRACE})?\|({_NAME}))?"
+)
+_FIELD_RULES: tuple[tuple[str, Callable[[str], object], str], ...] = (
+    ("version", re.compile(FORMAT_VERSION).fullmatch, f"the format version {FORMAT_VERSION}"),
+    ("experiment", NAME_PATTERN.match, NAME_RULE),
+    ("arm", NAME_PATTERN.match, NAME_RULE),
+    ("config_version", re.compile("[0-9]{1,18}").fullmatch, "a non-negative integer of at most 18 digits"),
+    ("issued_ms", re.compile("[0-9]{1,15}").fullmatch, "milliseconds since the epoch, at most 15 digits"),
+    ("nonce", re.compile(_NONCE).fullmatch, "1-64 characters: letters, digits, '_' or '-'"),
+    ("flags", re.compile("[01]").fullmatch, "0 or 1 (no other flag bits exist)"),
+    ("trace", re.compile(_TRACE).fullmatch, "48 lowercase hex digits (trace id and span id)"),
+    ("segment", NAME_PATTERN.match, NAME_RULE),
+)
 
 
 class DecisionToken(NamedTuple):  # a NamedTuple, not a frozen dataclass: one per Route, built 3x faster
@@ -100,22 +133,55 @@ def decode(decision_id: str, keys: Sequence[bytes], now_ms: int, max_age_ms: int
         raise InvalidDecisionIdError(
             "decision_id signature does not verify: it was altered, or issued by a router with another secret"
         )
-    fields = payload.decode("utf-8", errors="replace").split("|")
-    if len(fields) not in (7, 8, 9) or fields[0] != FORMAT_VERSION:
-        raise InvalidDecisionIdError("decision_id has an unsupported format version")
-    _, experiment, arm, version, issued, nonce, flags = fields[:7]
-    trace = fields[7] if len(fields) >= 8 else ""
-    segment = fields[8] if len(fields) == 9 else ""
-    token = DecisionToken(
-        experiment, arm, int(version), int(issued), nonce, bool(int(flags) & _FLAG_COUNTED), trace, segment
-    )
-    age_ms = now_ms - token.issued_ms
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidDecisionIdError(
+            "decision_id is signed but its payload is not UTF-8: it was not written by a mabrouter router"
+        ) from exc
+    # One regex over the whole payload: the common case costs one C call; only a refusal pays for
+    # finding which field is wrong.
+    match = _PAYLOAD.fullmatch(text)
+    if match is None:
+        raise InvalidDecisionIdError(_which_field_is_wrong(text))
+    experiment, arm, version, issued, nonce, flags, trace, trace_before_segment, segment = match.groups()
+    issued_ms = int(issued)
+    if issued_ms - now_ms > MAX_CLOCK_SKEW_MS:
+        raise InvalidDecisionIdError(
+            f"decision_id issued_ms is {(issued_ms - now_ms) // 1000} s in the future; ids from at most "
+            f"{MAX_CLOCK_SKEW_MS // 1000} s ahead are accepted (clock skew between routers)"
+        )
+    age_ms = now_ms - issued_ms
     if age_ms > max_age_ms:
         raise ExpiredDecisionIdError(
             f"decision_id expired: issued {age_ms // 1000} s ago, "
             f"outcomes are accepted for {max_age_ms // 1000} s"
         )
-    return token
+    return DecisionToken(
+        experiment,
+        arm,
+        int(version),
+        issued_ms,
+        nonce,
+        flags == "1",
+        trace or trace_before_segment or "",
+        segment or "",
+    )
+
+
+def _which_field_is_wrong(text: str) -> str:
+    """The refusal message for a signed payload that _PAYLOAD does not match: the first wrong field."""
+    fields = text.split("|")
+    if fields[0] != FORMAT_VERSION:
+        return f"decision_id has an unsupported format version {fields[0][:20]!r}; this router reads 1"
+    if not 7 <= len(fields) <= 9:
+        return f"decision_id has {len(fields)} fields; format 1 has 7 to 9"
+    for (name, valid, rule), value in zip(_FIELD_RULES, fields, strict=False):
+        if name == "trace" and value == "" and len(fields) == 9:
+            continue  # an id with a segment but no sampled span has an empty trace field
+        if not valid(value):
+            return f"decision_id field {name} is {value[:40]!r}; it must be {rule}"
+    return "decision_id fields are not in the format routers write"  # pragma: no cover - defensive
 
 
 def nonce_factory(process_prefix: str) -> Callable[[], str]:
