@@ -95,7 +95,9 @@ class RouterApp:
             on_drop=lambda n: self.metrics.dropped.labels("exposure_log").inc(n),
         )
         rng = np.random.default_rng()
-        self.builder = SnapshotBuilder(np.random.default_rng())  # its own: it runs in a worker thread
+        self.builder = SnapshotBuilder(  # its own generator: it runs in a worker thread
+            np.random.default_rng(), on_failure=lambda name: self.metrics.build_failures.labels(name).inc()
+        )
         self.refresher = Refresher(self.store, self.holder, self.builder)
         self.sticky = StickyAssignments(self.store)
         self.guardian = Guardian(
@@ -207,9 +209,15 @@ class RouterApp:
         await self.exposure.flush()
 
     async def _refresh(self) -> None:
-        if not await self.refresher.refresh_once():
-            self.metrics.redis_errors.labels("refresh").inc()
-        await self.health.update(loaded=self.holder.current is not None, fresh=not self.engine.is_stale())
+        try:
+            if not await self.refresher.refresh_once():
+                self.metrics.redis_errors.labels("refresh").inc()
+        finally:  # health must say so whatever happened to the refresh
+            snapshot = self.holder.current
+            await self.health.update(
+                loaded=snapshot is not None,
+                fresh=not self.engine.is_stale() and snapshot is not None and not snapshot.errors,
+            )
 
     def _unflushed(self) -> int:
         return self.flusher.unsent() + self.trials.pending() + self.exposure.pending()

@@ -63,6 +63,13 @@ class NoSnapshotError(MabrouterError):
     code = ErrorCode.UNAVAILABLE
 
 
+class ExperimentUnavailableError(MabrouterError):
+    """The experiment is stored but has never been usable by this router (its document or statistics
+    do not decode); callers that pass default_arm get that arm instead."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
 class StoreUnavailableError(MabrouterError):
     code = ErrorCode.UNAVAILABLE
 

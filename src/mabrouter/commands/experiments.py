@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from mabrouter.commands.common import add_actor, add_redis_url, admin_store, change
-from mabrouter.core.snapshot import build_experiment_state
-from mabrouter.core.summary import EvidenceSummary, evidence, summarize
-from mabrouter.schema import experiment_to_json, load_experiment_file, parse_experiment
-from mabrouter.store.controls_codec import parse_controls, parse_global_controls
-from mabrouter.store.stats_codec import arm_stats, holdout_split
+from mabrouter.core.model import RewardKind
+from mabrouter.core.summary import EvidenceSummary, evidence, segment_shares, summarize
+from mabrouter.errors import ConfigError
+from mabrouter.schema import experiment_to_json, load_experiment_file
+from mabrouter.store.controls_codec import parse_global_controls
+from mabrouter.store.experiment_decoder import decode_experiment, experiment_state
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -31,50 +33,59 @@ def cmd_list(args: argparse.Namespace) -> int:
     with admin_store(args) as store:
         for name in store.names():
             stored = store.get(name)
-            print(f"{name}\tversion {stored.version if stored else '?'}")
+            print(f"{name}\tversion {stored.version_text if stored else '?'}")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     with admin_store(args) as store:
         stored = store.get(args.experiment)
-        global_control = parse_global_controls(store.global_control())
+        global_control, global_problems = parse_global_controls(store.global_control())
     if stored is None:
         print(f"unknown experiment {args.experiment!r} (see `mabrouter experiment list`)")
         return 1
-    doc = parse_experiment(json.loads(stored.doc_json), f"experiment {stored.name} in Redis")
-    spec = doc.to_spec()
-    controls, problems = parse_controls(stored.control, spec)
-    for problem in problems:
-        print(f"warning: {problem} (routers ignore this field)", file=sys.stderr)
-    stats = arm_stats(spec, stored.stats)
     rng = np.random.default_rng()
-    state = build_experiment_state(spec, stored.version, stats, rng, controls)
-    summaries = summarize(spec, stats, state.shares, rng)
-    found = evidence(spec, stats, state.posteriors, holdout_split(stored.stats), rng)
+    try:
+        # The routers' own decoder and state: what is shown here is what they decide from.
+        decoded = decode_experiment(stored.raw, int(time.time() * 1000))
+        state = experiment_state(decoded, rng)
+    except (ConfigError, ValueError) as exc:
+        print(
+            f"error: experiment {args.experiment} as stored cannot be used: {exc}\n"
+            "routers serve its last good state (under its current kill switches), or refuse it if they "
+            "never had one; fix it with `mabrouter experiment apply FILE`",
+            file=sys.stderr,
+        )
+        return 1
+    spec, controls = decoded.spec, decoded.controls
+    for problem in (*decoded.control_problems, *global_problems):
+        print(f"warning: {problem} (routers ignore this field)", file=sys.stderr)
+    summaries = summarize(state, rng)
+    found = evidence(state, decoded.holdout_split, rng)
     killed = global_control.killed or controls.killed
+    reward = spec.reward.value
     if args.json:
         report = {
             "experiment": spec.name,
-            "version": stored.version,
-            "reward": doc.reward,
+            "version": decoded.version,
+            "reward": reward,
             "control": spec.control,
             "killed": killed,
             "global_kill": global_control.killed,
             "rollout": state.rollout,
             "killed_arms": sorted(controls.killed_arms),
             "holdout": spec.holdout_percent,
+            "half_life_seconds": spec.half_life_seconds,
             "ramps": dict(controls.ramp_steps),
             "arms": [s.as_json(spec.reward) for s in summaries],
+            "segments": segment_shares(state),
             **found.as_json(),
         }
         print(json.dumps(report, indent=2))
         return 0
-    total = "successes" if doc.reward == "bernoulli" else "reward sum"
+    total = "successes" if spec.reward is RewardKind.BERNOULLI else "reward sum"
     flags = f", rollout {state.rollout:g}%" + (", KILLED" if killed else "")
-    table = Table(
-        title=f"{spec.name} (version {stored.version}, {doc.reward}, control {spec.control}{flags})"
-    )
+    table = Table(title=f"{spec.name} (version {decoded.version}, {reward}, control {spec.control}{flags})")
     for column in ("arm", "trials", total, "mean", "95% CI", "P(best)", "share"):
         table.add_column(column, justify="left" if column == "arm" else "right")
     for s in summaries:
@@ -90,6 +101,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     console = Console()
     console.print(table)
+    if spec.half_life_seconds:
+        console.print(
+            f"mean, CI and P(best) weigh evidence with a half-life of {spec.half_life_seconds:g} s "
+            "(trials and sums are raw counts)"
+        )
+    for segment, shares in segment_shares(state).items():
+        split = ", ".join(f"{arm} {share:.1%}" for arm, share in shares.items())
+        console.print(f"segment {spec.segment_attribute}={segment} decides on its own data: {split}")
     _print_evidence(console, found)
     return 0
 

@@ -19,7 +19,10 @@ from datetime import datetime
 from typing import TextIO
 
 from mabrouter.commands.common import add_redis_url, admin_store
+from mabrouter.errors import ConfigError
 from mabrouter.store import keys
+from mabrouter.store.admin_store import AdminStore
+from mabrouter.store.experiment_decoder import decode_document
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -79,6 +82,19 @@ def _write(rows: Iterator[dict[str, str]], out: TextIO, fmt: str, segment_column
     return count
 
 
+def _segments(store: AdminStore, experiment: str) -> tuple[str, ...]:
+    """The segment columns, from the document as the routers decode it (none if it does not decode:
+    the rows still carry every seg.* field they were logged with, in jsonl)."""
+    stored = store.get(experiment)
+    if stored is None:
+        return ()
+    try:
+        return decode_document(experiment, stored.config).spec.segments
+    except ConfigError as exc:
+        print(f"warning: {exc}; exporting without segment columns", file=sys.stderr)
+        return ()
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     since_ms = parse_since(args.since, int(time.time() * 1000))
     with admin_store(args) as store:
@@ -88,8 +104,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         outcomes = {
             entry["d"]: entry for entry in store.read_log(keys.outcomes_log(args.experiment), since_ms)
         }
-        stored = store.get(args.experiment)
-        segments = json.loads(stored.doc_json).get("segments", []) if stored else []
+        segments = _segments(store, args.experiment)
         rows = joined_rows(store.read_log(keys.decisions_log(args.experiment), since_ms), outcomes)
         columns = [f"seg.{name}" for name in segments]
         if args.out:

@@ -17,7 +17,12 @@ from mabrouter.core.hashing import bucket_of, in_rollout, unit_seed
 from mabrouter.core.model import NAME_PATTERN, NAME_RULE, AttributeValue, ExperimentSpec, Reason
 from mabrouter.core.snapshot import ExperimentState, Snapshot
 from mabrouter.core.targeting import matches
-from mabrouter.errors import InvalidRequestError, NoSnapshotError, UnknownExperimentError
+from mabrouter.errors import (
+    ExperimentUnavailableError,
+    InvalidRequestError,
+    NoSnapshotError,
+    UnknownExperimentError,
+)
 
 __all__ = ["AttributeValue", "Decision", "RouteInput", "decide", "validate"]
 
@@ -133,7 +138,16 @@ def decide(  # noqa: PLR0911, PLR0912 - the precedence chain reads top-down as e
     state = snapshot.experiments.get(request.experiment)
     if state is None:
         validate(request)
-        raise UnknownExperimentError(request.experiment)
+        problem = snapshot.errors.get(request.experiment)
+        if problem is None:
+            raise UnknownExperimentError(request.experiment)
+        # Stored, but never once usable here: there is no control arm to fall back on.
+        if request.default_arm:
+            return Decision(request.default_arm, Reason.FALLBACK_DEFAULT, 1.0, 0, {}, counted=False)
+        raise ExperimentUnavailableError(
+            f"experiment {request.experiment!r} cannot be used: {problem}; "
+            "pass default_arm to get an answer anyway"
+        )
     _validate_unit(request)  # a loaded experiment's name is valid
     spec, control = state.spec, state.control_index
     if snapshot.global_controls.killed or state.controls.killed or state.sampler is None:

@@ -72,13 +72,34 @@ def student_t_parameters(prior: NormalPrior, stats: ArmStats) -> tuple[float, fl
         # Sum of squared deviations; clamp tiny negatives from floating-point cancellation.
         squared_deviations = max(stats.reward_sq_sum - n * sample_mean * sample_mean, 0.0)
         mean_n = (prior.kappa * prior.mean + n * sample_mean) / kappa_n
-        beta_n = (
-            prior.beta
-            + 0.5 * squared_deviations
-            + prior.kappa * n * (sample_mean - prior.mean) ** 2 / (2.0 * kappa_n)
-        )
-    scale = math.sqrt(beta_n / (alpha_n * kappa_n))
+        shift = sample_mean - prior.mean
+        # x * x, not x ** 2: on a float that overflows, ** raises OverflowError while * gives inf,
+        # which check_usable then reports by arm.
+        beta_n = prior.beta + 0.5 * squared_deviations + prior.kappa * n * shift * shift / (2.0 * kappa_n)
+    scale = math.sqrt(beta_n / (alpha_n * kappa_n)) if beta_n >= 0 else math.nan
     return mean_n, scale, 2.0 * alpha_n
+
+
+def check_usable(spec: ExperimentSpec, posteriors: Posteriors) -> None:
+    """Raise ValueError naming the first arm whose posterior a sampler cannot draw from.
+
+    Statistics are data in Redis that anyone may edit, and sums of extreme (finite) rewards can leave
+    float range inside the formulas above. numpy would then draw NaN or fail on a non-positive
+    parameter mid-decision; refusing the state here lets the router keep its last good one instead."""
+    parameters: tuple[FloatArray, ...]
+    if isinstance(posteriors, BetaPosteriors):
+        parameters = (posteriors.alpha, posteriors.beta)
+        positive = (posteriors.alpha > 0) & (posteriors.beta > 0)
+    else:
+        parameters = (posteriors.location, posteriors.scale, posteriors.df)
+        positive = (posteriors.scale > 0) & (posteriors.df > 0)
+    usable = positive & np.logical_and.reduce([np.isfinite(p) for p in parameters])
+    for index in np.flatnonzero(~usable):
+        values = ", ".join(f"{float(p[index])!r}" for p in parameters)
+        raise ValueError(
+            f"experiment {spec.name}: the statistics of arm {spec.arms[index].name!r} give an unusable "
+            f"posterior ({values}); check its fields in the stats hash"
+        )
 
 
 def posteriors_for(spec: ExperimentSpec, stats: tuple[ArmStats, ...]) -> Posteriors:

@@ -15,7 +15,7 @@ from mabrouter.core.allocation import (
     thompson_allocation,
 )
 from mabrouter.core.model import ArmStats, Controls, ExperimentSpec, GlobalControls
-from mabrouter.core.posterior import FloatArray, Posteriors, posteriors_for
+from mabrouter.core.posterior import FloatArray, Posteriors, check_usable, posteriors_for
 from mabrouter.core.thompson import ThompsonSampler, win_probabilities
 
 NO_CONTROLS = Controls()
@@ -120,6 +120,7 @@ def _segment_policies(
         if sum(s.trials for s in stats) < spec.segment_min_trials:
             continue  # too little data: the pooled posterior decides
         posteriors = posteriors_for(spec, stats)
+        check_usable(spec, posteriors)
         shares, sampler = _allocation(spec, stats, posteriors, live=live, controls=controls, rng=rng)
         policies[segment] = SegmentPolicy(stats, shares, sampler)
     return policies
@@ -141,6 +142,7 @@ def build_experiment_state(
     if control_index is None:  # the schema guarantees it; a hand-built spec may not
         raise ValueError(f"experiment {spec.name!r}: control arm {spec.control!r} is not one of its arms")
     posteriors = posteriors_for(spec, posterior_stats or stats)
+    check_usable(spec, posteriors)
     # The control arm cannot be killed: it is what the router serves when it must not experiment.
     # Shadow arms are never served.
     live = tuple(

@@ -14,8 +14,8 @@ from mabrouter.core.evidence import (
     guardrail_breaches,
     sample_ratio_check,
 )
-from mabrouter.core.model import ArmStats, ExperimentSpec, RewardKind
-from mabrouter.core.posterior import Posteriors, posteriors_for
+from mabrouter.core.model import RewardKind
+from mabrouter.core.snapshot import ExperimentState
 from mabrouter.core.thompson import win_probabilities
 
 SUMMARY_DRAWS = 20_000
@@ -48,14 +48,14 @@ class ArmSummary:
         }
 
 
-def summarize(
-    spec: ExperimentSpec, stats: tuple[ArmStats, ...], shares: np.ndarray, rng: np.random.Generator
-) -> list[ArmSummary]:
-    """`shares` is the policy's current allocation (it differs from P(best) once arms are killed)."""
-    posteriors = posteriors_for(spec, stats)
+def summarize(state: ExperimentState, rng: np.random.Generator) -> list[ArmSummary]:
+    """Per-arm summaries of the state routers decide from: its posteriors (discounted, when the
+    experiment has a half-life) and its allocation (which differs from P(best) once arms are killed,
+    capped or floored). Trials and sums are the raw counts."""
+    posteriors = state.posteriors
     draws = posteriors.draw(rng, SUMMARY_DRAWS)
     low, high = np.percentile(draws, [2.5, 97.5], axis=0)
-    p_best = win_probabilities(posteriors, tuple(range(len(spec.arms))), rng, SUMMARY_DRAWS)
+    p_best = win_probabilities(posteriors, tuple(range(len(state.spec.arms))), rng, SUMMARY_DRAWS)
     means = posteriors.mean()
     return [
         ArmSummary(
@@ -67,10 +67,19 @@ def summarize(
             ci_low=float(low[i]),
             ci_high=float(high[i]),
             p_best=float(p_best[i]),
-            share=float(shares[i]),
+            share=float(state.shares[i]),
         )
-        for i, (arm, s) in enumerate(zip(spec.arms, stats, strict=True))
+        for i, (arm, s) in enumerate(zip(state.spec.arms, state.stats, strict=True))
     ]
+
+
+def segment_shares(state: ExperimentState) -> dict[str, dict[str, float]]:
+    """Segments deciding on their own posteriors: segment -> arm -> share of sampled traffic."""
+    names = [arm.name for arm in state.spec.arms]
+    return {
+        segment: {name: float(share) for name, share in zip(names, policy.shares, strict=True)}
+        for segment, policy in sorted(state.segments.items())
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,15 +122,10 @@ class EvidenceSummary:
         }
 
 
-def evidence(
-    spec: ExperimentSpec,
-    stats: tuple[ArmStats, ...],
-    posteriors: Posteriors,
-    split: tuple[float, float],
-    rng: np.random.Generator,
-) -> EvidenceSummary:
+def evidence(state: ExperimentState, split: tuple[float, float], rng: np.random.Generator) -> EvidenceSummary:
     """Sample-ratio checks: sampled decisions per arm against the counts the allocations expected, and
     holdout vs bandit decisions against the configured holdout fraction."""
+    spec, stats = state.spec, state.stats
     arm_srm = sample_ratio_check([float(s.sampled) for s in stats], [s.expected_trials for s in stats])
     holdout_srm = None
     if spec.holdout_percent > 0:
@@ -129,5 +133,8 @@ def evidence(
         holdout_srm = sample_ratio_check(list(split), [fraction, 1.0 - fraction])
     live = tuple(range(len(spec.arms)))
     return EvidenceSummary(
-        arm_srm, holdout_srm, divergences(spec, posteriors, rng), guardrail_breaches(spec, stats, live, rng)
+        arm_srm,
+        holdout_srm,
+        divergences(spec, state.posteriors, rng),
+        guardrail_breaches(spec, stats, live, rng),
     )

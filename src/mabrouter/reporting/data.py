@@ -7,7 +7,6 @@ means is decided per analysis (`per_decision_reward`).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -27,7 +26,6 @@ from mabrouter.core.model import (
     RewardKind,
 )
 from mabrouter.core.posterior import BetaPosteriors, Posteriors
-from mabrouter.core.snapshot import build_experiment_state
 from mabrouter.core.summary import ArmSummary, evidence, summarize
 from mabrouter.reporting import (
     Exposure,
@@ -38,11 +36,10 @@ from mabrouter.reporting import (
     per_decision_reward,
     read_exposure,
 )
-from mabrouter.schema import parse_experiment
 from mabrouter.store import keys
 from mabrouter.store.admin_store import AdminStore, AuditEntry
-from mabrouter.store.controls_codec import parse_controls, parse_global_controls
-from mabrouter.store.stats_codec import arm_stats, holdout_split
+from mabrouter.store.controls_codec import parse_global_controls
+from mabrouter.store.experiment_decoder import decode_experiment, experiment_state
 
 QUIET_MS = 3_600_000  # no decision logged for this long: say so
 KILL_LOOKBACK = 1000  # audit entries searched for who killed an arm
@@ -133,19 +130,14 @@ def gather(
     stored = store.get(name)
     if stored is None:
         return None
-    doc = parse_experiment(json.loads(stored.doc_json), f"experiment {name} in Redis")
-    spec = doc.to_spec()
-    controls, problems = parse_controls(stored.control, spec)
-    warnings = [f"control switch ignored by routers: {problem}" for problem in problems]
-    try:
-        global_controls = parse_global_controls(store.global_control())
-    except ValueError as exc:
-        global_controls = GlobalControls()
-        warnings.append(f"global switches: {exc}")
-    stats = arm_stats(spec, stored.stats)
-    state = build_experiment_state(spec, stored.version, stats, rng, controls)
-    split = holdout_split(stored.stats)
-    found = evidence(spec, stats, state.posteriors, split, rng)
+    # The routers' own decoder and state (ConfigError/ValueError name what is wrong with the stored data).
+    decoded = decode_experiment(stored.raw, now_ms)
+    state = experiment_state(decoded, rng)
+    spec, stats, controls, split = decoded.spec, decoded.stats, decoded.controls, decoded.holdout_split
+    warnings = [f"control switch ignored by routers: {problem}" for problem in decoded.control_problems]
+    global_controls, global_problems = parse_global_controls(store.global_control())
+    warnings += [f"global switch ignored by routers: {problem}" for problem in global_problems]
+    found = evidence(state, split, rng)
     entries = store.audit([name, keys.GLOBAL_SCOPE], max(audit_limit, KILL_LOOKBACK))
     audit = tuple(_audit_row(entry) for entry in reversed(entries))
     rewards = {
@@ -157,7 +149,7 @@ def gather(
     )
     auto_kills = _guardrail_kills(name, audit, controls.killed_arms)
     divergent = {d.arm for d in found.divergences}
-    summaries = summarize(spec, stats, state.shares, rng)
+    summaries = summarize(state, rng)
     arms = tuple(
         ArmView(
             arm.name,
@@ -183,8 +175,8 @@ def gather(
     warnings += _log_warnings(exposure, len(rewards), trials, since_ms, now_ms)
     return ReportData(
         experiment=name,
-        description=doc.description,
-        version=stored.version,
+        description=decoded.document.description,
+        version=decoded.version,
         updated_ms=stored.updated_ms,
         reward=spec.reward,
         control=spec.control,

@@ -152,6 +152,14 @@ class SnapshotCollector(Collector):
                 share.add_metric([name, arm.name], float(state.shares[i]))
                 trials.add_metric([name, arm.name], float(state.stats[i].trials))
                 killed.add_metric([name, arm.name], 1.0 if arm.name in state.controls.killed_arms else 0.0)
+        degraded = GaugeMetricFamily(
+            "mabrouter_experiment_degraded",
+            "1 while what Redis holds for the experiment cannot be used: it is served from its last good "
+            "state under its current kill switches (or refused, if it never had one)",
+            labels=["experiment"],
+        )
+        for name in snapshot.errors if snapshot else ():
+            degraded.add_metric([name], 1.0)
         invalid = GaugeMetricFamily(
             "mabrouter_invalid_documents", "Invalid documents rejected (last good kept)"
         )
@@ -165,4 +173,5 @@ class SnapshotCollector(Collector):
         )
         for buffer, count in self._pending_writes().items():
             pending.add_metric([buffer], float(count))
-        yield from (age, loaded, version, mean, share, trials, killed, invalid, unattributed, pending)
+        yield from (age, loaded, version, mean, share, trials, killed, degraded)
+        yield from (invalid, unattributed, pending)

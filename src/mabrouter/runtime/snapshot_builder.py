@@ -1,27 +1,39 @@
 """Turns raw Redis data into a Snapshot, keeping the last good state of anything invalid.
 
+Nothing stored can stop it: whatever fails while building one experiment (its document, statistics,
+switches or the numbers in between) keeps that experiment's last good state, is logged once and counted,
+and never stops the other experiments or the global switches. The experiment's kill switches are still
+read from its control hash and applied over that last good state: an operator must be able to stop an
+experiment whose statistics someone (or one extreme reward) broke.
+
 It also notices edits made outside the CLI (plain redis-cli during an incident): the CLI bumps the
 version with every change, so content that changed under an unchanged version is an unattributed edit.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mabrouter.core.model import ExperimentSpec, GlobalControls
-from mabrouter.core.snapshot import ExperimentState, Snapshot, build_experiment_state
-from mabrouter.errors import ConfigError
-from mabrouter.schema import parse_experiment
+from mabrouter.core.model import ArmStats, Controls, GlobalControls
+from mabrouter.core.snapshot import ExperimentState, Snapshot
 from mabrouter.store.controls_codec import parse_controls, parse_global_controls
+from mabrouter.store.experiment_decoder import (
+    DOC,
+    DecodedExperiment,
+    StoredDocument,
+    decode_document,
+    decode_experiment,
+    experiment_state,
+    stored_version,
+)
 from mabrouter.store.keys import GLOBAL_SCOPE, VERSION
 from mabrouter.store.router_store import RawExperiment, RawState
-from mabrouter.store.stats_codec import arm_stats, discount_epoch, discounted_stats, segment_stats
+from mabrouter.store.stats_codec import arm_stats
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +45,7 @@ log = logging.getLogger(__name__)
 REBUILD_MAX_AGE_SECONDS = 1.0
 REBUILD_MIN_GROWTH = 0.02
 REBUILD_MIN_OBSERVATIONS = 1_000
+MAX_PROBLEM_CHARS = 500
 
 
 def rebuild_due(observed_then: float, observed_now: float, age_seconds: float) -> bool:
@@ -41,6 +54,12 @@ def rebuild_due(observed_then: float, observed_now: float, age_seconds: float) -
         observed_then, REBUILD_MIN_OBSERVATIONS
     )
     return moved or age_seconds >= REBUILD_MAX_AGE_SECONDS
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an operator: our own errors say what is wrong; anything else names its type too."""
+    text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+    return text[:MAX_PROBLEM_CHARS]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +84,21 @@ class _Built:
     inputs: _Inputs
     at: float  # monotonic
     observations: float  # trials and rewards over all arms
+    decoded: DecodedExperiment  # the last good data: kills are applied over it when new data is bad
 
 
 class SnapshotBuilder:
-    """Stateful across refreshes: caches parsed specs, reuses unchanged states, remembers raw inputs."""
+    """Stateful across refreshes: caches parsed documents, reuses unchanged states, remembers raw inputs.
 
-    def __init__(self, rng: np.random.Generator) -> None:
+    `on_failure(experiment)` is called for every refresh that could not build that experiment from
+    what Redis holds now (a metric)."""
+
+    def __init__(
+        self, rng: np.random.Generator, on_failure: Callable[[str], None] = lambda _name: None
+    ) -> None:
         self._rng = rng
-        self._specs: dict[str, tuple[str, ExperimentSpec]] = {}
+        self._on_failure = on_failure
+        self._documents: dict[str, tuple[str, StoredDocument]] = {}
         self._built: dict[str, _Built] = {}
         self._seen_raw: dict[str, tuple[Mapping[str, str], str]] = {}
         self._reported_bad: set[tuple[str, str]] = set()
@@ -87,34 +113,51 @@ class SnapshotBuilder:
         errors: dict[str, str] = {}
         for item in raw.experiments:
             self._notice_raw_edits(item)
-            try:
-                state = self._state(item, old.get(item.name), loaded_at)
-            except (ConfigError, ValueError, KeyError) as exc:
-                errors[item.name] = str(exc)
-                self._report_once(
-                    item.name, item.config.get(VERSION, "?") + repr(sorted(item.control.items())), str(exc)
-                )
-                state = old.get(item.name)  # keep the last good version
+            state, problem = self._state_or_last_good(item, old.get(item.name), loaded_at)
+            if problem:
+                errors[item.name] = problem
             if state is not None:
                 states[item.name] = state
-        self._global = self._global_controls(raw.global_control, errors)
+        self._global, problems = parse_global_controls(raw.global_control, self._global)
+        self._notice_control_edit(GLOBAL_SCOPE, raw.global_control)
+        if problems:
+            self._report_once(GLOBAL_SCOPE, "; ".join(problems), "ignoring " + "; ".join(problems))
         return Snapshot(experiments=states, loaded_at=loaded_at, global_controls=self._global, errors=errors)
 
     def take_unattributed(self) -> list[UnattributedEdit]:
         edits, self.unattributed = self.unattributed, []
         return edits
 
-    def _global_controls(self, raw: Mapping[str, str], errors: dict[str, str]) -> GlobalControls:
-        self._notice_control_edit(GLOBAL_SCOPE, raw)
+    def _state_or_last_good(
+        self, item: RawExperiment, old: ExperimentState | None, now: float
+    ) -> tuple[ExperimentState | None, str]:
+        """The experiment's state and '' or, when what is stored cannot be used, its last good state
+        under the switches stored now (None if it never had one) and the problem."""
         try:
-            return parse_global_controls(raw)
-        except ValueError as exc:
-            errors[GLOBAL_SCOPE] = str(exc)
-            self._report_once(GLOBAL_SCOPE, repr(sorted(raw.items())), str(exc))
-            return self._global
+            return self._state(item, old, now), ""
+        except Exception as exc:  # noqa: BLE001 - whatever one experiment's data does, the rest go on
+            problem = describe(exc)
+        self._on_failure(item.name)
+        self._report_once(item.name, problem, f"{problem} (its kill switches still apply)")
+        if old is None:
+            return None, problem
+        return self._under_current_switches(item, old), problem
 
-    def _state(self, item: RawExperiment, old: ExperimentState | None, now: float) -> ExperimentState | None:
-        version = int(item.config.get(VERSION, "0"))
+    def _under_current_switches(self, item: RawExperiment, old: ExperimentState) -> ExperimentState:
+        """`old` with the kill switches (and rollout) stored now, rebuilt over the last good data."""
+        controls, _ = parse_controls(item.control, old.spec, old.controls)
+        if controls == old.controls:
+            return old
+        built = self._built.get(item.name)
+        if built is not None and built.decoded.spec is old.spec:
+            try:
+                return experiment_state(built.decoded, self._rng, controls)
+            except Exception:
+                log.exception("cannot apply the new switches of %s: serving control", item.name)
+        return _serving_control(old, controls)
+
+    def _state(self, item: RawExperiment, old: ExperimentState | None, now: float) -> ExperimentState:
+        version = stored_version(item.name, item.config)
         inputs = _Inputs(version, item.stats, item.control)
         built = self._built.get(item.name)
         if old is not None and built is not None:
@@ -122,10 +165,10 @@ class SnapshotBuilder:
                 return old  # nothing changed: keep the sampler and its propensities
             same_rules = (built.inputs.version, built.inputs.control) == (version, item.control)
             if same_rules and not rebuild_due(
-                built.observations, _observations(old.spec, item.stats), now - built.at
+                built.observations, _observations(arm_stats(old.spec, item.stats)), now - built.at
             ):
                 return old
-        if old is not None and version < old.version:
+        if old is not None and built is not None and version < old.version:
             # The document never goes back (a rewound or restored Redis), but switches and stats still
             # apply: a kill made after a rewind must be obeyed.
             message = (
@@ -133,46 +176,31 @@ class SnapshotBuilder:
                 "kill switches still apply"
             )
             self._report_once(item.name, f"rewound to {version}", message)
-            spec, version = old.spec, old.version
+            document = built.decoded.document
         else:
-            spec = self._spec(item, version)
-        controls, problems = parse_controls(item.control, spec, old.controls if old is not None else None)
-        if problems:
-            self._report_once(item.name, repr(sorted(item.control.items())), "; ".join(problems))
-        segments = segment_stats(spec, item.stats) if spec.segment_attribute else None
-        discounted = (
-            discounted_stats(spec, item.stats, int(time.time() * 1000)) if spec.half_life_seconds else None
+            document = self._document(item, version)
+        decoded = decode_experiment(
+            item,
+            int(time.time() * 1000),
+            document=document,
+            previous_controls=old.controls if old is not None else None,
         )
-        state = build_experiment_state(
-            spec,
-            version,
-            arm_stats(spec, item.stats),
-            self._rng,
-            controls,
-            segments=segments,
-            posterior_stats=discounted,
-            discount_epoch_ms=discount_epoch(item.stats),
-        )
-        self._built[item.name] = _Built(inputs, now, _observations(spec, item.stats))
+        if decoded.control_problems:
+            self._report_once(
+                item.name, repr(sorted(item.control.items())), "; ".join(decoded.control_problems)
+            )
+        state = experiment_state(decoded, self._rng)
+        self._built[item.name] = _Built(inputs, now, _observations(decoded.stats), decoded)
         return state
 
-    def _spec(self, item: RawExperiment, version: int) -> ExperimentSpec:
-        doc_text = item.config.get("doc", "")
-        cached = self._specs.get(item.name)
-        if cached is not None and cached[0] == doc_text:
-            return cached[1]
-        try:
-            data = json.loads(doc_text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(
-                f"experiment {item.name} version {version}: document is not JSON ({exc})"
-            ) from exc
-        doc = parse_experiment(data, f"experiment {item.name} version {version} in Redis")
-        if doc.name != item.name:
-            raise ConfigError(f"experiment {item.name} version {version}: document is named {doc.name!r}")
-        spec = doc.to_spec()
-        self._specs[item.name] = (doc_text, spec)
-        return spec
+    def _document(self, item: RawExperiment, version: int) -> StoredDocument:
+        text = item.config.get(DOC, "")
+        cached = self._documents.get(item.name)
+        if cached is not None and cached[0] == text:
+            return cached[1] if cached[1].version == version else replace(cached[1], version=version)
+        document = decode_document(item.name, item.config)
+        self._documents[item.name] = (text, document)
+        return document
 
     def _notice_raw_edits(self, item: RawExperiment) -> None:
         self._notice_control_edit(item.name, item.control)
@@ -216,5 +244,20 @@ class SnapshotBuilder:
         log.error("keeping the last good state of %s: %s", scope, message)
 
 
-def _observations(spec: ExperimentSpec, raw: Mapping[str, str]) -> float:
-    return sum(arm.trials + arm.reward_count for arm in arm_stats(spec, raw))
+def _observations(stats: tuple[ArmStats, ...]) -> float:
+    return sum(arm.trials + arm.reward_count for arm in stats)
+
+
+def _serving_control(state: ExperimentState, controls: Controls) -> ExperimentState:
+    """The safe answer when new switches cannot be applied over the last good data: control only."""
+    shares = np.zeros(len(state.spec.arms), dtype=np.float64)
+    shares[state.control_index] = 1.0
+    return replace(
+        state,
+        controls=controls,
+        live=(state.control_index,),
+        shares=shares,
+        sampler=None,
+        shadow_sampler=None,
+        segments={},
+    )

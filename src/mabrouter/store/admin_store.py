@@ -15,16 +15,31 @@ from redis.cluster import RedisCluster
 
 from mabrouter.store import keys, scripts
 from mabrouter.store.connect import sync_client
+from mabrouter.store.records import RawExperiment
 
 
 @dataclass(frozen=True, slots=True)
 class StoredExperiment:
+    """An experiment's hashes as stored, not yet validated: decode it with store.experiment_decoder."""
+
     name: str
-    doc_json: str
-    version: int
-    updated_ms: int
+    config: Mapping[str, str]
     stats: Mapping[str, str]
     control: Mapping[str, str]
+
+    @property
+    def raw(self) -> RawExperiment:
+        return RawExperiment(self.name, self.config, self.stats, self.control)
+
+    @property
+    def updated_ms(self) -> int:
+        text = self.config.get("updated_ms", "0")
+        return int(text) if text.isdigit() else 0
+
+    @property
+    def version_text(self) -> str:
+        """The stored version as written (it may have been edited by hand: not parsed here)."""
+        return self.config.get(keys.VERSION, "?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +67,16 @@ class AdminStore:
 
     @classmethod
     def from_url(cls, url: str) -> AdminStore:
-        return cls(sync_client(url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=5.0))
+        # Invalid UTF-8 written by hand reads as U+FFFD instead of failing the whole reply: validation
+        # then names the field.
+        client = sync_client(
+            url,
+            decode_responses=True,
+            encoding_errors="replace",
+            socket_timeout=5.0,
+            socket_connect_timeout=5.0,
+        )
+        return cls(client)
 
     def close(self) -> None:
         self._redis.close()
@@ -103,14 +127,7 @@ class AdminStore:
             config, stats, control = pipe.execute()
         if not config:
             return None
-        return StoredExperiment(
-            name=name,
-            doc_json=config.get("doc", ""),
-            version=int(config.get("version", 0)),
-            updated_ms=int(config.get("updated_ms", 0)),
-            stats=stats,
-            control=control,
-        )
+        return StoredExperiment(name, _text_map(config), _text_map(stats), _text_map(control))
 
     def global_control(self) -> Mapping[str, str]:
         return _text_map(self._redis.hgetall(keys.control(keys.GLOBAL_SCOPE)))

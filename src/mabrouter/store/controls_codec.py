@@ -59,12 +59,12 @@ def _reason(raw: Mapping[str, str]) -> str:
 def _arm_killed(field: str, value: str, spec: ExperimentSpec) -> bool:
     if not field.startswith(KILL_ARM_PREFIX):
         raise ValueError(
-            f"unknown control field {field!r}; fields are kill, kill:<arm>, rollout, reason, version"
+            f"unknown control field {field[:60]!r}; fields are kill, kill:<arm>, rollout, reason, version"
         )
     arm = field.removeprefix(KILL_ARM_PREFIX)
     if spec.arm_index(arm) is None:
         names = ", ".join(a.name for a in spec.arms)
-        raise ValueError(f"control field {field!r} names no arm of {spec.name} (arms: {names})")
+        raise ValueError(f"control field {field[:60]!r} names no arm of {spec.name} (arms: {names})")
     killed = parse_flag(field, value)
     if killed and arm == spec.control:
         raise ValueError(f"control field {field!r}: the control arm cannot be killed; kill the experiment")
@@ -77,7 +77,7 @@ def _ramp_entry(field: str, value: str, spec: ExperimentSpec) -> tuple[bool, str
     arm = field.removeprefix(RAMP_SINCE_PREFIX if is_since else RAMP_PREFIX)
     index = spec.arm_index(arm)
     if index is None or not spec.arms[index].ramp:
-        raise ValueError(f"control field {field!r} names no ramping arm of {spec.name}")
+        raise ValueError(f"control field {field[:60]!r} names no ramping arm of {spec.name}")
     if not value.isdigit():
         raise ValueError(f"control field {field!r} is {value[:40]!r}; it must be a non-negative integer")
     return is_since, arm, int(value)
@@ -141,11 +141,23 @@ def parse_controls(
     ), problems
 
 
-def parse_global_controls(raw: Mapping[str, str]) -> GlobalControls:
-    unknown = set(raw) - {KILL, REASON, VERSION}
-    if unknown:
-        raise ValueError(
-            f"unknown global control field(s) {sorted(unknown)}; fields are kill, reason, version"
-        )
-    control_version(raw)
-    return GlobalControls(killed=parse_flag(KILL, raw.get(KILL, "0")), reason=_reason(raw))
+def parse_global_controls(
+    raw: Mapping[str, str], previous: GlobalControls | None = None
+) -> tuple[GlobalControls, list[str]]:
+    """The global switches in `raw` and the problems found, field by field as `parse_controls` does: a
+    stray field or a bad version never hides a valid `kill 1` next to it, and a bad `kill` value keeps
+    the last good one (from `previous`)."""
+    problems = [
+        f"unknown global control field {field[:40]!r}; fields are kill, reason, version"
+        for field in sorted(set(raw) - {KILL, REASON, VERSION})
+    ]
+    killed = previous.killed if previous is not None else False
+    try:
+        killed = parse_flag(KILL, raw.get(KILL, "0"))
+    except ValueError as exc:
+        problems.append(str(exc))
+    try:
+        control_version(raw)
+    except ValueError as exc:
+        problems.append(str(exc))
+    return GlobalControls(killed=killed, reason=_reason(raw)), problems

@@ -108,6 +108,9 @@ class RouterStore:
     def from_url(cls, url: str) -> RouterStore:
         options: dict[str, Any] = {
             "decode_responses": True,
+            # Invalid UTF-8 written into a hash by hand reads as U+FFFD, which validation then refuses
+            # field by field; "strict" failed the whole refresh pipeline, every experiment with it.
+            "encoding_errors": "replace",
             "socket_timeout": 2.0,
             "socket_connect_timeout": 2.0,
         }
