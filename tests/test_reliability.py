@@ -1313,14 +1313,14 @@ def test_secrets_never_appear_in_the_router_log_or_errors(tmp_path: Path) -> Non
 # -- least-privilege Redis ACLs (docs/reliability.md shows these lines) -------------------------------
 
 # Everything the router does: read config/stats/controls, run its Lua scripts (which call SET, GET,
-# HINCRBY, HINCRBYFLOAT, HGET, HSET, XADD inside: scripts run with the caller's permissions), append the
+# HMGET, TYPE, HGET, HSET, XADD inside: scripts run with the caller's permissions), append the
 # exposure log, subscribe to change notices. It reads every mabrouter key (%R~) but writes only the keys it
 # owns: it cannot change an experiment's config or its kill switches. Only the change channel.
 ROUTER_ACL = (
     "resetkeys %R~mabrouter:* ~mabrouter:{*}:stats ~mabrouter:{*}:seen:* ~mabrouter:{*}:batch:* "
     "~mabrouter:{*}:sticky:* ~mabrouter:{*}:decisions ~mabrouter:{*}:outcomes ~mabrouter:{*}:audit "
     "~mabrouter:{*}:audited resetchannels &mabrouter:changes -@all "
-    "+ping +smembers +hgetall +hget +hset +hincrby +hincrbyfloat +get +set +xadd "
+    "+ping +smembers +hgetall +hget +hmget +type +hset +hincrby +hincrbyfloat +get +set +xadd "
     "+evalsha +eval +script|load +script|exists +subscribe +unsubscribe"
 )
 # Everything the CLI does: apply/list/status/kill/unkill/rollout/audit/export. It writes configs, switches

@@ -8,7 +8,8 @@ the flush only joins strings: encoding a whole flush at once held the event loop
 A decision entry carries the propensity the policy had for the served arm, which is what
 inverse-propensity-weighted (off-policy) estimates need. When the buffer is full, entries are dropped
 and counted (a metric and a log line), never queued without bound. Outcomes are logged by the script
-that applies them (store/scripts.py RECORD_OUTCOMES); outcomes replayed from the spool come here.
+that applies them (store/stats_scripts.py RECORD_OUTCOMES), live or replayed from the spool, never here:
+an entry buffered here is lost with the process.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ from mabrouter.core.decide import Decision, RouteInput
 from mabrouter.core.decision_id import DecisionToken, KeyedMac
 from mabrouter.store import keys
 from mabrouter.store.errors import STORE_ERRORS
-from mabrouter.store.router_store import OutcomeWrite, RouterStore
+from mabrouter.store.router_store import RouterStore
 
 log = logging.getLogger(__name__)
 
 LogEntry = tuple[str, str]  # (stream key, JSON array [field, value, field, value, ...])
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # A JSON string literal, quotes included (the C encoder json.dumps uses for str with ensure_ascii=False).
 _quote: Callable[[str], str] = json.encoder.encode_basestring
 
@@ -105,18 +105,6 @@ class ExposureLog:
             return
         entry = decision_entry(request, decision, token, self._unit_label(request.unit_id), segments)
         self._append((keys.decisions_log(request.experiment), entry))
-
-    def outcome(self, token: DecisionToken, reward: float, now_ms: int) -> None:
-        self._outcome(token.experiment, token.nonce, token.arm, reward, now_ms)
-
-    def outcome_of(self, write: OutcomeWrite, now_ms: int) -> None:
-        self._outcome(write.experiment, write.nonce, write.arm, write.reward, now_ms)
-
-    def _outcome(self, experiment: str, nonce: str, arm: str, reward: float, now_ms: int) -> None:
-        if not self.enabled:
-            return
-        fields = ["d", nonce, "ts", str(now_ms), "arm", arm, "reward", repr(reward)]
-        self._append((keys.outcomes_log(experiment), _encode(fields)))
 
     def pending(self) -> int:
         return len(self._pending)

@@ -4,28 +4,55 @@
 Redis is unreachable and a spool directory is configured, fsync'd to the local spool, which is replayed
 into Redis (exactly once, by nonce) when it returns. Without a spool, an outcome that cannot reach
 Redis gets UNAVAILABLE and the caller retries (safe: retries are deduplicated).
+
+Every refusal that depends only on the request (decision id, reward and metric values, the weight a
+discounted outcome would carry) is made before anything is sent or spooled, so the spool never
+acknowledges what the live path refuses. Only Redis can tell that a stored field cannot absorb an outcome
+(an operator wrote "abc" or 1e308 into it): live, that outcome gets FAILED_PRECONDITION with nothing
+written, to be retried after the repair; from the spool, where it was already acknowledged, it is
+dropped, counted (result "rejected") and logged in full.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from mabrouter.core import decision_id
 from mabrouter.core.discount import weight
 from mabrouter.core.outcome import guardrail_metrics, validate_outcome
 from mabrouter.core.snapshot import ExperimentState
-from mabrouter.errors import MabrouterError, NoSnapshotError, StoreUnavailableError
+from mabrouter.errors import (
+    ErrorCode,
+    InvalidRequestError,
+    MabrouterError,
+    NoSnapshotError,
+    StoreUnavailableError,
+)
 from mabrouter.runtime.exposure import ExposureLog
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.metrics import RouterMetrics
 from mabrouter.runtime.spool import OutcomeSpool, SpoolFullError
 from mabrouter.store.errors import STORE_ERRORS
-from mabrouter.store.router_store import OutcomeWrite, RouterStore
+from mabrouter.store.router_store import OutcomeWrite, Refused, RouterStore
+
+log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
+# At most one warning per experiment per this many seconds about outcomes its statistics refuse.
+REFUSAL_LOG_INTERVAL_SECONDS = 60.0
+
+
+class UnabsorbableOutcomeError(MabrouterError):
+    """The stored statistics cannot take the outcome (a field holds no finite number, or the sum would
+    not be one); nothing of it was written, not even its seen marker, so a retry after the repair counts."""
+
+    code = ErrorCode.FAILED_PRECONDITION
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +68,46 @@ OutcomeResult = Accepted | MabrouterError
 Outcome = tuple[str, float, Mapping[str, float]]
 
 
-def _discount(state: ExperimentState, now_ms: int) -> tuple[int, float, float] | None:
+def _discount(state: ExperimentState, now_ms: int, reward: float) -> tuple[int, float, float] | None:
     """(epoch, half-life ms, weight now) for an experiment with a half-life (forward decay)."""
     half_life = state.spec.half_life_seconds
     if not half_life:
         return None
     epoch = state.discount_epoch_ms or now_ms  # the first writer proposes the epoch
-    return epoch, half_life * 1000.0, weight(now_ms, epoch, half_life)
+    try:
+        scale = weight(now_ms, epoch, half_life)
+    except OverflowError:
+        scale = math.inf
+    # The weight doubles every half-life until a guardian moves the epoch forward (every 64 half-lives,
+    # core/discount.py); one that makes even this reward's weighted square overflow means no router ran
+    # a guardian for hundreds of half-lives. Refused here, before anything is sent or spooled, with a
+    # status that says to retry: the next guardian round rebases the epoch.
+    if not math.isfinite(reward * reward * scale):
+        raise StoreUnavailableError(
+            f"experiment {state.spec.name!r}: its discount epoch is too old to weight this outcome "
+            "(no router has moved it forward yet); retry in a few seconds"
+        )
+    return epoch, half_life * 1000.0, scale
+
+
+def refusal_error(write: OutcomeWrite, refused: Refused) -> MabrouterError:
+    """What the caller is told about an outcome the store refused; names the experiment, arm and field."""
+    where = f"experiment {write.experiment!r}, arm {write.arm!r}"
+    if refused.reason == "input":
+        return InvalidRequestError(f"outcome not applied ({where}): {refused.field} {refused.stored!r}")
+    if refused.reason == "type":
+        problem = f"Redis key {refused.field!r} is a {refused.stored}, not what the statistics need"
+    elif refused.reason == "overflow":
+        problem = (
+            f"stats field {refused.field!r} holds {refused.stored!r}, and adding this outcome to it "
+            "would not give a finite number"
+        )
+    else:
+        problem = f"stats field {refused.field!r} holds {refused.stored!r}, which is not a finite number"
+    return UnabsorbableOutcomeError(
+        f"outcome not applied ({where}): {problem}. Nothing was recorded: repair the field (or delete it, "
+        "which restarts it from 0) and retry the outcome"
+    )
 
 
 class OutcomeRecorder:
@@ -69,6 +129,7 @@ class OutcomeRecorder:
         self._exposure = exposure
         self._metrics = metrics
         self._spool = spool
+        self._refusal_logged: dict[str, float] = {}  # experiment -> monotonic time of the last warning
 
     async def record(self, outcomes: Sequence[Outcome]) -> list[OutcomeResult]:
         """One result per outcome, in order. Raises only when nothing can be applied."""
@@ -86,6 +147,7 @@ class OutcomeRecorder:
                 token = decision_id.decode(raw_id, self._keys, now_ms, max_age_ms)
                 validate_outcome(token, reward, snapshot)
                 watched = guardrail_metrics(token, metrics, snapshot)
+                discount = _discount(snapshot.experiments[token.experiment], now_ms, reward)
             except MabrouterError as exc:
                 self._metrics.outcomes.labels("", f"refused_{exc.code.value}").inc()
                 results.append(exc)
@@ -100,7 +162,7 @@ class OutcomeRecorder:
                 remaining,
                 metrics=watched,
                 segment=token.segment,
-                discount=_discount(snapshot.experiments[token.experiment], now_ms),
+                discount=discount,
             )
             accepted.append((len(results), token, write))
             results.append(Accepted(token.experiment, token.arm, duplicate=False, trace=token.trace))
@@ -114,14 +176,26 @@ class OutcomeRecorder:
                 await self._spool_or_raise(writes, exc)
                 return results  # spooled: acknowledged, applied when Redis returns
             count_outcome, add_reward = self._metrics.count_outcome, self._metrics.add_reward
-            for (slot, token, write), was_applied in zip(accepted, applied, strict=True):
-                results[slot] = Accepted(
-                    write.experiment, write.arm, duplicate=not was_applied, trace=token.trace
-                )
-                count_outcome(write.experiment, "applied" if was_applied else "duplicate")
-                if was_applied:
+            for (slot, token, write), result in zip(accepted, applied, strict=True):
+                if isinstance(result, Refused):
+                    results[slot] = self._refused(write, result)
+                    continue
+                results[slot] = Accepted(write.experiment, write.arm, duplicate=not result, trace=token.trace)
+                count_outcome(write.experiment, "applied" if result else "duplicate")
+                if result:
                     add_reward(write.experiment, write.arm, write.reward)
         return results
+
+    def _refused(self, write: OutcomeWrite, refused: Refused) -> MabrouterError:
+        error = refusal_error(write, refused)
+        self._metrics.count_outcome(write.experiment, "rejected")
+        now = time.monotonic()
+        last = self._refusal_logged.get(write.experiment)
+        if last is None or now - last >= REFUSAL_LOG_INTERVAL_SECONDS:
+            # Throttled: every outcome for the arm is refused until an operator repairs the field.
+            self._refusal_logged[write.experiment] = now
+            log.warning("%s (logged once a minute per experiment; counted as result=rejected)", error)
+        return error
 
     async def _spool_or_raise(self, writes: list[OutcomeWrite], cause: Exception) -> None:
         if self._spool is None:
@@ -145,24 +219,46 @@ class OutcomeRecorder:
     async def replay_spool(self, batch: int = 100) -> None:
         """Apply spooled outcomes to Redis (exactly once, by nonce); stop at the first Redis error.
 
+        Each applied outcome's log entry is written by the same script call as its statistics, as on the
+        live path: a crash mid-replay cannot leave an outcome counted but missing from the log.
         Encoding a batch and parsing its replies holds the event loop (~5 ms per 100 outcomes, ~20 ms
         per 500, measured), and Route waits for whatever batch is in hand, hence small batches.
         """
         if self._spool is None:
             return
+        count_outcome, add_reward = self._metrics.count_outcome, self._metrics.add_reward
         while len(self._spool):
             writes = self._spool.peek(batch)
             try:
-                applied = await self._store.record_outcomes(writes)
+                results = await self._store.record_outcomes(
+                    writes, self._exposure.maxlen, int(time.time() * 1000)
+                )
             except STORE_ERRORS:
                 return  # still down: the next flush round retries
-            now_ms = int(time.time() * 1000)
-            for write, was_applied in zip(writes, applied, strict=True):
-                self._metrics.outcomes.labels(
-                    write.experiment, "applied" if was_applied else "duplicate"
-                ).inc()
-                if was_applied:
-                    self._metrics.rewards.labels(write.experiment, write.arm).inc(write.reward)
-                    self._exposure.outcome_of(write, now_ms)
+            refused: list[tuple[OutcomeWrite, Refused]] = []
+            for write, result in zip(writes, results, strict=True):
+                if isinstance(result, Refused):
+                    refused.append((write, result))
+                    count_outcome(write.experiment, "rejected")
+                    continue
+                count_outcome(write.experiment, "applied" if result else "duplicate")
+                if result:
+                    add_reward(write.experiment, write.arm, write.reward)
+            if refused:
+                _log_dropped(refused)
             # Persisting the progress fsyncs: off the event loop, so Route never waits on the disk.
             await asyncio.to_thread(self._spool.drop, len(writes))
+
+
+def _log_dropped(refused: list[tuple[OutcomeWrite, Refused]]) -> None:
+    """Spooled outcomes the store refused were acknowledged while Redis was down, so no caller retries
+    them, and keeping them would block the spool behind them until an operator repairs the field: they
+    are dropped, and logged with everything needed to apply them again by hand (one line per batch)."""
+    write, first = refused[0]
+    log.error(
+        "%d acknowledged outcome(s) from the spool dropped, the statistics refused them; the first: %s; "
+        "the outcomes: %s",
+        len(refused),
+        refusal_error(write, first),
+        json.dumps([asdict(item) for item, _ in refused], separators=(",", ":")),
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from mabrouter.core.discount import weight
 from mabrouter.core.snapshot import ExperimentState
@@ -24,7 +24,7 @@ from mabrouter.store.keys import (
     TRIALS,
     stat_field,
 )
-from mabrouter.store.router_store import Discount, RouterStore
+from mabrouter.store.router_store import Discount, Refused, RouterStore
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,17 @@ class TrialFlusher:
     """Moves drained counts to Redis. A failed batch is retried with the same id, so it counts once.
 
     `on_error` is called for every failed attempt (for the redis-errors metric); the log says only
-    when flushing starts failing and when it recovers, not once per retry of an outage."""
+    when flushing starts failing and when it recovers, not once per retry of an outage.
+
+    A stored field that cannot absorb an experiment's increments (an operator wrote "abc" or 1e308 into
+    it): the script refuses that experiment's increments whole (nothing written, no batch marker) and
+    applies the other experiments' as usual; the refused ones are dropped, not retried. Retrying would
+    resend them every flush for as long as nobody repairs the field, forever if nobody does, holding the
+    batch and every later count behind it. Dropping loses only that experiment's trial counts while its
+    statistics are unreadable (the routers cannot use them until the repair anyway), and keeps its
+    counters consistent with each other (trials, sampled and expected move together or not at all).
+    Each refused experiment counts as an error (`on_error`) and is logged when its refusals start and
+    when they stop."""
 
     def __init__(
         self,
@@ -124,6 +134,7 @@ class TrialFlusher:
         self._prefix = process_prefix
         self._on_error = on_error
         self._failing = False
+        self._refused: set[str] = set()  # experiments whose last flush was refused (logged once)
         self._sequence = 0
         self._unsent: Increments | None = None
         self._unsent_id = ""
@@ -141,7 +152,7 @@ class TrialFlusher:
                 discounts,
             )
         try:
-            await self._store.apply_increments(self._unsent_id, self._unsent, self._discounts)
+            refused = await self._store.apply_increments(self._unsent_id, self._unsent, self._discounts)
         except STORE_ERRORS as exc:
             self._on_error()
             if not self._failing:
@@ -153,7 +164,25 @@ class TrialFlusher:
         if self._failing:
             log.info("trial flush recovered (%s written)", self._unsent_id)
             self._failing = False
+        self._note_refusals(self._unsent, refused)
         self._unsent = None
+
+    def _note_refusals(self, sent: Increments, refused: Mapping[str, Refused]) -> None:
+        for experiment, why in refused.items():
+            self._on_error()
+            if experiment not in self._refused:
+                log.warning(
+                    "trial counts of experiment %r dropped: stats field %r holds %r (%s); "
+                    "they are dropped at every flush until the field is repaired or deleted",
+                    experiment,
+                    why.field,
+                    why.stored,
+                    "not a finite number" if why.reason == "unreadable" else why.reason,
+                )
+        for experiment in self._refused - refused.keys():
+            if experiment in sent:
+                log.info("trial counts of experiment %r are written again", experiment)
+        self._refused = (self._refused - sent.keys()) | refused.keys()
 
     def unsent(self) -> int:
         if not self._unsent:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,27 @@ class OutcomeWrite:
 
 
 @dataclass(frozen=True, slots=True)
+class Refused:
+    """A write the stored statistics cannot absorb (store/stats_scripts.py): none of it was written.
+
+    reason: 'unreadable' (the field is not a finite number), 'overflow' (adding to it would not give a
+    finite number), 'type' (`field` is a key holding `stored`, a type other than the one expected),
+    'input' (the write itself is malformed)."""
+
+    reason: str
+    field: str
+    stored: str  # what the field holds, cut to 64 characters
+
+
+def script_result(reply: Any) -> bool | Refused:
+    """A stats script's answer for one write: True applied, False already applied, or a Refused."""
+    if isinstance(reply, Sequence) and not isinstance(reply, str | bytes) and len(reply) == 3:
+        reason, field, stored = (str(part) for part in reply)
+        return Refused(reason, field, stored)
+    return bool(reply)
+
+
+@dataclass(frozen=True, slots=True)
 class StickyWrite:
     experiment: str
     salt: str
@@ -55,7 +77,7 @@ def discount_args(discount: Discount | tuple[int, float] | None) -> tuple[str, s
 
 
 def outcome_args(outcome: OutcomeWrite) -> list[str]:
-    """One outcome for RECORD_OUTCOMES (scripts.py): the strings RECORD_OUTCOME took as ARGV, with the
+    """One outcome for RECORD_OUTCOMES (stats_scripts.py): the strings outcome_writes reads, with the
     nonce at position 10 (for the log entry) and the guardrail metric triples after it."""
     discount = outcome.discount
     args = [

@@ -21,9 +21,11 @@ from mabrouter.store.records import (
     OutcomeWrite,
     RawExperiment,
     RawState,
+    Refused,
     StickyWrite,
     discount_args,
     outcome_args,
+    script_result,
 )
 
 __all__ = [  # the records are part of this module's interface
@@ -32,6 +34,7 @@ __all__ = [  # the records are part of this module's interface
     "OutcomeWrite",
     "RawExperiment",
     "RawState",
+    "Refused",
     "RouterStore",
     "StickyWrite",
 ]
@@ -57,7 +60,6 @@ class RouterStore:
             for text in (
                 scripts.GUARDED_CHANGE,
                 scripts.REBASE_DISCOUNT,
-                scripts.RECORD_OUTCOME,
                 scripts.RECORD_OUTCOMES,
                 scripts.APPEND_LOG,
                 scripts.APPLY_TRIALS,
@@ -183,28 +185,33 @@ class RouterStore:
         batch_id: str,
         increments: Mapping[str, Mapping[str, float]],
         discounts: Mapping[str, Discount] | None = None,
-    ) -> None:
+    ) -> dict[str, Refused]:
         """Add to stats fields per experiment (trials, expected trials, splits); idempotent per batch id.
 
-        Discounted fields (`<arm>:d:<stat>`) arrive scaled to the epoch in `discounts[experiment]`."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for experiment, fields in increments.items():
-                discount = (discounts or {}).get(experiment)
-                args: list[str | int | float] = [BATCH_MARKER_TTL_SECONDS, *discount_args(discount)]
-                for field, increment in fields.items():
-                    args += [field, repr(increment), "1" if f":{keys.DISCOUNTED}" in field else "0"]
-                await self._run(
-                    pipe,
-                    scripts.APPLY_TRIALS,
-                    [keys.stats(experiment), keys.batch_seen(experiment, batch_id)],
-                    args,
-                )
-            await pipe.execute()
+        Discounted fields (`<arm>:d:<stat>`) arrive scaled to the epoch in `discounts[experiment]`.
+        Each experiment's increments are applied entirely or not at all: returns those refused because a
+        stored field cannot absorb them (nothing of theirs written); the others are applied."""
+        calls: list[ScriptCall] = []
+        for experiment, fields in increments.items():
+            discount = (discounts or {}).get(experiment)
+            args: list[str | int | float] = [BATCH_MARKER_TTL_SECONDS, *discount_args(discount)]
+            for field, increment in fields.items():
+                args += [field, repr(increment), "1" if f":{keys.DISCOUNTED}" in field else "0"]
+            calls.append(
+                (scripts.APPLY_TRIALS, [keys.stats(experiment), keys.batch_seen(experiment, batch_id)], args)
+            )
+        refused: dict[str, Refused] = {}
+        for experiment, reply in zip(increments, await self._run_all(calls), strict=True):
+            if isinstance(result := script_result(reply), Refused):
+                refused[experiment] = result
+        return refused
 
     async def record_outcomes(
         self, outcomes: Sequence[OutcomeWrite], log_maxlen: int = 0, now_ms: int = 0
-    ) -> list[bool]:
-        """Apply outcomes atomically and idempotently; True where applied, False where a duplicate.
+    ) -> list[bool | Refused]:
+        """Apply outcomes atomically and idempotently: True where applied, False where a duplicate, a
+        Refused where the stored statistics cannot absorb the outcome (nothing of it written, not even
+        its seen marker, so it can be retried once the field is repaired).
 
         One RECORD_OUTCOMES call per experiment (and per OUTCOMES_PER_CALL outcomes), all in one
         pipeline. With `log_maxlen` > 0, each applied outcome is also appended to its experiment's
@@ -228,11 +235,11 @@ class RouterStore:
                     )
                 )
                 slots.append(chunk)
-        applied = [False] * len(outcomes)
+        results: list[bool | Refused] = [False] * len(outcomes)
         for chunk, reply in zip(slots, await self._run_all(calls), strict=True):
-            for i, flag in zip(chunk, reply, strict=True):
-                applied[i] = bool(flag)
-        return applied
+            for i, item in zip(chunk, reply, strict=True):
+                results[i] = script_result(item)
+        return results
 
     async def sticky_arm(self, experiment: str, salt: str, unit_id: str, timeout: float) -> str | None:
         """The arm a unit was assigned, or None. Raises on a slow or unreachable Redis."""

@@ -5,132 +5,19 @@ Every script touches keys of one hash tag only, so each is legal on Redis Cluste
 
 from __future__ import annotations
 
-# Forward-decay rescaling (core/discount.py): increments were scaled to the writer's epoch ARGV[e]; the
-# stored epoch (set by the first writer) may differ, after a rebase or a race: rescale to it.
-_EPOCH_FACTOR = """
-local function epoch_factor(epoch_used, half_life_ms)
-  if epoch_used == '' then
-    return 1
-  end
-  redis.call('HSETNX', KEYS[1], '_epoch', epoch_used)
-  local stored = tonumber(redis.call('HGET', KEYS[1], '_epoch'))
-  return 2 ^ ((tonumber(epoch_used) - stored) / tonumber(half_life_ms))
-end
-"""
+from mabrouter.store.stats_scripts import APPEND_LOG, APPLY_TRIALS, REBASE_DISCOUNT, RECORD_OUTCOMES
 
-# apply_outcome(seen, a, m): apply one outcome to the stats hash KEYS[1] unless its seen marker exists.
-# a: arm, reward, reward^2, marker ttl seconds, counted, segment ('' for none), epoch used ('' without
-# discounting), half-life ms, weight at the epoch used; guardrail metric name, value, value^2 triples
-# from a[m] on. Returns 1 when applied, 0 when this decision was already rewarded (idempotent retry or
-# duplicate).
-_APPLY_OUTCOME = """
-local function apply_outcome(seen, a, m)
-  if not redis.call('SET', seen, '1', 'NX', 'EX', a[4]) then
-    return 0
-  end
-  if a[5] == '1' then
-    redis.call('HINCRBY', KEYS[1], a[1] .. ':count', 1)
-    redis.call('HINCRBYFLOAT', KEYS[1], a[1] .. ':sum', a[2])
-    redis.call('HINCRBYFLOAT', KEYS[1], a[1] .. ':sumsq', a[3])
-    if a[6] ~= '' then
-      local prefix = '@' .. a[6] .. '|' .. a[1]
-      redis.call('HINCRBY', KEYS[1], prefix .. ':count', 1)
-      redis.call('HINCRBYFLOAT', KEYS[1], prefix .. ':sum', a[2])
-      redis.call('HINCRBYFLOAT', KEYS[1], prefix .. ':sumsq', a[3])
-    end
-    if a[7] ~= '' then
-      local w = tonumber(a[9]) * epoch_factor(a[7], a[8])
-      redis.call('HINCRBYFLOAT', KEYS[1], a[1] .. ':d:count', w)
-      redis.call('HINCRBYFLOAT', KEYS[1], a[1] .. ':d:sum', tonumber(a[2]) * w)
-      redis.call('HINCRBYFLOAT', KEYS[1], a[1] .. ':d:sumsq', tonumber(a[3]) * w)
-    end
-    for i = m, #a, 3 do
-      local prefix = a[1] .. ':m:' .. a[i]
-      redis.call('HINCRBY', KEYS[1], prefix .. ':n', 1)
-      redis.call('HINCRBYFLOAT', KEYS[1], prefix .. ':sum', a[i + 1])
-      redis.call('HINCRBYFLOAT', KEYS[1], prefix .. ':sumsq', a[i + 2])
-    end
-  end
-  return 1
-end
-"""
-
-# KEYS[1] stats hash, KEYS[2] seen marker. ARGV: one outcome as in apply_outcome, metrics from ARGV[10].
-# Returns 1 when applied, 0 when this decision was already rewarded (idempotent retry or duplicate).
-RECORD_OUTCOME = _EPOCH_FACTOR + _APPLY_OUTCOME + "return apply_outcome(KEYS[2], ARGV, 10)\n"
-
-# Many outcomes of one experiment in one call, each applied exactly as RECORD_OUTCOME applies it, in
-# order (a nonce repeated in the batch is a duplicate the second time), and each applied one appended
-# to the outcomes log in the same atomic step.
-# KEYS[1] stats hash, KEYS[2] outcomes log stream, KEYS[2 + i] the seen marker of outcome i.
-# ARGV[1] the log's approximate cap (0: no log entry), ARGV[2] the log entries' ts (ms), ARGV[3] a JSON
-# array of outcomes, each an array of strings: apply_outcome's a with the nonce at a[10] and the
-# metric triples from a[11]. Returns an array: 1 where applied, 0 where a duplicate.
-RECORD_OUTCOMES = (
-    _EPOCH_FACTOR
-    + _APPLY_OUTCOME
-    + """
-local cap = tonumber(ARGV[1])
-local applied = {}
-for i, a in ipairs(cjson.decode(ARGV[3])) do
-  local ok = apply_outcome(KEYS[i + 2], a, 11)
-  if ok == 1 and cap > 0 then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'd', a[10], 'ts', ARGV[2], 'arm', a[1],
-      'reward', a[2])
-  end
-  applied[i] = ok
-end
-return applied
-"""
-)
-
-# KEYS[1] a log stream. ARGV[1] its approximate cap, ARGV[2] a JSON array of entries, each a flat array
-# of field, value strings. Appends them in order: one command for many XADDs.
-APPEND_LOG = """
-for _, entry in ipairs(cjson.decode(ARGV[2])) do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(entry))
-end
-return 1
-"""
-
-# KEYS[1] stats hash, KEYS[2] batch marker. ARGV: marker ttl seconds, epoch used ('' without discounting),
-# half-life ms, then field, increment, discounted (1/0) triples.
-# A flush that is retried after a lost reply is applied once.
-APPLY_TRIALS = (
-    _EPOCH_FACTOR
-    + """
-if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
-  return 0
-end
-local factor = epoch_factor(ARGV[2], ARGV[3])
-for i = 4, #ARGV, 3 do
-  local increment = tonumber(ARGV[i + 1])
-  if ARGV[i + 2] == '1' then
-    increment = increment * factor
-  end
-  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], increment)
-end
-return 1
-"""
-)
-
-# KEYS[1] stats hash. ARGV: new epoch ms, half-life ms. Moves the epoch forward, rescaling every
-# discounted field, atomically.
-REBASE_DISCOUNT = """
-local old = tonumber(redis.call('HGET', KEYS[1], '_epoch'))
-if not old or old >= tonumber(ARGV[1]) then
-  return 0
-end
-local factor = 2 ^ ((old - tonumber(ARGV[1])) / tonumber(ARGV[2]))
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  if string.find(fields[i], ':d:', 1, true) then
-    redis.call('HSET', KEYS[1], fields[i], tonumber(fields[i + 1]) * factor)
-  end
-end
-redis.call('HSET', KEYS[1], '_epoch', ARGV[1])
-return 1
-"""
+__all__ = [  # the statistics' scripts live in stats_scripts.py; callers use this one namespace
+    "APPEND_LOG",
+    "APPLY_CONFIG",
+    "APPLY_TRIALS",
+    "CHANGE_CONTROL",
+    "GUARDED_CHANGE",
+    "REBASE_DISCOUNT",
+    "RECORD_OUTCOMES",
+    "RECORD_UNATTRIBUTED",
+    "STICKY_GET_OR_SET",
+]
 
 # The audit entry, the change and the change notice happen together or not at all.
 _AUDIT = """
