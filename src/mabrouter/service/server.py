@@ -8,8 +8,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mabrouter.service.requests import add_router_service
 from mabrouter.service.servicer import RouterServicer
-from mabrouter.v1 import router_pb2, router_pb2_grpc
+from mabrouter.v1 import router_pb2
 
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -68,7 +69,9 @@ def build_server(
         ],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    router_pb2_grpc.add_RouterServicer_to_server(servicer, server)
+    # Not the generated add_RouterServicer_to_server: its deserializers raise on undecodable bytes, which
+    # grpc answers with UNKNOWN and a logged traceback; these answer INVALID_ARGUMENT (service.requests).
+    add_router_service(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_reporter.servicer, server)
     reflection.enable_server_reflection(
         (ROUTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server

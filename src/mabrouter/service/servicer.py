@@ -1,22 +1,31 @@
-"""The Router servicer: convert, decide from the in-memory snapshot, convert back. No Redis on Route."""
+"""The Router servicer: convert, decide from the in-memory snapshot, convert back. No Redis on Route.
+
+Requests arrive through service.requests' lenient deserializers: a request that did not decode is an
+`Undecodable`, refused with INVALID_ARGUMENT before anything else. Metrics and tracing never fail a
+call: what they raise goes to a TelemetryGuard and the call answers what the routing logic decided.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import grpc
 
-from mabrouter.errors import InvalidRequestError, MabrouterError, OverloadedError
+from mabrouter.errors import ErrorCode, InvalidRequestError, MabrouterError, OverloadedError
 from mabrouter.runtime.engine import RoutingEngine
 from mabrouter.runtime.metrics import RouterMetrics
 from mabrouter.runtime.outcomes import MAX_BATCH, Accepted, Outcome, OutcomeRecorder, OutcomeResult
 from mabrouter.service.convert import ResponseBuilder, route_input
+from mabrouter.service.guard import TelemetryGuard
+from mabrouter.service.requests import Refusals, Undecodable, kind_of
 from mabrouter.service.status import status_of
-from mabrouter.service.tracing import Tracing, trace_ref
+from mabrouter.service.tracing import Tracing
 from mabrouter.v1 import router_pb2, router_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_INVALID = ErrorCode.INVALID_ARGUMENT
 
 
 async def _abort(context: Context, error: MabrouterError) -> NoReturn:
@@ -42,37 +51,64 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self._outcomes = outcomes
         self._route_latency = metrics.route_latency.observe
         self._outcome_latency = metrics.outcome_latency.observe
-        self._tracing = tracing
+        self._guard = TelemetryGuard(metrics.telemetry_errors)
+        self._refusals = Refusals(metrics.bad_requests, self._guard)
+        self._tracing = tracing.guarded_by(self._guard) if tracing is not None else None
         responses = ResponseBuilder()
         self._respond, self._fill = responses.response, responses.fill
 
+    async def _refuse(self, method: str, kind: str, error: MabrouterError, context: Context) -> NoReturn:
+        self._refusals.refused(method, kind, str(error))
+        await _abort(context, error)
+
+    async def _refuse_undecodable(self, method: str, request: Undecodable, context: Context) -> NoReturn:
+        await self._refuse(method, request.kind, InvalidRequestError(request.message), context)
+
+    def _observe(self, observe: Callable[[float], None], started: float) -> None:
+        try:
+            observe(time.perf_counter() - started)
+        except Exception as exc:  # noqa: BLE001 - telemetry never fails a call
+            self._guard.failed("metrics", exc)
+
+    def _refused_item(self, method: str, error: MabrouterError) -> None:
+        if error.code is _INVALID:
+            self._refusals.refused(method, kind_of(error), str(error))
+
     async def Route(  # noqa: N802 - gRPC method names are fixed by the proto
-        self, request: router_pb2.RouteRequest, context: Context
+        self, request: router_pb2.RouteRequest | Undecodable, context: Context
     ) -> router_pb2.RouteResponse:
+        if isinstance(request, Undecodable):
+            await self._refuse_undecodable("Route", request, context)
         started = time.perf_counter()
         try:
             if self._tracing is None:
                 asked = route_input(request)
                 routed = self._engine.route_now(asked) or await self._engine.route(asked)
                 return self._respond(routed)
-            with self._tracing.span("Route", context.invocation_metadata()) as span:
-                routed = await self._engine.route(route_input(request), trace_ref(span))
-                self._tracing.record_decision(span, request.experiment, request.unit_id, routed)
+            tracing = self._tracing
+            with tracing.span("Route", context.invocation_metadata()) as span:
+                routed = await self._engine.route(route_input(request), tracing.ref(span))
+                tracing.record_decision(span, request.experiment, request.unit_id, routed)
                 return self._respond(routed)
         except MabrouterError as exc:
+            self._refused_item("Route", exc)
             await _abort(context, exc)
         finally:
-            self._route_latency(time.perf_counter() - started)
+            self._observe(self._route_latency, started)
 
     async def RouteBatch(  # noqa: N802
-        self, request: router_pb2.RouteBatchRequest, context: Context
+        self, request: router_pb2.RouteBatchRequest | Undecodable, context: Context
     ) -> router_pb2.RouteBatchResponse:
+        if isinstance(request, Undecodable):
+            await self._refuse_undecodable("RouteBatch", request, context)
         if len(request.requests) > MAX_BATCH:
-            await _abort(
-                context,
+            await self._refuse(
+                "RouteBatch",
+                "too_many_items",
                 InvalidRequestError(
                     f"{len(request.requests)} requests in one call; the limit is {MAX_BATCH}"
                 ),
+                context,
             )
         response = router_pb2.RouteBatchResponse()
         add, engine, fill = response.results.add, self._engine, self._fill
@@ -81,6 +117,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 asked = route_input(item)
                 routed = engine.route_now(asked) or await engine.route(asked)
             except MabrouterError as exc:
+                self._refused_item("RouteBatch", exc)
                 add(code=status_of(exc).value[0], message=str(exc))
             else:
                 fill(add().response, routed)
@@ -100,11 +137,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         try:
             if self._tracing is None:
                 return await self._outcomes.record(pairs)
-            with self._tracing.span("ReportOutcome", context.invocation_metadata()) as span:
+            tracing = self._tracing
+            with tracing.span("ReportOutcome", context.invocation_metadata()) as span:
                 results = await self._outcomes.record(pairs)
                 for result in results:
                     if isinstance(result, Accepted):
-                        self._tracing.record_outcome(
+                        tracing.record_outcome(
                             span, result.experiment, result.arm, result.duplicate, result.trace
                         )
                 return results
@@ -112,27 +150,34 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             await _abort(context, exc)
         finally:
             self._outcome_calls -= 1
-            self._outcome_latency(time.perf_counter() - started)
+            self._observe(self._outcome_latency, started)
 
     async def ReportOutcome(  # noqa: N802
-        self, request: router_pb2.OutcomeRequest, context: Context
+        self, request: router_pb2.OutcomeRequest | Undecodable, context: Context
     ) -> router_pb2.OutcomeResponse:
+        if isinstance(request, Undecodable):
+            await self._refuse_undecodable("ReportOutcome", request, context)
         (result,) = await self._record([(request.decision_id, request.reward, request.metrics)], context)
         if isinstance(result, MabrouterError):
+            self._refused_item("ReportOutcome", result)
             await _abort(context, result)
         return router_pb2.OutcomeResponse(
             duplicate=result.duplicate, experiment=result.experiment, arm=result.arm
         )
 
     async def ReportOutcomes(  # noqa: N802
-        self, request: router_pb2.ReportOutcomesRequest, context: Context
+        self, request: router_pb2.ReportOutcomesRequest | Undecodable, context: Context
     ) -> router_pb2.ReportOutcomesResponse:
+        if isinstance(request, Undecodable):
+            await self._refuse_undecodable("ReportOutcomes", request, context)
         if len(request.outcomes) > MAX_BATCH:
-            await _abort(
-                context,
+            await self._refuse(
+                "ReportOutcomes",
+                "too_many_items",
                 InvalidRequestError(
                     f"{len(request.outcomes)} outcomes in one call; the limit is {MAX_BATCH}"
                 ),
+                context,
             )
         results = await self._record(
             [(o.decision_id, o.reward, o.metrics) for o in request.outcomes], context
@@ -142,6 +187,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             if isinstance(result, Accepted):
                 response.results.add(decision_id=outcome.decision_id, code=0, duplicate=result.duplicate)
             else:
+                self._refused_item("ReportOutcomes", result)
                 code = status_of(result).value[0]
                 response.results.add(decision_id=outcome.decision_id, code=code, message=str(result))
         return response

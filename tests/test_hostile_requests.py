@@ -1,0 +1,292 @@
+"""Hostile requests at the wire, against real routers on a real redis-server.
+
+Bytes that do not decode (invalid UTF-8 in a string field, a Struct nested past protobuf's depth limit,
+garbage) and signed decision ids whose fields are not what routers write each get INVALID_ARGUMENT with
+a message naming the problem, on every RPC -- not UNKNOWN, which grpc answers when the deserializer
+raises. Refusals are counted in mabrouter_bad_requests{method,kind} and logged at most once per kind per
+minute, without a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+
+import grpc
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from mabrouter.runtime.metrics import RouterMetrics
+from mabrouter.service.guard import TelemetryGuard
+from mabrouter.service.requests import Refusals, Undecodable, lenient
+from mabrouter.v1 import router_pb2 as pb
+from mabrouter.v1 import router_pb2_grpc
+
+from support import DECISION_SECRET, InProcessRouter, RedisServer, RouterProcess
+
+METHODS = {
+    "Route": pb.RouteRequest,
+    "RouteBatch": pb.RouteBatchRequest,
+    "ReportOutcome": pb.OutcomeRequest,
+    "ReportOutcomes": pb.ReportOutcomesRequest,
+}
+
+
+# -- hand-encoded protobuf, since no client library will encode these -----------------------------------
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (strings, messages)."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def nested_struct(depth: int) -> bytes:
+    """A google.protobuf.Struct {"a": {"a": ... }} `depth` levels deep (3 protobuf levels each)."""
+    struct = b""
+    for _ in range(depth):
+        value = field(5, struct)  # Value.struct_value
+        struct = field(1, field(1, b"a") + field(2, value))  # Struct.fields entry {key, value}
+    return struct
+
+
+INVALID_UTF8 = {
+    "Route": field(1, b"ranker") + field(2, b"user-\xff\xfe"),
+    "RouteBatch": field(1, field(1, b"ranker") + field(2, b"\xc3(")),
+    "ReportOutcome": field(1, b"\xed\xa0\x80"),  # a UTF-16 surrogate, encoded as if it were UTF-8
+    "ReportOutcomes": field(1, field(1, b"id-\x80")),
+}
+TOO_DEEP = {
+    "Route": field(1, b"ranker") + field(2, b"u") + field(3, nested_struct(40)),
+    "RouteBatch": field(1, field(1, b"ranker") + field(3, nested_struct(40))),
+}
+GARBAGE = {
+    "Route": b"\xff\xff\xff\xff",
+    "RouteBatch": b"\x0a\x05ab",  # a field longer than the message
+    "ReportOutcome": b"\x7b" * 150 + b"\x7c" * 150,  # groups nested past the limit
+    "ReportOutcomes": bytes(range(256)),
+}
+CASES = [
+    *((method, data, "invalid_utf8", "not UTF-8") for method, data in INVALID_UTF8.items()),
+    *((method, data, "too_deep", "nested deeper than") for method, data in TOO_DEEP.items()),
+    *((method, data, "malformed", "not a protobuf encoding") for method, data in GARBAGE.items()),
+]
+
+
+def raw_call(channel: grpc.Channel, method: str, data: bytes) -> grpc.RpcError | bytes:
+    call = channel.unary_unary(f"/mabrouter.v1.Router/{method}")
+    try:
+        reply: bytes = call(data, timeout=10)
+    except grpc.RpcError as exc:
+        return exc
+    return reply
+
+
+def still_routes(channel: grpc.Channel) -> None:
+    reply = router_pb2_grpc.RouterStub(channel).Route(
+        pb.RouteRequest(experiment="ranker", unit_id="u"), timeout=5
+    )
+    assert reply.reason == pb.SAMPLED
+
+
+def bad_requests(router: InProcessRouter, method: str, kind: str) -> float:
+    assert router.app is not None
+    registry = router.app.metrics.registry
+    return registry.get_sample_value("mabrouter_bad_requests_total", {"method": method, "kind": kind}) or 0.0
+
+
+@pytest.mark.parametrize(("method", "data", "kind", "message"), CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
+def test_undecodable_bytes_get_invalid_argument_naming_the_problem(
+    router: InProcessRouter, method: str, data: bytes, kind: str, message: str
+) -> None:
+    with pytest.raises(Exception):  # noqa: B017 - the point: these bytes do not decode
+        METHODS[method].FromString(data)
+    with grpc.insecure_channel(router.address) as channel:
+        error = raw_call(channel, method, data)
+        assert isinstance(error, grpc.RpcError)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        details = error.details() or ""
+        assert details.startswith(f"request is not a valid {METHODS[method].DESCRIPTOR.full_name}: ")
+        assert message in details
+        assert bad_requests(router, method, kind) == 1
+        still_routes(channel)
+
+
+def test_undecodable_requests_are_counted_each_and_logged_once_a_minute_per_kind(
+    router: InProcessRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with grpc.insecure_channel(router.address) as channel:
+        for _ in range(25):
+            raw_call(channel, "Route", INVALID_UTF8["Route"])
+        for _ in range(5):
+            raw_call(channel, "ReportOutcome", INVALID_UTF8["ReportOutcome"])
+        for _ in range(10):
+            raw_call(channel, "RouteBatch", GARBAGE["RouteBatch"])
+        still_routes(channel)
+    assert bad_requests(router, "Route", "invalid_utf8") == 25
+    assert bad_requests(router, "ReportOutcome", "invalid_utf8") == 5
+    assert bad_requests(router, "RouteBatch", "malformed") == 10
+    refusal_lines = [r.getMessage() for r in caplog.records if "refused a malformed" in r.getMessage()]
+    assert len(refusal_lines) == 2, refusal_lines  # one per kind: invalid_utf8, malformed
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], "no tracebacks"
+
+
+def test_ordinary_refusals_are_counted_by_method_and_kind_and_successes_are_not(
+    router: InProcessRouter,
+) -> None:
+    with grpc.insecure_channel(router.address) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        for _ in range(3):
+            still_routes(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Route(pb.RouteRequest(experiment="", unit_id="u"), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        batch = stub.RouteBatch(
+            pb.RouteBatchRequest(requests=[pb.RouteRequest(experiment="bad name")]), timeout=5
+        )
+        assert batch.results[0].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ReportOutcome(pb.OutcomeRequest(decision_id="not-an-id", reward=1), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        many = stub.ReportOutcomes(
+            pb.ReportOutcomesRequest(outcomes=[pb.OutcomeRequest(decision_id="x.y", reward=1)]), timeout=5
+        )
+        assert many.results[0].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert bad_requests(router, "Route", "invalid_value") == 1
+    assert bad_requests(router, "RouteBatch", "invalid_value") == 1
+    assert bad_requests(router, "ReportOutcome", "decision_id") == 1
+    assert bad_requests(router, "ReportOutcomes", "decision_id") == 1
+
+
+# -- signed decision ids with a field altered --------------------------------------------------------------
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def resigned(decision_id: str, index: int, value: str) -> str:
+    """`decision_id` with field `index` of its payload replaced, signed again with the routers' secret:
+    what a holder of a leaked secret (or a buggy router) could send."""
+    payload_text = decision_id.partition(".")[0]
+    fields = base64.urlsafe_b64decode(payload_text + "=" * (-len(payload_text) % 4)).decode().split("|")
+    fields[index] = value
+    payload = "|".join(fields).encode()
+    return f"{b64(payload)}.{b64(hmac.digest(DECISION_SECRET.encode(), payload, 'sha256')[:16])}"
+
+
+ALTERED = [
+    (3, "x", "config_version"),  # was UNKNOWN: invalid literal for int()
+    (4, "1.7e12", "issued_ms"),
+    (4, "16725225600000", "future"),  # the year 2500: was accepted with a seen-marker TTL of ~15e9 s
+    (5, "", "nonce"),
+    (6, "3", "flags"),
+    (1, "ranker\t", "experiment"),
+    (2, "../ranker-v1", "arm"),
+]
+
+
+@pytest.mark.parametrize(("index", "value", "named"), ALTERED, ids=[a[2] for a in ALTERED])
+def test_a_signed_decision_id_with_an_altered_field_is_invalid_argument_naming_it(
+    router: InProcessRouter, applied_ranker: RedisServer, index: int, value: str, named: str
+) -> None:
+    with grpc.insecure_channel(router.address) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        decision_id = stub.Route(pb.RouteRequest(experiment="ranker", unit_id="u1"), timeout=5).decision_id
+        forged = resigned(decision_id, index, value)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ReportOutcome(pb.OutcomeRequest(decision_id=forged, reward=1), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert named in (refused.value.details() or "")
+        many = stub.ReportOutcomes(
+            pb.ReportOutcomesRequest(outcomes=[pb.OutcomeRequest(decision_id=forged, reward=1)]), timeout=5
+        )
+        assert many.results[0].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert named in many.results[0].message
+        # the untouched id is still good: only the altered field made the difference
+        assert not stub.ReportOutcome(
+            pb.OutcomeRequest(decision_id=decision_id, reward=1), timeout=5
+        ).duplicate
+    client = applied_ranker.client()
+    ttls = [client.ttl(key) for key in client.scan_iter("mabrouter:{ranker}:seen:*")]
+    client.close()
+    assert ttls, "the genuine outcome left its seen marker"
+    assert max(ttls) <= router.settings.decision_ttl_seconds + 1  # nothing outlives a decision's life
+
+
+# -- a real router process: statuses, and what it writes to its log -----------------------------------------
+
+
+def test_a_router_process_refuses_hostile_bytes_and_logs_one_line_per_kind(
+    applied_ranker: RedisServer,
+) -> None:
+    router = RouterProcess(applied_ranker.url).wait_serving()
+    try:
+        with grpc.insecure_channel(router.address) as channel:
+            for method, data, _, _ in CASES * 10:
+                error = raw_call(channel, method, data)
+                assert isinstance(error, grpc.RpcError)
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+            still_routes(channel)
+    finally:
+        router.terminate()
+    output = router.output()
+    assert output.count("refused a malformed") == 3, output  # invalid_utf8, too_deep, malformed
+    assert "Traceback" not in output
+    assert "DecodeError" not in output
+
+
+# -- the pieces, without I/O ---------------------------------------------------------------------------------
+
+
+@given(st.sampled_from(list(METHODS.values())), st.binary(max_size=200))
+def test_lenient_deserializers_return_the_message_or_an_undecodable_never_raise(
+    message_type: type[pb.RouteRequest], data: bytes
+) -> None:
+    result = lenient(message_type)(data)
+    try:
+        expected = message_type.FromString(data)
+    except Exception:
+        assert isinstance(result, Undecodable)
+        assert result.kind in {"invalid_utf8", "too_deep", "malformed"}
+        assert result.message.startswith(f"request is not a valid {message_type.DESCRIPTOR.full_name}: ")
+    else:
+        assert result == expected
+
+
+def test_refusal_log_lines_are_one_per_kind_per_minute_and_say_how_many_were_not_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [1000.0]
+    metrics = RouterMetrics(CollectorRegistry())
+    refusals = Refusals(metrics.bad_requests, TelemetryGuard(metrics.telemetry_errors), clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="mabrouter.service.requests")
+    for _ in range(5):
+        refusals.refused("Route", "invalid_utf8", "first")
+    refusals.refused("ReportOutcome", "decision_id", "other kind")
+    now[0] += 59.9
+    refusals.refused("Route", "invalid_utf8", "still within the minute")
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "refused a malformed Route call (invalid_utf8)",
+        "refused a malformed ReportOutcome call (decision_id)",
+    ]
+    now[0] += 0.2
+    refusals.refused("RouteBatch", "invalid_utf8", "a minute later")
+    assert len(caplog.records) == 3
+    assert "a minute later" in caplog.records[-1].getMessage()
+    assert "5 more since the last line" in caplog.records[-1].getMessage()
+    sample = metrics.registry.get_sample_value
+    assert sample("mabrouter_bad_requests_total", {"method": "Route", "kind": "invalid_utf8"}) == 6
+    assert sample("mabrouter_bad_requests_total", {"method": "RouteBatch", "kind": "invalid_utf8"}) == 1
