@@ -49,7 +49,7 @@ NUMBER_TEXT = st.one_of(
     st.sampled_from(
         ["1e308", "-1e308", "1.8e308", "5e-324", "1e200", "1e154", "nan", "inf", "-inf", "-0", "0", "1", "2"]
     ),
-    st.sampled_from(["", " ", "0x10", "1_000", "1e", "--1", "١", "true", "maybe", "\x00", "\udcff"]),
+    st.sampled_from(["", " ", "0x10", "1_000", "1e", "--1", "\u0661", "true", "maybe", "\x00", "\udcff"]),
 )
 JSON_TEXT = st.one_of(
     st.sampled_from(
@@ -69,7 +69,7 @@ def _doc_values(name: str) -> st.SearchStrategy[str]:
     base = json.loads(stored_doc(name))
     mutated = st.builds(
         lambda key, value: json.dumps({**base, key: value}),
-        st.sampled_from(sorted(base) + ["extra", "arms"]),
+        st.sampled_from([*sorted(base), "extra", "arms"]),
         st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=10), st.just([]), st.just({})),
     )
     return st.one_of(mutated, VALUES, st.just(stored_doc("plain" if name == "gauss" else "gauss")))
