@@ -41,6 +41,7 @@ class Guardian:
         # it: its guardrails then judge only evidence gathered after that, so a new regression is still
         # caught but the evidence the operator overruled never counts again.
         self._unkilled_at: dict[tuple[str, str], ArmStats] = {}
+        self._failing: set[str] = set()  # experiments whose judging raised (logged once)
 
     async def check(self) -> None:
         snapshot = self._holder.current
@@ -55,6 +56,12 @@ class Guardian:
                 await self._rebase(name, state)
             except STORE_ERRORS as exc:
                 log.debug("guardian could not act on %s yet: %s", name, exc)
+            except Exception:  # one experiment's odd numbers must not stop the others' guards
+                if name not in self._failing:
+                    log.exception("guardian cannot judge %s; the other experiments are still judged", name)
+                self._failing.add(name)
+            else:
+                self._failing.discard(name)
 
     def breaches(self, state: ExperimentState, name: str = "") -> list[Breach]:
         stats = self._fresh_evidence(name, state)

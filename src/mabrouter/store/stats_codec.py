@@ -36,14 +36,23 @@ def _number(raw: Mapping[str, str], field: str) -> float:
     return value
 
 
+def _count(raw: Mapping[str, str], field: str) -> float:
+    """A count or a sum of squares: a negative one was written by hand and would break the formulas
+    (a square root of a negative variance, a Beta with a negative parameter) further on."""
+    value = _number(raw, field)
+    if value < 0:
+        raise ValueError(f"stats field {field!r} is negative: {raw.get(field)!r}")
+    return value
+
+
 def _metrics(raw: Mapping[str, str], arm: str) -> dict[str, MetricStats]:
     prefix = f"{arm}:{METRIC_PREFIX}"
     names = {field[len(prefix) :].rsplit(":", 1)[0] for field in raw if field.startswith(prefix)}
     return {
         name: MetricStats(
-            n=int(_number(raw, f"{prefix}{name}:n")),
+            n=int(_count(raw, f"{prefix}{name}:n")),
             total=_number(raw, f"{prefix}{name}:sum"),
-            total_sq=_number(raw, f"{prefix}{name}:sumsq"),
+            total_sq=_count(raw, f"{prefix}{name}:sumsq"),
         )
         for name in names
     }
@@ -53,12 +62,12 @@ def arm_stats(spec: ExperimentSpec, raw: Mapping[str, str], segment: str = "") -
     """Stats for each arm of `spec` (of one segment, if given), in arm order; missing data is zero."""
     return tuple(
         ArmStats(
-            trials=int(_number(raw, stat_field(arm.name, TRIALS, segment))),
-            reward_count=int(_number(raw, stat_field(arm.name, COUNT, segment))),
+            trials=int(_count(raw, stat_field(arm.name, TRIALS, segment))),
+            reward_count=int(_count(raw, stat_field(arm.name, COUNT, segment))),
             reward_sum=_number(raw, stat_field(arm.name, SUM, segment)),
-            reward_sq_sum=_number(raw, stat_field(arm.name, SUMSQ, segment)),
-            sampled=int(_number(raw, stat_field(arm.name, SAMPLED, segment))),
-            expected_trials=_number(raw, stat_field(arm.name, EXPECTED, segment)),
+            reward_sq_sum=_count(raw, stat_field(arm.name, SUMSQ, segment)),
+            sampled=int(_count(raw, stat_field(arm.name, SAMPLED, segment))),
+            expected_trials=_count(raw, stat_field(arm.name, EXPECTED, segment)),
             metrics={} if segment else _metrics(raw, arm.name),
         )
         for arm in spec.arms
@@ -93,10 +102,10 @@ def discounted_stats(spec: ExperimentSpec, raw: Mapping[str, str], now_ms: int) 
     scale = weight(now_ms, epoch, spec.half_life_seconds) if epoch else 1.0
     return tuple(
         ArmStats(
-            trials=_number(raw, stat_field(arm.name, DISCOUNTED + TRIALS)) / scale,
-            reward_count=_number(raw, stat_field(arm.name, DISCOUNTED + COUNT)) / scale,
+            trials=_count(raw, stat_field(arm.name, DISCOUNTED + TRIALS)) / scale,
+            reward_count=_count(raw, stat_field(arm.name, DISCOUNTED + COUNT)) / scale,
             reward_sum=_number(raw, stat_field(arm.name, DISCOUNTED + SUM)) / scale,
-            reward_sq_sum=_number(raw, stat_field(arm.name, DISCOUNTED + SUMSQ)) / scale,
+            reward_sq_sum=_count(raw, stat_field(arm.name, DISCOUNTED + SUMSQ)) / scale,
         )
         for arm in spec.arms
     )
