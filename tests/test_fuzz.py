@@ -2,20 +2,28 @@
 
 Every answer must be OK or a status the contract defines (INVALID_ARGUMENT, NOT_FOUND,
 FAILED_PRECONDITION, UNAVAILABLE, RESOURCE_EXHAUSTED) with a message, never UNKNOWN or INTERNAL, and the
-server must keep answering. Raw undecodable bytes are the one exception: grpc itself refuses them before
-the servicer runs (grpc.aio answers UNKNOWN "Unexpected <class 'google.protobuf.message.DecodeError'>").
+server must keep answering -- and obeying operators: after the fuzzing, a kill switch set on another
+experiment directly in Redis is obeyed by Route within a second. This holds for raw bytes too: bytes that
+do not decode as the method's request get INVALID_ARGUMENT naming the problem. Well-formed requests carry
+extreme values (rewards and metrics of 1e308, -1e308, 5e-324, 1e200, NaN, inf; huge metrics maps) and
+decision ids whose fields are altered and signed again with the routers' secret, as a holder of a leaked
+secret could send them.
 """
 
 from __future__ import annotations
 
 import base64
+import hmac
+import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
+import yaml
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError, Message
 from hypothesis import HealthCheck, given, settings
@@ -24,7 +32,15 @@ from hypothesis import strategies as st
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from support import InProcessRouter, RedisServer, RouterProcess
+from support import (
+    DECISION_SECRET,
+    InProcessRouter,
+    RedisServer,
+    RouterProcess,
+    cli,
+    router_settings,
+    wait_until,
+)
 
 DEFINED = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -47,9 +63,63 @@ FUZZ = settings(
     database=None,
 )
 
+# -- the experiments fuzzed: bernoulli, gaussian with guardrails, and a bystander to kill afterwards -----
+
+GAUSS: dict[str, Any] = {
+    "name": "gauss",
+    "reward": "gaussian",  # any finite reward is an ordinary one: where extreme values reach Redis
+    "control": "gauss-a",
+    "arms": [{"name": "gauss-a"}, {"name": "gauss-b"}],
+    "guardrails": [
+        {"metric": "latency_ms", "kind": "mean", "max_value": 1e9},
+        {"metric": "error", "kind": "rate", "max_increase": 0.05},
+    ],
+}
+BYSTANDER: dict[str, Any] = {
+    "name": "bystander",
+    "reward": "bernoulli",
+    "control": "by-a",
+    "arms": [{"name": "by-a"}, {"name": "by-b"}],
+}
+
+
+@pytest.fixture
+def fuzzed(applied_ranker: RedisServer, tmp_path: Path) -> Iterator[tuple[InProcessRouter, RedisServer]]:
+    """A real router serving ranker (bernoulli), gauss (gaussian, guardrails) and bystander."""
+    for doc in (GAUSS, BYSTANDER):
+        path = tmp_path / f"{doc['name']}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        cli("experiment", "apply", str(path), redis_url=applied_ranker.url)
+    router = InProcessRouter(router_settings(applied_ranker.url)).start()
+    try:
+        yield router, applied_ranker
+    finally:
+        router.stop()
+
+
+def kill_of_another_experiment_is_obeyed_within_1s(router: InProcessRouter, redis: RedisServer) -> float:
+    """What an operator does in an incident, after the fuzzing: kill the bystander in Redis directly
+    (HSET, as the README documents it) and expect every Route to serve its control within a second."""
+    with grpc.insecure_channel(router.address) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+
+        def reason() -> int:
+            return stub.Route(pb.RouteRequest(experiment="bystander", unit_id="operator"), timeout=5).reason
+
+        assert reason() == pb.SAMPLED
+        client = redis.client()
+        client.hset("mabrouter:{bystander}:control", "kill", "1")
+        client.close()
+        started = time.monotonic()
+        wait_until(lambda: reason() == pb.KILLED, 1.0, what="the bystander's kill to be obeyed")
+        return time.monotonic() - started
+
+
 # -- strategies --------------------------------------------------------------------------------------
 
-NAMES = st.sampled_from(["ranker", "ranker-v1", "ranker-v2", "ranker-v3", "missing", "", "a" * 64, "a" * 65])
+NAMES = st.sampled_from(
+    ["ranker", "ranker-v1", "ranker-v2", "ranker-v3", "gauss", "missing", "", "a" * 64, "a" * 65]
+)
 HUGE = st.builds(
     lambda char, n: char * n,
     st.characters(codec="utf-8"),
@@ -64,14 +134,33 @@ def mostly(valid: st.SearchStrategy[Any], hostile: st.SearchStrategy[Any]) -> st
     return st.integers(0, 3).flatmap(lambda k: hostile if k == 0 else valid)
 
 
-EXPERIMENT = mostly(st.just("ranker"), st.one_of(NAMES, st.text(max_size=70), LONG))
+EXPERIMENT = mostly(st.sampled_from(["ranker", "gauss"]), st.one_of(NAMES, st.text(max_size=70), LONG))
 UNIT = mostly(st.text(min_size=1, max_size=30), st.one_of(st.just(""), st.text(max_size=30), LONG))
 DEFAULT_ARM = mostly(
     st.sampled_from(["", "ranker-v1", "fallback"]), st.one_of(NAMES, st.text(max_size=80), LONG)
 )
+# The values the issue names, and their neighbours: what overflows a square, a sum, or nothing at all.
+EXTREME = st.sampled_from(
+    [
+        1e308,
+        -1e308,
+        5e-324,
+        -5e-324,
+        1e200,
+        -1e200,
+        1e154,
+        1e101,
+        1e100,
+        -1e100,
+        math.nan,
+        math.inf,
+        -math.inf,
+    ]
+)
 FLOATS = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from([0.0, 1.0, 0.5, -0.0, -1.0, 1e308, 5e-324]),
+    st.sampled_from([0.0, 1.0, 0.5, -0.0, -1.0]),
+    EXTREME,
 )
 SCALARS = st.one_of(
     st.none(),
@@ -125,17 +214,53 @@ def _mutate(decision_id: str, position: int, char: str) -> str:
     return decision_id[:position] + char + decision_id[position + 1 :]
 
 
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def resign(decision_id: str, replacements: list[bytes | None]) -> str:
+    """`decision_id` with payload field i replaced by replacements[i] (None keeps it; fields past the end
+    are appended), signed again with the routers' secret: its signature verifies, its fields must not."""
+    text = decision_id.partition(".")[0]
+    fields = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).split(b"|")
+    for index, value in enumerate(replacements):
+        if value is None:
+            continue
+        if index < len(fields):
+            fields[index] = value
+        else:
+            fields.append(value)
+    payload = b"|".join(fields)
+    return f"{_b64(payload)}.{_b64(hmac.digest(DECISION_SECRET.encode(), payload, 'sha256')[:16])}"
+
+
+FIELD_VALUES = st.one_of(
+    st.sampled_from(
+        [b"", b"0", b"-1", b"1e3", b"1_000", b" 7", b"x", b"2", b"3", b"255", b"9" * 19, b"\xff", b"\xc3("]
+        + [str(int(time.time() * 1000) + offset).encode() for offset in (-(10**11), 10**6, 10**9)]
+        + [b"16725225600000", b"ranker", b"gauss", b"gauss-b", b"0123456789abcdef" * 3, b"A" * 48]
+    ),
+    st.text(max_size=40).map(str.encode),
+    st.binary(max_size=20),
+)
+
+
+def resigned_ids(pool: list[str]) -> st.SearchStrategy[str]:
+    """Real ids with some or all of their fields altered (one in four per field), re-signed."""
+    altered = st.integers(0, 3).flatmap(lambda k: FIELD_VALUES if k == 0 else st.none())
+    return st.builds(resign, st.sampled_from(pool), st.lists(altered, min_size=7, max_size=10))
+
+
 def decision_ids(pool: list[str]) -> st.SearchStrategy[str]:
-    b64 = st.binary(max_size=120).map(lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=").decode())
+    b64 = st.binary(max_size=120).map(_b64)
     return mostly(
         st.sampled_from(pool),
         st.one_of(
+            resigned_ids(pool),
             st.builds(_mutate, st.sampled_from(pool), st.integers(0, 200), st.characters(codec="utf-8")),
             st.builds(lambda a, b: f"{a}.{b}", b64, b64),
             st.builds(
-                lambda payload, mac: (
-                    base64.urlsafe_b64encode(payload.encode()).rstrip(b"=").decode() + "." + mac
-                ),
+                lambda payload, mac: _b64(payload.encode()) + "." + mac,
                 st.text(max_size=80).map(lambda t: "1|" + t),
                 b64,
             ),
@@ -145,14 +270,25 @@ def decision_ids(pool: list[str]) -> st.SearchStrategy[str]:
     )
 
 
+METRICS = st.one_of(
+    st.dictionaries(
+        st.one_of(st.sampled_from(["latency_ms", "error"]), st.text(max_size=20)), FLOATS, max_size=20
+    ),
+    # huge maps: beyond the 16-metric limit, up to what fits in a 1 MiB message
+    st.builds(
+        lambda n, value: {f"m{i}": value for i in range(n)}, st.sampled_from([17, 1000, 20_000]), FLOATS
+    ),
+)
+
+
 def outcome_requests(pool: list[str]) -> st.SearchStrategy[pb.OutcomeRequest]:
     return st.builds(
         lambda decision, reward, metrics: pb.OutcomeRequest(
             decision_id=decision, reward=reward, metrics=metrics
         ),
         decision_ids(pool),
-        mostly(st.floats(0, 1), FLOATS),
-        st.dictionaries(st.text(max_size=20), FLOATS, max_size=20),
+        st.one_of(st.floats(0, 1), EXTREME, FLOATS),
+        METRICS,
     )
 
 
@@ -167,6 +303,9 @@ def answer(call: Callable[[], Any]) -> Any:
         code, details = exc.code(), exc.details()
     assert code in DEFINED, f"{code}: {details}"
     assert details, f"{code} without a message"
+    # Redis is up throughout: UNAVAILABLE would be a store error in disguise (a script refusing a value
+    # half-way), answered "retry it" for what no retry can fix.
+    assert code != grpc.StatusCode.UNAVAILABLE, f"{code} with Redis up: {details}"
     return None
 
 
@@ -176,8 +315,19 @@ def check_results(results: Any) -> Counter[int]:
         codes[result.code] += 1
         if result.code:
             assert result.code in DEFINED_CODES, f"code {result.code}: {result.message}"
+            assert result.code != grpc.StatusCode.UNAVAILABLE.value[0], f"with Redis up: {result.message}"
             assert result.message
     return codes
+
+
+def stored_statistics_are_finite(redis: RedisServer) -> None:
+    """Whatever the fuzzing applied, every stored sufficient statistic is still a finite number: the
+    next refresh can use it, and so can every router started later."""
+    client = redis.client()
+    for experiment in ("ranker", "gauss"):
+        for field_name, text in client.hgetall(f"mabrouter:{{{experiment}}}:stats").items():
+            assert math.isfinite(float(text)), f"{experiment} stats {field_name} = {text}"
+    client.close()
 
 
 def still_answers(stub: router_pb2_grpc.RouterStub) -> None:
@@ -185,9 +335,12 @@ def still_answers(stub: router_pb2_grpc.RouterStub) -> None:
     assert reply.reason == pb.SAMPLED
 
 
-def decision_pool(stub: router_pb2_grpc.RouterStub, n: int = 40) -> list[str]:
+def decision_pool(
+    stub: router_pb2_grpc.RouterStub, n: int = 40, experiments: tuple[str, ...] = ("ranker",)
+) -> list[str]:
     return [
-        stub.Route(pb.RouteRequest(experiment="ranker", unit_id=f"pool-{i}"), timeout=5).decision_id
+        stub.Route(pb.RouteRequest(experiment=experiment, unit_id=f"pool-{i}"), timeout=5).decision_id
+        for experiment in experiments
         for i in range(n)
     ]
 
@@ -195,12 +348,13 @@ def decision_pool(stub: router_pb2_grpc.RouterStub, n: int = 40) -> list[str]:
 # -- the fuzz tests ----------------------------------------------------------------------------------
 
 
-def test_fuzzed_requests_get_ok_or_a_defined_status_and_the_server_keeps_answering(
-    router: InProcessRouter,
+def test_fuzzed_requests_get_ok_or_a_defined_status_and_a_kill_is_still_obeyed(
+    fuzzed: tuple[InProcessRouter, RedisServer],
 ) -> None:
+    router, redis = fuzzed
     with grpc.insecure_channel(router.address) as channel:
         stub = router_pb2_grpc.RouterStub(channel)
-        pool = decision_pool(stub)
+        pool = decision_pool(stub, 20, ("ranker", "gauss"))
         seen: Counter[str] = Counter()
 
         @FUZZ
@@ -236,7 +390,9 @@ def test_fuzzed_requests_get_ok_or_a_defined_status_and_the_server_keeps_answeri
         for fuzz in (route, report, report_many, route_many):
             fuzz()
             still_answers(stub)
-    print(f"\nfuzzed answers: {dict(sorted(seen.items()))}")
+    stored_statistics_are_finite(redis)
+    took = kill_of_another_experiment_is_obeyed_within_1s(router, redis)
+    print(f"\nfuzzed answers: {dict(sorted(seen.items()))}; bystander killed in {took:.2f} s")
 
 
 def parses(message_type: type[Message], data: bytes) -> bool:
@@ -247,42 +403,130 @@ def parses(message_type: type[Message], data: bytes) -> bool:
     return True
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _nested_struct(depth: int) -> bytes:
+    struct = b""
+    for _ in range(depth):
+        struct = _field(1, _field(1, b"a") + _field(2, _field(5, struct)))
+    return struct
+
+
+def _flip(data: bytes, position: int, value: int) -> bytes:
+    if not data:
+        return bytes([value])
+    position %= len(data)
+    return data[:position] + bytes([value]) + data[position + 1 :]
+
+
+# Per method: bytes in its string fields (invalid UTF-8 as often as not), and Structs nested around
+# protobuf's depth limit where the request has one.
+STRING_BYTES = st.binary(min_size=1, max_size=12).map(lambda raw: raw + b"\xff" if raw.isascii() else raw)
+STRINGS_AS_BYTES: dict[str, st.SearchStrategy[bytes]] = {
+    "Route": st.builds(_field, st.sampled_from([1, 2, 4]), STRING_BYTES),
+    "RouteBatch": STRING_BYTES.map(lambda raw: _field(1, _field(2, raw))),
+    "ReportOutcome": STRING_BYTES.map(lambda raw: _field(1, raw)),
+    "ReportOutcomes": STRING_BYTES.map(lambda raw: _field(1, _field(1, raw))),
+}
+DEEP = st.integers(25, 60).map(_nested_struct)
+NESTED: dict[str, st.SearchStrategy[bytes]] = {
+    "Route": DEEP.map(lambda struct: _field(1, b"ranker") + _field(2, b"u") + _field(3, struct)),
+    "RouteBatch": DEEP.map(lambda struct: _field(1, _field(3, struct))),
+}
+SMALL_ROUTE = st.builds(
+    lambda experiment, unit, attributes: pb.RouteRequest(
+        experiment=experiment, unit_id=unit, attributes=to_struct(attributes)
+    ),
+    st.sampled_from(["ranker", "gauss", ""]),
+    st.text(max_size=20),
+    st.dictionaries(
+        st.text(max_size=10), SCALARS.filter(lambda v: not isinstance(v, str) or len(v) < 50), max_size=4
+    ),
+)
+WELL_FORMED: dict[str, st.SearchStrategy[Message]] = {  # small: their bytes get flipped
+    "Route": SMALL_ROUTE,
+    "RouteBatch": st.lists(SMALL_ROUTE, max_size=3).map(lambda rs: pb.RouteBatchRequest(requests=rs)),
+    "ReportOutcome": st.builds(pb.OutcomeRequest, decision_id=st.text(max_size=30), reward=FLOATS),
+    "ReportOutcomes": st.builds(
+        lambda ids: pb.ReportOutcomesRequest(outcomes=[pb.OutcomeRequest(decision_id=i) for i in ids]),
+        st.lists(st.text(max_size=30), max_size=3),
+    ),
+}
+
+
+def raw_bytes(method: str) -> st.SearchStrategy[bytes]:
+    return st.one_of(
+        st.binary(max_size=300),
+        st.binary(min_size=1000, max_size=5000),
+        st.builds(
+            _flip,
+            WELL_FORMED[method].map(lambda m: m.SerializeToString()),
+            st.integers(0, 10**6),
+            st.integers(0, 255),
+        ),
+        STRINGS_AS_BYTES[method],
+        NESTED.get(method, STRINGS_AS_BYTES[method]),
+    )
+
+
 def fuzz_raw(channel: grpc.Channel, method: str, message_type: type[Message], outcomes: Counter[str]) -> None:
     call = channel.unary_unary(
         f"/mabrouter.v1.Router/{method}", request_serializer=None, response_deserializer=None
     )
 
     @settings(FUZZ, max_examples=75)
-    @given(data=st.one_of(st.binary(max_size=300), st.binary(min_size=1000, max_size=5000)))
+    @given(data=raw_bytes(method))
     def garbage(data: bytes) -> None:
         try:
             call(data, timeout=10)
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details() or ""
         else:
+            assert parses(message_type, data)
             outcomes["OK"] += 1
             return
-        if code in DEFINED:
-            assert details
+        assert code in DEFINED, f"{code}: {details}"  # never UNKNOWN or INTERNAL
+        assert details
+        if parses(message_type, data):
             outcomes[code.name] += 1
             return
-        # grpc's own refusal of an undecodable message, before the servicer runs: only then.
-        assert code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), details
-        assert not parses(message_type, data), f"{code} for a decodable message: {details}"
-        assert "DecodeError" in details or "parsing" in details
-        outcomes[f"undecodable -> {code.name}"] += 1
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+        assert details.startswith(f"request is not a valid {message_type.DESCRIPTOR.full_name}: "), details
+        outcomes[f"undecodable -> {details.partition(': ')[2][:24]}"] += 1
 
     garbage()
 
 
-def test_raw_garbage_bytes_never_break_the_server(router: InProcessRouter) -> None:
+def test_raw_bytes_get_ok_or_invalid_argument_and_a_kill_is_still_obeyed(
+    fuzzed: tuple[InProcessRouter, RedisServer],
+) -> None:
+    router, redis = fuzzed
     with grpc.insecure_channel(router.address) as channel:
         stub = router_pb2_grpc.RouterStub(channel)
         outcomes: Counter[str] = Counter()
         for method, message_type in METHODS.items():
             fuzz_raw(channel, method, message_type, outcomes)
             still_answers(stub)
-    print(f"\nraw bytes: {dict(outcomes)}")
+    assert router.app is not None
+    sample = router.app.metrics.registry.get_sample_value
+    kinds = {
+        kind: sum(sample("mabrouter_bad_requests_total", {"method": m, "kind": kind}) or 0 for m in METHODS)
+        for kind in ("invalid_utf8", "too_deep", "malformed")
+    }
+    assert all(kinds.values()), f"every kind of undecodable request was sent and counted: {kinds}"
+    took = kill_of_another_experiment_is_obeyed_within_1s(router, redis)
+    print(f"\nraw bytes: {dict(outcomes)}; refusals counted {kinds}; bystander killed in {took:.2f} s")
 
 
 # -- memory ------------------------------------------------------------------------------------------
