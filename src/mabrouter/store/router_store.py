@@ -188,9 +188,8 @@ class RouterStore:
     ) -> dict[str, Refused]:
         """Add to stats fields per experiment (trials, expected trials, splits); idempotent per batch id.
 
-        Discounted fields (`<arm>:d:<stat>`) arrive scaled to the epoch in `discounts[experiment]`.
-        Each experiment's increments are applied entirely or not at all: returns those refused because a
-        stored field cannot absorb them (nothing of theirs written); the others are applied."""
+        Discounted fields (`<arm>:d:<stat>`) arrive scaled to the epoch in `discounts[experiment]`. Each
+        experiment's increments are applied entirely or not at all: returns the refused experiments."""
         calls: list[ScriptCall] = []
         for experiment, fields in increments.items():
             discount = (discounts or {}).get(experiment)
@@ -210,8 +209,7 @@ class RouterStore:
         self, outcomes: Sequence[OutcomeWrite], log_maxlen: int = 0, now_ms: int = 0
     ) -> list[bool | Refused]:
         """Apply outcomes atomically and idempotently: True where applied, False where a duplicate, a
-        Refused where the stored statistics cannot absorb the outcome (nothing of it written, not even
-        its seen marker, so it can be retried once the field is repaired).
+        Refused where the stored statistics cannot absorb it (nothing written, not even its seen marker).
 
         One RECORD_OUTCOMES call per experiment (and per OUTCOMES_PER_CALL outcomes), all in one
         pipeline. With `log_maxlen` > 0, each applied outcome is also appended to its experiment's
@@ -225,14 +223,12 @@ class RouterStore:
             stats_key, log_key = keys.stats(experiment), keys.outcomes_log(experiment)
             for start in range(0, len(indices), OUTCOMES_PER_CALL):
                 chunk = indices[start : start + OUTCOMES_PER_CALL]
-                items = [outcome_args(outcomes[i]) for i in chunk]
+                items = json.dumps(
+                    [outcome_args(outcomes[i]) for i in chunk], ensure_ascii=False, separators=(",", ":")
+                )
                 seen = [keys.outcome_seen(experiment, outcomes[i].nonce) for i in chunk]
                 calls.append(
-                    (
-                        scripts.RECORD_OUTCOMES,
-                        [stats_key, log_key, *seen],
-                        [log_maxlen, now_ms, json.dumps(items, ensure_ascii=False, separators=(",", ":"))],
-                    )
+                    (scripts.RECORD_OUTCOMES, [stats_key, log_key, *seen], [log_maxlen, now_ms, items])
                 )
                 slots.append(chunk)
         results: list[bool | Refused] = [False] * len(outcomes)
