@@ -19,9 +19,11 @@ RNG = np.random.default_rng(0)
     [
         (RouteInput("", "u"), "experiment is empty"),
         (RouteInput("bad name!", "u"), "not a valid name"),
+        (RouteInput("exp\n", "u"), "not a valid name"),  # re's '$' alone would let a final newline through
         (RouteInput("exp", ""), "unit_id is empty"),
         (RouteInput("exp", "x" * (MAX_UNIT_ID_CHARS + 1)), "the limit is"),
         (RouteInput("exp", "u", default_arm="no spaces allowed"), "default_arm"),
+        (RouteInput("exp", "u", default_arm="arm-0\n"), "default_arm"),
     ],
 )
 def test_malformed_requests_name_the_problem(request_: RouteInput, needle: str) -> None:

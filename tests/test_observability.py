@@ -322,7 +322,7 @@ def test_prometheus_metrics_count_decisions_outcomes_and_describe_the_snapshot(
     for reply in rewarded:
         rewards[reply.arm] = rewards.get(reply.arm, 0.0) + 0.75
     for arm, total in rewards.items():
-        assert value(samples, "mabrouter_reward_sum_total", experiment=EXPERIMENT, arm=arm) == pytest.approx(
+        assert value(samples, "mabrouter_reward_sum", experiment=EXPERIMENT, arm=arm) == pytest.approx(
             total
         )
 

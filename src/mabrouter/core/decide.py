@@ -63,7 +63,7 @@ class Decision(NamedTuple):
 def validate(request: RouteInput) -> None:
     if not request.experiment:
         raise InvalidRequestError("experiment is empty: name the experiment to route, e.g. 'ranker'")
-    if not NAME_PATTERN.match(request.experiment):
+    if not NAME_PATTERN.fullmatch(request.experiment):
         raise InvalidRequestError(f"experiment {request.experiment[:80]!r} is not a valid name ({NAME_RULE})")
     _validate_unit(request)
 
@@ -77,7 +77,7 @@ def _validate_unit(request: RouteInput) -> None:
         raise InvalidRequestError(
             f"unit_id is {len(request.unit_id)} characters; the limit is {MAX_UNIT_ID_CHARS}"
         )
-    if request.default_arm and not NAME_PATTERN.match(request.default_arm):
+    if request.default_arm and not NAME_PATTERN.fullmatch(request.default_arm):
         raise InvalidRequestError(
             f"default_arm {request.default_arm[:80]!r} is not a valid arm name ({NAME_RULE})"
         )
@@ -103,7 +103,7 @@ def segment_of(spec: ExperimentSpec, attributes: Mapping[str, AttributeValue]) -
     if value is None or isinstance(value, tuple):
         return ""
     text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-    return text if NAME_PATTERN.match(text) else ""
+    return text if NAME_PATTERN.fullmatch(text) else ""
 
 
 def _sampled(

@@ -35,9 +35,8 @@ MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
 # (a leaked secret, or a bug): it is refused with the field named, never half-parsed. [0-9], not \d,
 # which also matches other scripts' digits; lengths bound the ints (config versions are Redis counters,
 # at most 18 digits; a millisecond timestamp has 13 until the year 2286).
-# Names are checked as NAME_PATTERN.match checks them wherever ids are issued: its '$' also matches before
-# a final newline, so a segment value "gold\n" is used (core/decide.py segment_of) and its ids must verify.
-_NAME = NAME_PATTERN.pattern.removeprefix("^").removesuffix("$") + r"\n?"
+# Names exactly as NAME_PATTERN accepts them wherever ids are issued.
+_NAME = NAME_PATTERN.pattern.removeprefix("^").removesuffix("$")
 _NONCE = "[A-Za-z0-9_-]{1,64}"  # nonce_factory writes hex; the base64url alphabet is JSON- and key-safe
 _TRACE = "[0-9a-f]{48}"
 _PAYLOAD = re.compile(

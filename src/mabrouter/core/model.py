@@ -12,6 +12,8 @@ if TYPE_CHECKING:  # targeting imports AttributeValue from here; only the annota
     from mabrouter.core.targeting import Rule
 
 # Experiment and arm names appear in Redis keys, decision ids and metrics labels: keep them tame.
+# Check with fullmatch: re's '$' also matches before a final newline ("gold\n" would pass .match). The
+# pattern keeps '$' because pydantic's (Rust) regex engine, which the schema hands it to, has no \Z.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
 
