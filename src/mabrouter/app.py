@@ -86,17 +86,21 @@ class RouterApp:
         self.metrics = RouterMetrics()
         self.trials = TrialBuffer()
         self.flusher = TrialFlusher(
-            self.trials, self.store, process_prefix, on_error=self.metrics.redis_errors.labels("flush").inc
+            self.trials,
+            self.store,
+            process_prefix,
+            on_error=lambda: self.metrics.add(self.metrics.redis_errors, "flush"),
         )
         self.exposure = ExposureLog(
             self.store,
             settings.exposure_log_maxlen,
             unit_label,
-            on_drop=lambda n: self.metrics.dropped.labels("exposure_log").inc(n),
+            on_drop=lambda n: self.metrics.add(self.metrics.dropped, "exposure_log", amount=n),
         )
         rng = np.random.default_rng()
         self.builder = SnapshotBuilder(  # its own generator: it runs in a worker thread
-            np.random.default_rng(), on_failure=lambda name: self.metrics.build_failures.labels(name).inc()
+            np.random.default_rng(),
+            on_failure=lambda name: self.metrics.add(self.metrics.build_failures, name),
         )
         self.refresher = Refresher(self.store, self.holder, self.builder)
         self.sticky = StickyAssignments(self.store)
@@ -211,7 +215,7 @@ class RouterApp:
     async def _refresh(self) -> None:
         try:
             if not await self.refresher.refresh_once():
-                self.metrics.redis_errors.labels("refresh").inc()
+                self.metrics.add(self.metrics.redis_errors, "refresh")
         finally:  # health must say so whatever happened to the refresh
             snapshot = self.holder.current
             await self.health.update(

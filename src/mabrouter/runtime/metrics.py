@@ -3,6 +3,8 @@ everything derived from the snapshot is read at scrape time by a collector, cost
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 
@@ -12,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from mabrouter.runtime.holder import SnapshotHolder
 
+log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -79,6 +82,7 @@ class RouterMetrics:
             registry=r,
         )
         self._increments: dict[tuple[Counter | Gauge, tuple[str, ...]], Callable[[float], None]] = {}
+        self._metrics_failed = False
 
     def _inc(self, counter: Counter | Gauge, *labels: str) -> Callable[[float], None]:
         """The `inc` of `counter`'s child for `labels`, cached: `labels()` costs a lock and a lookup."""
@@ -88,21 +92,39 @@ class RouterMetrics:
             inc = self._increments[key] = counter.labels(*labels).inc
         return inc
 
+    def add(self, counter: Counter | Gauge, *labels: str, amount: float = 1.0) -> None:
+        """`counter{labels} += amount`, never raising: a metrics failure says nothing about the decision
+        or the outcome it counts, which are already made or applied (see telemetry_failed)."""
+        try:
+            self._inc(counter, *labels)(amount)
+        except Exception as exc:  # noqa: BLE001 - telemetry never fails a call
+            self.telemetry_failed(exc)
+
+    def telemetry_failed(self, error: Exception) -> None:
+        """Count (mabrouter_telemetry_errors{part="metrics"}) and log once a metric that raised."""
+        with contextlib.suppress(Exception):  # the metrics library itself may be what fails: the log says so
+            self.telemetry_errors.labels("metrics").inc()
+        if self._metrics_failed:
+            log.debug("a metric raised %r again", error)
+            return
+        self._metrics_failed = True
+        log.error("a metric raised %r; calls go on without it (logged once, counted)", error, exc_info=error)
+
     def count_decision(self, experiment: str, arm: str, reason: str) -> None:
-        self._inc(self.decisions, experiment, arm, reason)(1)
+        self.add(self.decisions, experiment, arm, reason)
 
     def count_decisions(self, counts: Mapping[tuple[str, str, str], int]) -> None:
         """count_decision for many at once, by (experiment, arm, reason): one locked increment per series
         instead of one per decision."""
         for labels, count in counts.items():
-            self._inc(self.decisions, *labels)(count)
+            self.add(self.decisions, *labels, amount=count)
 
     def count_outcome(self, experiment: str, result: str) -> None:
         """mabrouter_outcomes{experiment, result} += 1 (names from verified ids)."""
-        self._inc(self.outcomes, experiment, result)(1)
+        self.add(self.outcomes, experiment, result)
 
     def add_reward(self, experiment: str, arm: str, reward: float) -> None:
-        self._inc(self.rewards, experiment, arm)(reward)
+        self.add(self.rewards, experiment, arm, amount=reward)
 
 
 class SnapshotCollector(Collector):
