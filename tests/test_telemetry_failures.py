@@ -9,6 +9,7 @@ prometheus_client Histogram itself raising.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
@@ -173,3 +174,30 @@ def test_a_failing_bad_requests_counter_still_refuses_with_invalid_argument(
             pb.RouteRequest(experiment="ranker", unit_id="u"), timeout=5
         )
         assert reply.reason == pb.SAMPLED
+
+
+def test_every_metric_raising_never_fails_a_call(
+    applied_ranker: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Counters and gauges too (decisions, outcomes, rewards, refusals, the fallback path): the calls
+    answer as decided, outcomes are applied once, and the failure is logged once."""
+
+    def broken(self: Any, amount: float = 1, exemplar: Any = None) -> None:
+        raise ValueError("metrics failed")
+
+    monkeypatch.setattr(Counter, "inc", broken)
+    monkeypatch.setattr(Gauge, "inc", broken)
+    caplog.set_level(logging.INFO, logger="mabrouter.runtime.metrics")
+    router = InProcessRouter(router_settings(applied_ranker.url)).start()
+    try:
+        exercise_every_rpc(router.address)
+        time.sleep(0.1)  # the recording timer (5 ms) and a flush (20 ms) ran, counting decisions
+        stats = applied_ranker.client().hgetall("mabrouter:{ranker}:stats")
+        assert sum(float(v) for k, v in stats.items() if k.endswith(":trials")) == 4  # 3 Route + 1 batch
+    finally:
+        router.stop()
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+    logged = [
+        r for r in caplog.records if r.name == "mabrouter.runtime.metrics" and r.levelno > logging.DEBUG
+    ]
+    assert len(logged) == 1, [r.getMessage() for r in logged]

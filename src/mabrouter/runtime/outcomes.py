@@ -149,7 +149,7 @@ class OutcomeRecorder:
                 watched = guardrail_metrics(token, metrics, snapshot)
                 discount = _discount(snapshot.experiments[token.experiment], now_ms, reward)
             except MabrouterError as exc:
-                self._metrics.outcomes.labels("", f"refused_{exc.code.value}").inc()
+                self._metrics.add(self._metrics.outcomes, "", f"refused_{exc.code.value}")
                 results.append(exc)
                 continue
             remaining = max(1, (token.issued_ms + max_age_ms - now_ms) // 1000 + 1)
@@ -172,7 +172,7 @@ class OutcomeRecorder:
                 # The script also appends each applied outcome to the outcomes log, atomically.
                 applied = await self._store.record_outcomes(writes, self._exposure.maxlen, now_ms)
             except STORE_ERRORS as exc:
-                self._metrics.redis_errors.labels("record_outcomes").inc()
+                self._metrics.add(self._metrics.redis_errors, "record_outcomes")
                 await self._spool_or_raise(writes, exc)
                 return results  # spooled: acknowledged, applied when Redis returns
             count_outcome, add_reward = self._metrics.count_outcome, self._metrics.add_reward
@@ -207,11 +207,11 @@ class OutcomeRecorder:
             # it. The spool is thread-safe; the call is acknowledged only after the fsync returns.
             await asyncio.to_thread(self._spool.append, writes)
         except (SpoolFullError, OSError) as exc:
-            self._metrics.dropped.labels("outcome_spool").inc(len(writes))
+            self._metrics.add(self._metrics.dropped, "outcome_spool", amount=len(writes))
             raise StoreUnavailableError(
                 f"outcome not recorded: Redis is unavailable and {exc}; retry it"
             ) from exc
-        self._metrics.outcomes.labels("", "spooled").inc(len(writes))
+        self._metrics.add(self._metrics.outcomes, "", "spooled", amount=len(writes))
 
     def spooled(self) -> int:
         return len(self._spool) if self._spool is not None else 0
