@@ -28,7 +28,9 @@ class HealthReporter:
 
     "" and mabrouter.v1.Router: SERVING once a snapshot is loaded (the router can answer; point
     readiness probes here). mabrouter.snapshot: SERVING while the snapshot is fresher than the maximum
-    staleness (point alerts here: a stale router keeps answering, so it must not leave the load balancer).
+    staleness and every experiment in Redis could be used (point alerts here: a stale router, or one
+    serving an experiment from its last good state, keeps answering, so it must not leave the load
+    balancer).
     """
 
     def __init__(self) -> None:
