@@ -178,6 +178,12 @@ def test_operators_can_kill_an_experiment_whose_document_is_broken(
         killed = cli("kill", "plain", "--reason", "broken doc", redis_url=redis_server.url)
         assert "written anyway" in killed.stderr
         killed_within(router.address, "plain")
+        cli("unkill", "plain", redis_url=redis_server.url)
+        # a version edited into something HINCRBY refuses does not block a kill either
+        client.hset("mabrouter:{plain}:config", "version", "v2")
+        killed = cli("kill", "plain", "--reason", "broken version", redis_url=redis_server.url)
+        assert "written without a version" in killed.stdout, killed.stdout
+        killed_within(router.address, "plain")
     finally:
         client.close()
         router.stop()

@@ -68,10 +68,19 @@ def _switch(args: argparse.Namespace, on: bool) -> int:
     )
     state = "killed" if on else "live"
     note = " (no change)" if (before == "1") == on else ""
-    print(f"{what} is {state}{note} (version {version})")
+    print(f"{what} is {state}{note} ({_version(version)})")
     if args.arm and not on:
         print(f"guardrails now judge {args.arm} only on outcomes reported from now on")
     return 0
+
+
+def _version(version: int | None) -> str:
+    if version is not None:
+        return f"version {version}"
+    return (
+        "written without a version: the stored version was edited into something that is not a number; "
+        "set it back with redis-cli (HSET mabrouter:{EXP}:config version N)"
+    )
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
@@ -91,7 +100,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         version, before = store.set_control(
             args.experiment, keys.ROLLOUT, f"{percent:g}", change(args, "rollout")
         )
-    print(f"{args.experiment} rollout {before or 'from file'} -> {percent:g}% (version {version})")
+    print(f"{args.experiment} rollout {before or 'from file'} -> {percent:g}% ({_version(version)})")
     return 0
 
 

@@ -106,15 +106,16 @@ class AdminStore:
         self._redis.sadd(keys.EXPERIMENTS, name)
         return version
 
-    def set_control(self, scope: str, field: str, value: str, change: Change) -> tuple[int, str]:
-        """Set (or with value '' delete) one switch; return (new version, previous value)."""
+    def set_control(self, scope: str, field: str, value: str, change: Change) -> tuple[int | None, str]:
+        """Set (or with value '' delete) one switch; return (new version, previous value). The version is
+        None when the stored one is not a number (edited by hand): the switch is written anyway."""
         version_key = keys.control(scope) if scope == keys.GLOBAL_SCOPE else keys.config(scope)
         target = scope if field == keys.KILL else f"{scope}/{field}"
         version, before = self._change_control(
             keys=[version_key, keys.control(scope), keys.audit(scope), keys.audited(scope)],
             args=[field, value, *self._audit_args(change, target, scope)],
         )
-        return int(version), str(before)
+        return (int(version) if str(version).isdigit() else None), str(before)
 
     def names(self) -> list[str]:
         return sorted(str(name) for name in self._redis.smembers(keys.EXPERIMENTS))

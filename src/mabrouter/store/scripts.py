@@ -44,17 +44,25 @@ redis.call('HSET', KEYS[1], 'doc', ARGV[2], 'updated_ms', ARGV[3])
 # KEYS: version hash (the experiment's config, or the global control hash), control hash, audit stream,
 # audited hash.
 # ARGV: 1 field, 2 new value ('' deletes), 3 now ms, 4 actor, 5 action, 6 reason, 7 audit maxlen,
-# 8 channel, 9 target, 10 scope. Returns {version, previous value}.
+# 8 channel, 9 target, 10 scope. Returns {version ('' when the stored one is not a number), previous value}.
 CHANGE_CONTROL = (
     """
 local before = redis.call('HGET', KEYS[2], ARGV[1]) or ''
-local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+-- A version edited by hand into something HINCRBY refuses must not block a kill in an incident: the
+-- switch is written without a version ('' in the reply and the audit entry); routers obey it anyway.
+local version = redis.pcall('HINCRBY', KEYS[1], 'version', 1)
+if type(version) == 'table' then
+  version = ''
+end
 if ARGV[2] == '' then
   redis.call('HDEL', KEYS[2], ARGV[1])
 else
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 end
-redis.call('HSET', KEYS[2], 'version', version, 'reason', ARGV[6])
+redis.call('HSET', KEYS[2], 'reason', ARGV[6])
+if version ~= '' then
+  redis.call('HSET', KEYS[2], 'version', version)
+end
 """
     + _AUDIT
     + "return {version, before}\n"
