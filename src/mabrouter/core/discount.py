@@ -2,7 +2,7 @@
 
 An observation at time t is stored scaled by w(t) = 2^((t - epoch) / half_life); a reader at time T
 divides the sums by w(T), so each observation counts 2^(-(T - t) / half_life). Scaled increments commute,
-so replicas just add them (inside one atomic script) with no read-modify-write race, unlike decaying stored values in
+so replicas just add them (each inside one atomic script) with no race, unlike decaying stored values in
 place. The epoch is moved forward (a rebase, atomic in Lua) before the weights grow large.
 (Cormode, Shkapenyuk, Srivastava, Xu: "Forward decay", ICDE 2009.)
 """
