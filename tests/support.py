@@ -208,6 +208,20 @@ def cli(*args: str, redis_url: str, check: bool = True, **env: str) -> subproces
     return result
 
 
+def health_serving(address: str, service: str = "") -> bool:
+    """Whether the router at `address` answers SERVING for `service` (False when it does not answer)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=0.5
+            )
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
 class RouterProcess:
     """A real `mabrouter serve` process."""
 
@@ -231,19 +245,10 @@ class RouterProcess:
         )
 
     def wait_serving(self, timeout: float = 20) -> RouterProcess:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
         def serving() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"router exited early ({self.process.returncode}):\n{self.output()}")
-            with grpc.insecure_channel(self.address) as channel:
-                try:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(), timeout=0.5
-                    )
-                except grpc.RpcError:
-                    return False
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
+            return health_serving(self.address)
 
         wait_until(serving, timeout, interval=0.05, what=f"router on {self.address} to serve")
         return self

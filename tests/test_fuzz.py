@@ -41,6 +41,7 @@ from support import (
     router_settings,
     wait_until,
 )
+from wire import field, nested_struct
 
 DEFINED = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -403,26 +404,6 @@ def parses(message_type: type[Message], data: bytes) -> bool:
     return True
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _nested_struct(depth: int) -> bytes:
-    struct = b""
-    for _ in range(depth):
-        struct = _field(1, _field(1, b"a") + _field(2, _field(5, struct)))
-    return struct
-
-
 def _flip(data: bytes, position: int, value: int) -> bytes:
     if not data:
         return bytes([value])
@@ -434,15 +415,15 @@ def _flip(data: bytes, position: int, value: int) -> bytes:
 # protobuf's depth limit where the request has one.
 STRING_BYTES = st.binary(min_size=1, max_size=12).map(lambda raw: raw + b"\xff" if raw.isascii() else raw)
 STRINGS_AS_BYTES: dict[str, st.SearchStrategy[bytes]] = {
-    "Route": st.builds(_field, st.sampled_from([1, 2, 4]), STRING_BYTES),
-    "RouteBatch": STRING_BYTES.map(lambda raw: _field(1, _field(2, raw))),
-    "ReportOutcome": STRING_BYTES.map(lambda raw: _field(1, raw)),
-    "ReportOutcomes": STRING_BYTES.map(lambda raw: _field(1, _field(1, raw))),
+    "Route": st.builds(field, st.sampled_from([1, 2, 4]), STRING_BYTES),
+    "RouteBatch": STRING_BYTES.map(lambda raw: field(1, field(2, raw))),
+    "ReportOutcome": STRING_BYTES.map(lambda raw: field(1, raw)),
+    "ReportOutcomes": STRING_BYTES.map(lambda raw: field(1, field(1, raw))),
 }
-DEEP = st.integers(25, 60).map(_nested_struct)
+DEEP = st.integers(25, 60).map(nested_struct)
 NESTED: dict[str, st.SearchStrategy[bytes]] = {
-    "Route": DEEP.map(lambda struct: _field(1, b"ranker") + _field(2, b"u") + _field(3, struct)),
-    "RouteBatch": DEEP.map(lambda struct: _field(1, _field(3, struct))),
+    "Route": DEEP.map(lambda struct: field(1, b"ranker") + field(2, b"u") + field(3, struct)),
+    "RouteBatch": DEEP.map(lambda struct: field(1, field(3, struct))),
 }
 SMALL_ROUTE = st.builds(
     lambda experiment, unit, attributes: pb.RouteRequest(

@@ -322,9 +322,7 @@ def test_prometheus_metrics_count_decisions_outcomes_and_describe_the_snapshot(
     for reply in rewarded:
         rewards[reply.arm] = rewards.get(reply.arm, 0.0) + 0.75
     for arm, total in rewards.items():
-        assert value(samples, "mabrouter_reward_sum", experiment=EXPERIMENT, arm=arm) == pytest.approx(
-            total
-        )
+        assert value(samples, "mabrouter_reward_sum", experiment=EXPERIMENT, arm=arm) == pytest.approx(total)
 
     assert 0 <= value(samples, "mabrouter_snapshot_age_seconds") < 2.0  # refreshed every 50 ms here
     assert value(samples, "mabrouter_snapshot_loaded") == 1

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
 from mabrouter.app import RouterApp, StartupError
@@ -33,7 +32,7 @@ from mabrouter.errors import InvalidDecisionIdError
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from support import DECISION_SECRET, RedisServer, free_port, wait_until
+from support import DECISION_SECRET, RedisServer, free_port, health_serving, wait_until
 
 GOOD = "g" * MIN_DECISION_SECRET_BYTES
 SHORT = "s" * (MIN_DECISION_SECRET_BYTES - 1)
@@ -215,14 +214,7 @@ class Serve:
     def serving(self) -> bool:
         if self.process.poll() is not None:
             raise AssertionError(f"the router exited ({self.process.returncode}):\n{self.output()}")
-        with grpc.insecure_channel(self.address) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=0.5
-                )
-            except grpc.RpcError:
-                return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        return health_serving(self.address)
 
     def signing_key_works(self, key: bytes) -> bool:
         """Route once and check the decision id verifies with `key` (and only then report its outcome)."""

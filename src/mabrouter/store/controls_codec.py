@@ -93,11 +93,7 @@ def parse_controls(
     """
     last = previous or Controls()
     problems: list[str] = []
-    killed = last.killed
-    try:
-        killed = parse_flag(KILL, raw.get(KILL, "0"))
-    except ValueError as exc:
-        problems.append(str(exc))
+    killed = _kill_switch(raw, last.killed, problems)
     killed_arms: set[str] = set()
     cleared_arms: set[str] = set()
     ramp_steps: dict[str, int] = {}
@@ -126,10 +122,6 @@ def parse_controls(
         rollout = parse_rollout(rollout_text) if rollout_text.strip() else None
     except ValueError as exc:
         problems.append(str(exc))
-    try:
-        control_version(raw)
-    except ValueError as exc:
-        problems.append(str(exc))
     return Controls(
         ramp_steps=ramp_steps,
         ramp_since_ms=ramp_since,
@@ -151,7 +143,13 @@ def parse_global_controls(
         f"unknown global control field {field[:40]!r}; fields are kill, reason, version"
         for field in sorted(set(raw) - {KILL, REASON, VERSION})
     ]
-    killed = previous.killed if previous is not None else False
+    killed = _kill_switch(raw, previous.killed if previous is not None else False, problems)
+    return GlobalControls(killed=killed, reason=_reason(raw)), problems
+
+
+def _kill_switch(raw: Mapping[str, str], last: bool, problems: list[str]) -> bool:
+    """The `kill` field (or `last` when it does not parse); also checks `version`. Appends problems."""
+    killed = last
     try:
         killed = parse_flag(KILL, raw.get(KILL, "0"))
     except ValueError as exc:
@@ -160,4 +158,4 @@ def parse_global_controls(
         control_version(raw)
     except ValueError as exc:
         problems.append(str(exc))
-    return GlobalControls(killed=killed, reason=_reason(raw)), problems
+    return killed
