@@ -19,16 +19,15 @@ import grpc
 import pytest
 from pydantic import SecretStr
 
-from mabrouter.app import RouterApp, StartupError
+from mabrouter.app import RouterApp
 from mabrouter.config import (
     DEV_INSECURE_SECRET,
     MIN_DECISION_SECRET_BYTES,
-    SecretError,
     Settings,
     decision_keys,
 )
 from mabrouter.core import decision_id
-from mabrouter.errors import InvalidDecisionIdError
+from mabrouter.errors import InvalidDecisionIdError, SecretError, StartupError
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 

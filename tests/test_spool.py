@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from mabrouter.runtime.spool import STAGING_MAX_AGE_SECONDS, OutcomeSpool, SpoolFullError
+from mabrouter.errors import SpoolFullError
 from mabrouter.store.router_store import OutcomeWrite
+from mabrouter.store.spool import STAGING_MAX_AGE_SECONDS, OutcomeSpool
 
 
 def writes(first: int, n: int) -> list[OutcomeWrite]:
@@ -56,7 +57,7 @@ def run_child(directory: Path, body: str) -> subprocess.CompletedProcess[str]:
         f"""
         import os, resource, signal
         from pathlib import Path
-        from mabrouter.runtime.spool import OutcomeSpool
+        from mabrouter.store.spool import OutcomeSpool
         from mabrouter.store.router_store import OutcomeWrite
 
         def writes(first, n):

@@ -12,8 +12,9 @@ import numpy as np
 from opentelemetry import trace
 from prometheus_client import start_http_server
 
-from mabrouter.config import SecretError, Settings
+from mabrouter.config import Settings
 from mabrouter.config import decision_keys as resolve_decision_keys
+from mabrouter.errors import SecretError, StartupError
 from mabrouter.runtime.engine import Recorders, RoutingEngine, StalenessPolicy
 from mabrouter.runtime.exposure import ExposureLog, unit_hasher
 from mabrouter.runtime.guardian import Guardian
@@ -23,7 +24,6 @@ from mabrouter.runtime.outcomes import OutcomeRecorder
 from mabrouter.runtime.refresher import Refresher, every, watch_changes
 from mabrouter.runtime.signer import DecisionSigner
 from mabrouter.runtime.snapshot_builder import SnapshotBuilder
-from mabrouter.runtime.spool import OutcomeSpool
 from mabrouter.runtime.sticky import StickyAssignments
 from mabrouter.runtime.trials import TrialBuffer, TrialFlusher
 from mabrouter.service.server import HealthReporter, build_server, server_credentials
@@ -31,15 +31,12 @@ from mabrouter.service.servicer import RouterServicer
 from mabrouter.service.tracing import Tracing
 from mabrouter.store.connect import redact
 from mabrouter.store.router_store import RouterStore
+from mabrouter.store.spool import OutcomeSpool
 from mabrouter.telemetry import configure_tracing
 
 log = logging.getLogger(__name__)
 
 GUARDIAN_INTERVAL_SECONDS = 1.0
-
-
-class StartupError(Exception):
-    """The router cannot start; the message says what to change."""
 
 
 def decision_keys(settings: Settings) -> tuple[bytes, list[bytes]]:

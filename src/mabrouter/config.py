@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mabrouter.errors import SecretError
+
 # HMAC-SHA256 keys shorter than its 32-byte output are guessable in practice, and a guessed key lets
 # anyone forge decision ids and so outcomes.
 MIN_DECISION_SECRET_BYTES = 32
@@ -86,10 +88,6 @@ class Settings(BaseSettings):
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
         return self
-
-
-class SecretError(ValueError):
-    """The decision secret settings would let callers forge decision ids; the message says what to change."""
 
 
 @dataclass(frozen=True)

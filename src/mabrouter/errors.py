@@ -2,12 +2,52 @@
 
 Expected outcomes (a killed experiment, a unit outside the rollout) are *values* (a Reason on the
 decision), never exceptions. Exceptions here mean the request or the configuration is wrong, or a
-dependency is unavailable; each carries a stable code that the service maps to a gRPC status.
+dependency is unavailable; each carries a stable code that the service maps to a gRPC status in one
+table (`service/status.py`). Errors that never reach a caller (start-up, the spool's capacity) carry a
+code too, so every project exception can be handled as a `MabrouterError`.
+
+    Exception
+    └── MabrouterError                  (code)
+        ├── InvalidRequestError         INVALID_ARGUMENT     malformed request field
+        ├── InvalidDecisionIdError      INVALID_ARGUMENT     forged or altered decision id
+        ├── ConfigError                 INVALID_ARGUMENT     invalid experiment document
+        ├── UnknownExperimentError      NOT_FOUND
+        ├── ExpiredDecisionIdError      FAILED_PRECONDITION
+        ├── UnknownArmError             FAILED_PRECONDITION
+        ├── UnabsorbableOutcomeError    FAILED_PRECONDITION  stored statistics refuse the outcome
+        ├── NoSnapshotError             UNAVAILABLE
+        ├── ExperimentUnavailableError  UNAVAILABLE
+        ├── StoreUnavailableError       UNAVAILABLE          Redis unreachable (chained from its error)
+        ├── OverloadedError             RESOURCE_EXHAUSTED
+        ├── SpoolFullError              RESOURCE_EXHAUSTED   the outcome spool is at its limit
+        └── StartupError                FAILED_PRECONDITION  the CLI prints it and exits 2
+            ├── SecretError             (also a ValueError)  unusable decision secret settings
+            └── LoadTestStartError                           the load test could not start
 """
 
 from __future__ import annotations
 
 from enum import Enum
+
+__all__ = [
+    "ConfigError",
+    "ErrorCode",
+    "ExperimentUnavailableError",
+    "ExpiredDecisionIdError",
+    "InvalidDecisionIdError",
+    "InvalidRequestError",
+    "LoadTestStartError",
+    "MabrouterError",
+    "NoSnapshotError",
+    "OverloadedError",
+    "SecretError",
+    "SpoolFullError",
+    "StartupError",
+    "StoreUnavailableError",
+    "UnabsorbableOutcomeError",
+    "UnknownArmError",
+    "UnknownExperimentError",
+]
 
 
 class ErrorCode(Enum):
@@ -16,7 +56,6 @@ class ErrorCode(Enum):
     FAILED_PRECONDITION = "failed_precondition"
     UNAVAILABLE = "unavailable"
     RESOURCE_EXHAUSTED = "resource_exhausted"
-    PERMISSION_DENIED = "permission_denied"
 
 
 class MabrouterError(Exception):
@@ -57,6 +96,13 @@ class UnknownArmError(MabrouterError):
     code = ErrorCode.FAILED_PRECONDITION
 
 
+class UnabsorbableOutcomeError(MabrouterError):
+    """The stored statistics cannot take the outcome (a field holds no finite number, or the sum would
+    not be one); nothing of it was written, not even its seen marker, so a retry after the repair counts."""
+
+    code = ErrorCode.FAILED_PRECONDITION
+
+
 class NoSnapshotError(MabrouterError):
     """The router has not loaded any configuration yet (Redis unreachable since start-up)."""
 
@@ -80,7 +126,32 @@ class OverloadedError(MabrouterError):
     code = ErrorCode.RESOURCE_EXHAUSTED
 
 
+class SpoolFullError(MabrouterError):
+    """The outcome spool holds its maximum number of entries; the outcome was not acknowledged."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+
 class ConfigError(MabrouterError):
     """An experiment document (file or Redis) is invalid; the message names the field."""
 
     code = ErrorCode.INVALID_ARGUMENT
+
+
+class StartupError(MabrouterError):
+    """The router (or a command) cannot start; the message says what to change."""
+
+    code = ErrorCode.FAILED_PRECONDITION
+
+
+class SecretError(StartupError, ValueError):
+    """The decision secret settings would let callers forge decision ids; the message says what to change.
+
+    Also a ValueError, as it was before it joined the tree: a check on settings is a ValueError to
+    pydantic, which turns only ValueError and AssertionError raised in a validator into a
+    ValidationError that names the field, so the secret checks can move into a validator unchanged.
+    """
+
+
+class LoadTestStartError(StartupError):
+    """The load test could not start (router unreachable, unknown experiment, no worker connected)."""

@@ -97,7 +97,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
     from mabrouter.loadtest.chart import write_chart  # noqa: PLC0415
     from mabrouter.loadtest.report import build_report, print_report, write_json  # noqa: PLC0415
-    from mabrouter.loadtest.runner import StartError, run  # noqa: PLC0415
+    from mabrouter.errors import LoadTestStartError  # noqa: PLC0415
+    from mabrouter.loadtest.runner import run  # noqa: PLC0415
 
     try:
         config = _config(args)
@@ -108,7 +109,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     out = Console() if sys.stdout.isatty() else Console(width=max(shutil.get_terminal_size().columns, 140))
     try:
         result = run(config, progress, connect_timeout=args.connect_timeout)
-    except StartError as exc:
+    except LoadTestStartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.configure(settings.log_format, settings.log_level)
     if args.workers > 1:
         return _supervise(args, settings)
-    from mabrouter.app import StartupError  # noqa: PLC0415
+    from mabrouter.errors import StartupError  # noqa: PLC0415
 
     try:
         asyncio.run(serve(settings))
@@ -37,7 +37,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _supervise(args: argparse.Namespace, settings: Settings) -> int:
-    from mabrouter.config import SecretError, decision_keys  # noqa: PLC0415
+    from mabrouter.config import decision_keys  # noqa: PLC0415
+    from mabrouter.errors import SecretError  # noqa: PLC0415
     from mabrouter.workers import supervise  # noqa: PLC0415
 
     if settings.listen.startswith("unix:") or settings.listen.endswith(":0"):

@@ -21,6 +21,7 @@ from typing import Any, Final
 import grpc
 from rich.console import Console
 
+from mabrouter.errors import LoadTestStartError
 from mabrouter.loadtest.driver import RunConfig, WorkerResult, run_worker
 from mabrouter.loadtest.progress import Monitor, progress_view
 from mabrouter.loadtest.stats import Tally
@@ -30,10 +31,6 @@ START_DELAY: Final = 0.2  # seconds between the start signal and the first send
 READY_TIMEOUT: Final = 30.0
 REFRESH: Final = 0.5
 NO_EVENT: Final[tuple[str, int, Any]] = ("", -1, None)
-
-
-class StartError(Exception):
-    """The run could not start (router unreachable, unknown experiment, no worker connected)."""
 
 
 @dataclass
@@ -47,12 +44,12 @@ class RunResult:
 
 
 def preflight(config: RunConfig, connect_timeout: float) -> None:
-    """Connect and make one Route call; StartError with a message that names the problem otherwise."""
+    """Connect and make one Route call; otherwise LoadTestStartError, whose message names the problem."""
     with grpc.insecure_channel(config.target) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=connect_timeout)
         except grpc.FutureTimeoutError:
-            raise StartError(
+            raise LoadTestStartError(
                 f"cannot reach the router at {config.target} (no connection within {connect_timeout:g} s); "
                 "is `mabrouter serve` running there?"
             ) from None
@@ -64,7 +61,7 @@ def preflight(config: RunConfig, connect_timeout: float) -> None:
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-            raise StartError(
+            raise LoadTestStartError(
                 f"the router at {config.target} refused Route for experiment {config.experiment!r}: "
                 f"{code.name}: {details}"
             ) from None
@@ -108,7 +105,7 @@ class _Workers:
 
 
 def run(config: RunConfig, console: Console, connect_timeout: float = 5.0) -> RunResult:
-    """Run the load test. StartError when it cannot start; otherwise the merged counts."""
+    """Run the load test. LoadTestStartError when it cannot start; otherwise the merged counts."""
     preflight(config, connect_timeout)
     context = multiprocessing.get_context("spawn")
     events: Queue[Any] = context.Queue()
@@ -141,7 +138,7 @@ def run(config: RunConfig, console: Console, connect_timeout: float = 5.0) -> Ru
                 process.terminate()
             process.join(5)
     if not results:
-        raise StartError(f"no worker finished: {'; '.join(failures)}")
+        raise LoadTestStartError(f"no worker finished: {'; '.join(failures)}")
     tally = Tally(config.bucket_seconds)
     for result in results:
         tally.merge(result.tally)
@@ -159,7 +156,7 @@ def _wait_ready(workers: _Workers, timeout: float, failures: list[str]) -> set[i
         elif kind == "failed":
             failures.append(f"worker {index}: {payload}")
     if not ready:
-        raise StartError(f"no worker could start: {'; '.join(failures)}")
+        raise LoadTestStartError(f"no worker could start: {'; '.join(failures)}")
     return ready
 
 
@@ -215,4 +212,4 @@ def _next_event(events: Queue[Any], deadline: float, what: str) -> tuple[str, in
         if event is not None:
             return event
         if time.monotonic() > deadline:
-            raise StartError(f"timed out waiting for {what}")
+            raise LoadTestStartError(f"timed out waiting for {what}")

@@ -28,31 +28,25 @@ from mabrouter.core.discount import weight
 from mabrouter.core.outcome import guardrail_metrics, validate_outcome
 from mabrouter.core.snapshot import ExperimentState
 from mabrouter.errors import (
-    ErrorCode,
     InvalidRequestError,
     MabrouterError,
     NoSnapshotError,
+    SpoolFullError,
     StoreUnavailableError,
+    UnabsorbableOutcomeError,
 )
 from mabrouter.runtime.exposure import ExposureLog
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.metrics import RouterMetrics
-from mabrouter.runtime.spool import OutcomeSpool, SpoolFullError
 from mabrouter.store.errors import STORE_ERRORS
 from mabrouter.store.router_store import OutcomeWrite, Refused, RouterStore
+from mabrouter.store.spool import OutcomeSpool
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 # At most one warning per experiment per this many seconds about outcomes its statistics refuse.
 REFUSAL_LOG_INTERVAL_SECONDS = 60.0
-
-
-class UnabsorbableOutcomeError(MabrouterError):
-    """The stored statistics cannot take the outcome (a field holds no finite number, or the sum would
-    not be one); nothing of it was written, not even its seen marker, so a retry after the repair counts."""
-
-    code = ErrorCode.FAILED_PRECONDITION
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mabrouter.errors import SpoolFullError
 from mabrouter.store.router_store import OutcomeWrite
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,6 @@ STAGING_PATTERN = ".outcomes-*.jsonl.new"
 _APPLIED_WIDTH = 20
 STAGING_MAX_AGE_SECONDS = 60.0
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
-
-
-class SpoolFullError(Exception):
-    pass
 
 
 def _encode(write: OutcomeWrite) -> str:
