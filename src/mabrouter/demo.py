@@ -21,15 +21,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
-import grpc
 import numpy as np
-import redis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mabrouter.v1 import router_pb2, router_pb2_grpc
+from mabrouter.client.wire import RouterWire
+from mabrouter.errors import RouterCallError, StoreUnavailableError
+from mabrouter.store.admin_store import AdminStore
 
 TRUE_RATES = {"ranker-v1": 0.10, "ranker-v2": 0.12, "ranker-v3": 0.20}
 WINDOW = 500
@@ -76,18 +75,21 @@ def private_redis() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    client = redis.Redis(port=port)
+    url = f"redis://127.0.0.1:{port}/0"
+    store = AdminStore.from_url(url)
 
     def up() -> bool:
         try:
-            return bool(client.ping())
-        except redis.RedisError:
+            store.names()
+        except StoreUnavailableError:
             return False
+        return True
 
     try:
         _wait(up, 10, "redis-server")
-        yield f"redis://127.0.0.1:{port}/0"
+        yield url
     finally:
+        store.close()
         process.terminate()
         process.wait(10)
         shutil.rmtree(directory, ignore_errors=True)
@@ -108,14 +110,11 @@ def router_process(redis_url: str) -> Iterator[str]:
     def serving() -> bool:
         if process.poll() is not None:
             raise SystemExit(f"the router exited: {process.stderr.read() if process.stderr else ''}")
-        with grpc.insecure_channel(address) as channel:
+        with RouterWire(address) as wire:
             try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=0.5
-                )
-            except grpc.RpcError:
+                return wire.health(timeout=0.5) == "SERVING"
+            except RouterCallError:
                 return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     try:
         _wait(serving, 20, "the router to serve")
@@ -134,10 +133,10 @@ def _apply_example(redis_url: str) -> None:
     )
 
 
-def _one_request(stub: router_pb2_grpc.RouterStub, unit: int, rng: np.random.Generator) -> str:
-    reply = stub.Route(router_pb2.RouteRequest(experiment="ranker", unit_id=f"user-{unit}"), timeout=2)
+def _one_request(wire: RouterWire, unit: int, rng: np.random.Generator) -> str:
+    reply = wire.route("ranker", f"user-{unit}", timeout=2)
     if rng.random() < TRUE_RATES[reply.arm]:  # the simulated user clicked
-        stub.ReportOutcome(router_pb2.OutcomeRequest(decision_id=reply.decision_id, reward=1.0), timeout=2)
+        wire.report_outcome(reply.decision_id, 1.0, timeout=2)
     return str(reply.arm)
 
 
@@ -146,7 +145,7 @@ def _drive(address: str, decisions: int) -> list[Counter[str]]:
     windows: list[Counter[str]] = []
     rngs = [np.random.default_rng(seed) for seed in range(4)]
     with (
-        grpc.insecure_channel(address) as channel,
+        RouterWire(address) as wire,
         ThreadPoolExecutor(4) as pool,
         Progress(
             TextColumn("[bold]routing"),
@@ -157,11 +156,10 @@ def _drive(address: str, decisions: int) -> list[Counter[str]]:
             console=console,
         ) as progress,
     ):
-        stub = router_pb2_grpc.RouterStub(channel)
         task = progress.add_task("route", total=decisions, shares="")
         for start in range(0, decisions, WINDOW):
             size = min(WINDOW, decisions - start)
-            arms = pool.map(lambda i: _one_request(stub, i, rngs[i % 4]), range(start, start + size))
+            arms = pool.map(lambda i: _one_request(wire, i, rngs[i % 4]), range(start, start + size))
             window = Counter(arms)
             windows.append(window)
             shares = "  ".join(f"{arm[-2:]} {window[arm] / size:5.1%}" for arm in TRUE_RATES)

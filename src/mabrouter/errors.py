@@ -20,6 +20,7 @@ code too, so every project exception can be handled as a `MabrouterError`.
         ├── StoreUnavailableError       UNAVAILABLE          Redis unreachable (chained from its error)
         ├── OverloadedError             RESOURCE_EXHAUSTED
         ├── SpoolFullError              RESOURCE_EXHAUSTED   the outcome spool is at its limit
+        ├── RouterCallError             UNAVAILABLE          a tool's raw call got a non-OK status
         └── StartupError                FAILED_PRECONDITION  the CLI prints it and exits 2
             ├── SecretError             (also a ValueError)  unusable decision secret settings
             └── LoadTestStartError                           the load test could not start
@@ -40,6 +41,7 @@ __all__ = [
     "MabrouterError",
     "NoSnapshotError",
     "OverloadedError",
+    "RouterCallError",
     "SecretError",
     "SpoolFullError",
     "StartupError",
@@ -130,6 +132,18 @@ class SpoolFullError(MabrouterError):
     """The outcome spool holds its maximum number of entries; the outcome was not acknowledged."""
 
     code = ErrorCode.RESOURCE_EXHAUSTED
+
+
+class RouterCallError(MabrouterError):
+    """A raw call from one of the project's tools (load test, demo, `mabrouter health`) to a router did
+    not succeed. Inference services never see it: their client fails open instead."""
+
+    code = ErrorCode.UNAVAILABLE
+
+    def __init__(self, status: str, details: str | None) -> None:
+        super().__init__(f"{status}: {details}")
+        self.status = status  # the gRPC status name, e.g. DEADLINE_EXCEEDED
+        self.details = details
 
 
 class ConfigError(MabrouterError):

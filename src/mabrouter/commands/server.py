@@ -73,28 +73,24 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    import grpc  # noqa: PLC0415
-    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+    from mabrouter.client.wire import ClientTls, RouterWire  # noqa: PLC0415
+    from mabrouter.errors import RouterCallError  # noqa: PLC0415
 
+    tls = None
     if args.tls_ca:
-        credentials = grpc.ssl_channel_credentials(
+        tls = ClientTls(
             root_certificates=Path(args.tls_ca).read_bytes(),
             private_key=Path(args.tls_key).read_bytes() if args.tls_key else None,
             certificate_chain=Path(args.tls_cert).read_bytes() if args.tls_cert else None,
         )
-        channel = grpc.secure_channel(args.address, credentials)
-    else:
-        channel = grpc.insecure_channel(args.address)
-    with channel:
+    with RouterWire(args.address, tls=tls) as wire:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
-            )
-        except grpc.RpcError as exc:
-            print(f"unhealthy: {exc.code().name}: {exc.details()}")
+            status = wire.health(args.service, timeout=args.timeout)
+        except RouterCallError as exc:
+            print(f"unhealthy: {exc}")
             return 1
-    print(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+    print(status)
+    return 0 if status == "SERVING" else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -23,13 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import grpc
-import grpc.aio
-
-from mabrouter.client import CHANNEL_OPTIONS
+from mabrouter.client.wire import OK, AsyncRouterWire, connected, reason_name
+from mabrouter.errors import RouterCallError
 from mabrouter.loadtest.environment import Environment
 from mabrouter.loadtest.stats import Tally
-from mabrouter.v1 import router_pb2, router_pb2_grpc
 
 HIGHEST_TRACKABLE_US: Final = 60_000_000  # one minute, in microseconds
 SIGNIFICANT_DIGITS: Final = 3
@@ -117,30 +114,30 @@ class Worker:
         return WorkerResult(self.tally, self.histogram.encode())
 
     async def run(
-        self, stub: router_pb2_grpc.RouterStub, start: float, report: Callable[[Progress], None]
+        self, wire: AsyncRouterWire, start: float, report: Callable[[Progress], None]
     ) -> WorkerResult:
         """Drive load from monotonic time `start` for the configured duration; return the counts."""
         self.start = start
         deadline = start + self.config.duration
         await asyncio.sleep(max(0.0, start - time.monotonic()))
         stop = asyncio.Event()
-        reporter = asyncio.create_task(self._report_outcomes(stub, stop))
+        reporter = asyncio.create_task(self._report_outcomes(wire, stop))
         ticker = asyncio.create_task(self._progress(report, stop))
         rate = self.config.rate_of(self.index)
         if rate is not None:
-            await self._open_loop(stub, rate, deadline)
+            await self._open_loop(wire, rate, deadline)
         else:
             await asyncio.gather(
-                *(self._closed_loop(stub, deadline) for _ in range(self.config.concurrency_of(self.index)))
+                *(self._closed_loop(wire, deadline) for _ in range(self.config.concurrency_of(self.index)))
             )
         stop.set()
         await asyncio.gather(reporter, ticker)
         self.tally.outcomes_flushed_at_end = sum(1 for due, *_ in self.pending if due > time.monotonic())
-        await self._send_due(stub, math.inf)
+        await self._send_due(wire, math.inf)
         report(self.progress())
         return self.result()
 
-    async def _open_loop(self, stub: router_pb2_grpc.RouterStub, rate: float, deadline: float) -> None:
+    async def _open_loop(self, wire: AsyncRouterWire, rate: float, deadline: float) -> None:
         interval = 1.0 / rate
         total = math.ceil(self.config.duration * rate - 1e-9)
         tasks: set[asyncio.Task[bool]] = set()
@@ -156,7 +153,7 @@ class Worker:
                 if self.inflight >= self.config.max_inflight:
                     self.tally.skipped += 1
                     continue
-                task: asyncio.Task[bool] = asyncio.create_task(self._route(stub))
+                task: asyncio.Task[bool] = asyncio.create_task(self._route(wire))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             sent = max(sent, due)
@@ -164,26 +161,24 @@ class Worker:
         if tasks:
             await asyncio.gather(*tasks)
 
-    async def _closed_loop(self, stub: router_pb2_grpc.RouterStub, deadline: float) -> None:
+    async def _closed_loop(self, wire: AsyncRouterWire, deadline: float) -> None:
         while time.monotonic() < deadline:
-            if not await self._route(stub):
+            if not await self._route(wire):
                 await asyncio.sleep(ERROR_PAUSE)  # a down router fails fast: do not spin on errors
 
-    async def _route(self, stub: router_pb2_grpc.RouterStub) -> bool:
+    async def _route(self, wire: AsyncRouterWire) -> bool:
         """One Route call, timed around the call only; False when it failed."""
         config = self.config
-        request = router_pb2.RouteRequest(
-            experiment=config.experiment,
-            unit_id=f"unit-{self.rng.randrange(config.units)}",
-            default_arm=config.default_arm,
+        request = wire.request(
+            config.experiment, f"unit-{self.rng.randrange(config.units)}", config.default_arm
         )
         self.inflight += 1
         t = time.monotonic() - self.start
         began = time.perf_counter_ns()
         try:
-            response = await stub.Route(request, timeout=config.timeout, wait_for_ready=False)
-        except grpc.aio.AioRpcError as exc:
-            self.tally.errors[exc.code().name] += 1
+            response = await wire.route(request, config.timeout)
+        except RouterCallError as exc:
+            self.tally.errors[exc.status] += 1
             return False
         finally:
             self.inflight -= 1
@@ -191,7 +186,7 @@ class Worker:
         self.histogram.record_value(min(elapsed_us, HIGHEST_TRACKABLE_US))
         self.tally.max_latency_us = max(self.tally.max_latency_us, elapsed_us)
         arm = str(response.arm)
-        reason = _reason_name(int(response.reason))
+        reason = reason_name(int(response.reason))
         env = config.environment
         self.tally.record_decision(t, arm, reason, float(response.propensity), env.regret(arm, t))
         self.arm_totals[arm] += 1
@@ -202,35 +197,33 @@ class Worker:
             heapq.heappush(self.pending, (due, self.sequence, str(response.decision_id), reward))
         return True
 
-    async def _report_outcomes(self, stub: router_pb2_grpc.RouterStub, stop: asyncio.Event) -> None:
+    async def _report_outcomes(self, wire: AsyncRouterWire, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await self._send_due(stub, time.monotonic())
+            await self._send_due(wire, time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), OUTCOME_TICK)
 
-    async def _send_due(self, stub: router_pb2_grpc.RouterStub, now: float) -> None:
+    async def _send_due(self, wire: AsyncRouterWire, now: float) -> None:
         while self.pending and self.pending[0][0] <= now:
-            batch: list[Any] = []
+            batch: list[tuple[str, float]] = []
             while self.pending and self.pending[0][0] <= now and len(batch) < OUTCOME_BATCH:
                 _, _, decision_id, reward = heapq.heappop(self.pending)
-                batch.append(router_pb2.OutcomeRequest(decision_id=decision_id, reward=reward))
-            await self._send(stub, batch)
+                batch.append((decision_id, reward))
+            await self._send(wire, batch)
 
-    async def _send(self, stub: router_pb2_grpc.RouterStub, batch: list[Any]) -> None:
+    async def _send(self, wire: AsyncRouterWire, batch: list[tuple[str, float]]) -> None:
         tally = self.tally
         try:
-            response = await stub.ReportOutcomes(
-                router_pb2.ReportOutcomesRequest(outcomes=batch), timeout=max(5.0, self.config.timeout)
-            )
-        except grpc.aio.AioRpcError as exc:
-            tally.outcome_errors[exc.code().name] += len(batch)
+            results = await wire.report_outcomes(batch, timeout=max(5.0, self.config.timeout))
+        except RouterCallError as exc:
+            tally.outcome_errors[exc.status] += len(batch)
             return
-        for result in response.results:
-            if result.code == 0:
+        for status, duplicate in results:
+            if status == OK:
                 tally.outcomes_sent += 1
-                tally.outcomes_duplicate += int(result.duplicate)
+                tally.outcomes_duplicate += int(duplicate)
             else:
-                tally.outcome_errors[_code_name(result.code)] += 1
+                tally.outcome_errors[status] += 1
 
     async def _progress(self, report: Callable[[Progress], None], stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -238,18 +231,6 @@ class Worker:
                 await asyncio.wait_for(stop.wait(), PROGRESS_INTERVAL)
             except TimeoutError:
                 report(self.progress())
-
-
-def _reason_name(value: int) -> str:
-    known = router_pb2.Reason.DESCRIPTOR.values_by_number.get(value)
-    return str(known.name) if known is not None else f"REASON_{value}"  # a newer router's reason
-
-
-def _code_name(value: int) -> str:
-    for code in grpc.StatusCode:
-        if code.value[0] == value:
-            return str(code.name)
-    return f"CODE_{value}"
 
 
 async def run_worker(
@@ -262,8 +243,7 @@ async def run_worker(
     connect_timeout: float = 10.0,
 ) -> WorkerResult:
     """Connect, say ready, wait for the shared start time (monotonic seconds), run, and return the counts."""
-    async with grpc.aio.insecure_channel(config.target, options=CHANNEL_OPTIONS) as channel:
-        await asyncio.wait_for(channel.channel_ready(), connect_timeout)
+    async with connected(config.target, connect_timeout) as wire:
         on_ready()
         start = await asyncio.to_thread(wait_start)
-        return await Worker(config, index).run(router_pb2_grpc.RouterStub(channel), start, report)
+        return await Worker(config, index).run(wire, start, report)

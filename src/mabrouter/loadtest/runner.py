@@ -18,14 +18,13 @@ from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from typing import Any, Final
 
-import grpc
 from rich.console import Console
 
-from mabrouter.errors import LoadTestStartError
+from mabrouter.client.wire import RouterWire
+from mabrouter.errors import LoadTestStartError, RouterCallError
 from mabrouter.loadtest.driver import RunConfig, WorkerResult, run_worker
 from mabrouter.loadtest.progress import Monitor, progress_view
 from mabrouter.loadtest.stats import Tally
-from mabrouter.v1 import router_pb2, router_pb2_grpc
 
 START_DELAY: Final = 0.2  # seconds between the start signal and the first send
 READY_TIMEOUT: Final = 30.0
@@ -45,25 +44,22 @@ class RunResult:
 
 def preflight(config: RunConfig, connect_timeout: float) -> None:
     """Connect and make one Route call; otherwise LoadTestStartError, whose message names the problem."""
-    with grpc.insecure_channel(config.target) as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=connect_timeout)
-        except grpc.FutureTimeoutError:
+    with RouterWire(config.target) as wire:
+        if not wire.wait_ready(connect_timeout):
             raise LoadTestStartError(
                 f"cannot reach the router at {config.target} (no connection within {connect_timeout:g} s); "
                 "is `mabrouter serve` running there?"
-            ) from None
-        request = router_pb2.RouteRequest(
-            experiment=config.experiment, unit_id="loadtest-preflight", default_arm=config.default_arm
-        )
+            )
         try:
-            router_pb2_grpc.RouterStub(channel).Route(request, timeout=max(config.timeout, 2.0))
-        except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+            wire.route(
+                config.experiment,
+                "loadtest-preflight",
+                default_arm=config.default_arm,
+                timeout=max(config.timeout, 2.0),
+            )
+        except RouterCallError as exc:
             raise LoadTestStartError(
-                f"the router at {config.target} refused Route for experiment {config.experiment!r}: "
-                f"{code.name}: {details}"
+                f"the router at {config.target} refused Route for experiment {config.experiment!r}: {exc}"
             ) from None
 
 
