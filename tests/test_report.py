@@ -17,8 +17,8 @@ from PIL import Image
 
 from mabrouter.cli import main
 from mabrouter.core.model import RewardKind
-from mabrouter.reporting import holdout_difference, ipw_estimates
 from mabrouter.reporting.charts import beta_pdf, bucket_width_ms, student_t_pdf
+from mabrouter.reporting.estimators import holdout_difference, ipw_estimates
 from mabrouter.v1 import router_pb2 as pb
 
 from support import InProcessRouter, RedisServer, cli, router_settings, stub, wait_until

@@ -16,8 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mabrouter.core.model import RewardKind
-from mabrouter.reporting import FloatArray, IntArray, per_decision_reward
 from mabrouter.reporting.data import ArmView, ReportData, utc_text
+from mabrouter.reporting.estimators import FloatArray, IntArray, per_decision_reward
 
 NICE_BUCKETS_MS = (
     *(100, 250, 500, 1000, 2000, 5000, 10_000, 15_000, 30_000),
