@@ -35,8 +35,8 @@ from mabrouter.runtime.exposure import ExposureLog
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.metrics import RouterMetrics
 from mabrouter.runtime.outcomes import OutcomeRecorder
-from mabrouter.store.spool import OutcomeSpool
 from mabrouter.store.router_store import OutcomeWrite, RouterStore
+from mabrouter.store.spool import OutcomeSpool
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 

@@ -95,9 +95,9 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         return 2
     from rich.console import Console  # noqa: PLC0415
 
+    from mabrouter.errors import LoadTestStartError  # noqa: PLC0415
     from mabrouter.loadtest.chart import write_chart  # noqa: PLC0415
     from mabrouter.loadtest.report import build_report, print_report, write_json  # noqa: PLC0415
-    from mabrouter.errors import LoadTestStartError  # noqa: PLC0415
     from mabrouter.loadtest.runner import run  # noqa: PLC0415
 
     try:
