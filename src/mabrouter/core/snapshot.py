@@ -126,7 +126,7 @@ def _segment_policies(
     return policies
 
 
-def build_experiment_state(
+def build_experiment_state(  # noqa: PLR0913 - the decoded pieces of one experiment; core cannot take the store's record
     spec: ExperimentSpec,
     version: int,
     stats: tuple[ArmStats, ...],

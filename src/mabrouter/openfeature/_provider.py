@@ -34,7 +34,7 @@ class MabrouterProvider(AbstractProvider):
     logged, not raised: the provider is READY and evaluations fail open until the router answers.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only options of a public constructor, as OpenFeature providers take them
         self,
         client: RouterClient | None = None,
         *,
