@@ -23,6 +23,9 @@ Usage::
 Asyncio services use :class:`AsyncRouterClient` (same API, ``await client.route(...)``) and can share
 the thread-based :class:`OutcomeReporter`: ``report()`` never blocks the event loop; run ``flush()`` /
 ``close()`` with ``await asyncio.to_thread(reporter.close, 5.0)``.
+
+Tools that must see every failure instead of failing open (the load test, the demo, ``mabrouter
+health``) use :mod:`mabrouter.client.wire`: raw calls, nothing added per call.
 """
 
 from __future__ import annotations
