@@ -17,7 +17,7 @@ from mabrouter.core.model import Reason
 from mabrouter.core.snapshot import Snapshot
 from mabrouter.errors import MabrouterError
 from mabrouter.runtime.snapshot_builder import SnapshotBuilder
-from mabrouter.store.router_store import RawExperiment, RawState
+from mabrouter.store.records import RawExperiment, RawState
 
 from hostile_stored import ARMS, DOCS, hostile_state, stored_doc
 

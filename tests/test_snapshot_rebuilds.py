@@ -17,7 +17,7 @@ from mabrouter.runtime.snapshot_builder import (
     SnapshotBuilder,
     rebuild_due,
 )
-from mabrouter.store.router_store import RawExperiment, RawState
+from mabrouter.store.records import RawExperiment, RawState
 
 from support import EXAMPLE
 

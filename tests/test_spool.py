@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mabrouter.errors import SpoolFullError
-from mabrouter.store.router_store import OutcomeWrite
+from mabrouter.store.records import OutcomeWrite
 from mabrouter.store.spool import STAGING_MAX_AGE_SECONDS, OutcomeSpool
 
 
@@ -58,7 +58,7 @@ def run_child(directory: Path, body: str) -> subprocess.CompletedProcess[str]:
         import os, resource, signal
         from pathlib import Path
         from mabrouter.store.spool import OutcomeSpool
-        from mabrouter.store.router_store import OutcomeWrite
+        from mabrouter.store.records import OutcomeWrite
 
         def writes(first, n):
             return [

@@ -6,12 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from mabrouter.commands import controls, experiments, export, loadtest, report, server
-from mabrouter.errors import ConfigError
+from mabrouter.errors import ConfigError, StoreUnavailableError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,12 +29,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
-        print(f"error: cannot reach Redis: {exc}", file=sys.stderr)
-        return 3
-    except RedisError as exc:
-        print(f"error: Redis refused the command: {exc}", file=sys.stderr)
-        return 3
-    except RedisClusterException as exc:  # not a RedisError: e.g. no cluster node reachable
-        print(f"error: cannot reach the Redis cluster: {exc}", file=sys.stderr)
+    except StoreUnavailableError as exc:  # the message says which: unreachable, or the command refused
+        print(f"error: {exc}", file=sys.stderr)
         return 3

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from mabrouter.config import Settings
-from mabrouter.store.admin_store import AdminStore, Change
+from mabrouter.store.admin_store import AdminStore
+from mabrouter.store.records import Change
 
 
 def redis_url(args: argparse.Namespace) -> str:
@@ -20,6 +21,8 @@ def redis_url(args: argparse.Namespace) -> str:
 
 @contextmanager
 def admin_store(args: argparse.Namespace) -> Iterator[AdminStore]:
+    """The operator's store for the command's URL (the CLI's composition: commands take it as an
+    OperatorStore), closed whatever happens."""
     store = AdminStore.from_url(redis_url(args))
     try:
         yield store

@@ -12,13 +12,12 @@ from rich.table import Table
 
 from mabrouter.commands.common import add_actor, add_redis_url, admin_store, change
 from mabrouter.errors import ConfigError
-from mabrouter.store import keys
-from mabrouter.store.admin_store import AdminStore
 from mabrouter.store.controls_codec import parse_controls, parse_rollout
 from mabrouter.store.experiment_decoder import decode_document
+from mabrouter.store.ports import OperatorStore
 
 
-def _check_target(store: AdminStore, args: argparse.Namespace) -> str | None:  # noqa: PLR0911
+def _check_target(store: OperatorStore, args: argparse.Namespace) -> str | None:  # noqa: PLR0911
     """The problem with the target of a kill/unkill, or None when it is valid."""
     if args.experiment is None:
         return None if args.all else "name an experiment, or pass --all for the global kill switch"
@@ -53,13 +52,9 @@ def _switch(args: argparse.Namespace, on: bool) -> int:
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2
-        scope = keys.GLOBAL_SCOPE if args.all else args.experiment
-        field = keys.kill_arm_field(args.arm) if args.arm else keys.KILL
-        # Unkilling an arm writes 0 rather than deleting the field: a recorded operator decision, after
-        # which guardrails judge the arm only on evidence gathered since (docs/decisions/0013).
-        off = "0" if args.arm else ""
-        version, before = store.set_control(
-            scope, field, "1" if on else off, change(args, "kill" if on else "unkill")
+        experiment = None if args.all else args.experiment
+        version, was_killed = store.set_kill(
+            experiment, args.arm, on, change(args, "kill" if on else "unkill")
         )
     what = (
         "every experiment"
@@ -67,7 +62,7 @@ def _switch(args: argparse.Namespace, on: bool) -> int:
         else (f"arm {args.arm} of {args.experiment}" if args.arm else args.experiment)
     )
     state = "killed" if on else "live"
-    note = " (no change)" if (before == "1") == on else ""
+    note = " (no change)" if was_killed == on else ""
     print(f"{what} is {state}{note} ({_version(version)})")
     if args.arm and not on:
         print(f"guardrails now judge {args.arm} only on outcomes reported from now on")
@@ -97,17 +92,17 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         if store.get(args.experiment) is None:
             print(f"error: unknown experiment {args.experiment!r}", file=sys.stderr)
             return 2
-        version, before = store.set_control(
-            args.experiment, keys.ROLLOUT, f"{percent:g}", change(args, "rollout")
-        )
+        version, before = store.set_rollout(args.experiment, percent, change(args, "rollout"))
     print(f"{args.experiment} rollout {before or 'from file'} -> {percent:g}% ({_version(version)})")
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     with admin_store(args) as store:
-        scopes = [args.experiment] if args.experiment else [keys.GLOBAL_SCOPE, *store.names()]
-        entries = store.audit(scopes, args.limit)
+        if args.experiment:
+            entries = store.audit([args.experiment], args.limit)
+        else:
+            entries = store.audit(store.names(), args.limit, global_switches=True)
     if args.json:
         for entry in entries:
             print(json.dumps({"id": entry.entry_id, "scope": entry.scope, **entry.fields}))

@@ -20,9 +20,8 @@ from typing import TextIO
 
 from mabrouter.commands.common import add_redis_url, admin_store
 from mabrouter.errors import ConfigError
-from mabrouter.store import keys
-from mabrouter.store.admin_store import AdminStore
 from mabrouter.store.experiment_decoder import decode_document
+from mabrouter.store.ports import OperatorStore
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -82,7 +81,7 @@ def _write(rows: Iterator[dict[str, str]], out: TextIO, fmt: str, segment_column
     return count
 
 
-def _segments(store: AdminStore, experiment: str) -> tuple[str, ...]:
+def _segments(store: OperatorStore, experiment: str) -> tuple[str, ...]:
     """The segment columns, from the document as the routers decode it (none if it does not decode:
     the rows still carry every seg.* field they were logged with, in jsonl)."""
     stored = store.get(experiment)
@@ -101,11 +100,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         if store.get(args.experiment) is None:
             print(f"error: unknown experiment {args.experiment!r}", file=sys.stderr)
             return 2
-        outcomes = {
-            entry["d"]: entry for entry in store.read_log(keys.outcomes_log(args.experiment), since_ms)
-        }
+        outcomes = {entry["d"]: entry for entry in store.read_outcomes(args.experiment, since_ms)}
         segments = _segments(store, args.experiment)
-        rows = joined_rows(store.read_log(keys.decisions_log(args.experiment), since_ms), outcomes)
+        rows = joined_rows(store.read_decisions(args.experiment, since_ms), outcomes)
         columns = [f"seg.{name}" for name in segments]
         if args.out:
             with open(args.out, "w", encoding="utf-8", newline="") as out:

@@ -29,7 +29,6 @@ from mabrouter.runtime.metrics import RouterMetrics
 from mabrouter.runtime.signer import DecisionSigner
 from mabrouter.runtime.sticky import StickyAssignments
 from mabrouter.runtime.trials import TrialBuffer
-from mabrouter.store.keys import SPLIT_HOLDOUT
 
 RECORD_DELAY_SECONDS = 0.005  # 1/20 of the default flush interval
 
@@ -128,6 +127,6 @@ class RoutingEngine:
                 sampled_from = state if decision.reason is Reason.SAMPLED else None
                 trials.add(request.experiment, decision.arm, sampled_from, decision.segment)
             elif decision.reason is Reason.HOLDOUT:
-                trials.add_split(request.experiment, SPLIT_HOLDOUT)
+                trials.add_holdout(request.experiment)
             exposure.decision(request, decision, token, state.spec.segments)
         self._record.metrics.count_decisions(counts)

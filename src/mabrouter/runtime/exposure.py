@@ -1,7 +1,8 @@
 """The exposure and outcome log: every decision and every applied outcome, for unbiased analysis.
 
-Entries are buffered in bounded memory on the request path and written to capped Redis Streams in
-batches: one script call per stream per batch (store/scripts.py APPEND_LOG), not one XADD per entry.
+Entries are buffered in bounded memory on the request path and written to the store's capped logs in
+batches (with Redis: one script call per experiment per batch, store/scripts.py APPEND_LOG, not one XADD
+per entry).
 Each entry is JSON-encoded when it is recorded (a few at a time, by the engine's recording timer), so
 the flush only joins strings: encoding a whole flush at once held the event loop for ~1 us per entry
 (230 us for the 200 entries of a 100 ms flush at 2k decisions/s), which Route calls waited out.
@@ -21,13 +22,12 @@ from collections.abc import Callable
 
 from mabrouter.core.decide import Decision, RouteInput
 from mabrouter.core.decision_id import DecisionToken, KeyedMac
-from mabrouter.store import keys
-from mabrouter.store.errors import STORE_ERRORS
-from mabrouter.store.router_store import RouterStore
+from mabrouter.errors import StoreUnavailableError
+from mabrouter.store.ports import DecisionLog
 
 log = logging.getLogger(__name__)
 
-LogEntry = tuple[str, str]  # (stream key, JSON array [field, value, field, value, ...])
+LogEntry = tuple[str, str]  # (experiment, JSON array [field, value, field, value, ...])
 
 # A JSON string literal, quotes included (the C encoder json.dumps uses for str with ensure_ascii=False).
 _quote: Callable[[str], str] = json.encoder.encode_basestring
@@ -64,7 +64,7 @@ def unit_hasher(key: bytes) -> Callable[[str], str]:
 class ExposureLog:
     def __init__(
         self,
-        store: RouterStore,
+        store: DecisionLog,
         maxlen: int,
         unit_label: Callable[[str], str],
         max_pending: int = 200_000,
@@ -104,7 +104,7 @@ class ExposureLog:
         if not self.enabled:
             return
         entry = decision_entry(request, decision, token, self._unit_label(request.unit_id), segments)
-        self._append((keys.decisions_log(request.experiment), entry))
+        self._append((request.experiment, entry))
 
     def pending(self) -> int:
         return len(self._pending)
@@ -113,8 +113,8 @@ class ExposureLog:
         while self._pending:
             entries = [self._pending.popleft() for _ in range(min(batch, len(self._pending)))]
             try:
-                await self._store.append_log_entries(entries, self._maxlen)
-            except STORE_ERRORS as exc:
+                await self._store.append_decisions(entries, self._maxlen)
+            except StoreUnavailableError as exc:
                 log.debug("exposure log not written yet (%s); will retry", exc)
                 self._pending.extendleft(reversed(entries))
                 return

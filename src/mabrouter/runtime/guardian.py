@@ -1,9 +1,9 @@
 """Acts on evidence: kills an arm that breaches a guardrail, and moves ramping arms through their steps.
 
-Every replica judges the same snapshot; acting goes through a guarded Lua script, so exactly one replica
-wins each kill or step and writes the audit entry with the evidence. Nothing here ever unkills an arm:
-only an operator does. A ramp advances only when its step's minimum duration has passed and the arm
-breaches no guardrail; it halts on a breach.
+Every replica judges the same snapshot; each change is guarded by the store (it applies only over the
+switch as judged), so exactly one replica wins each kill or step and writes the audit entry with the
+evidence. Nothing here ever unkills an arm: only an operator does. A ramp advances only when its step's
+minimum duration has passed and the arm breaches no guardrail; it halts on a breach.
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ from mabrouter.core.discount import needs_rebase
 from mabrouter.core.evidence import Breach, divergences, guardrail_breaches, metrics_since
 from mabrouter.core.model import ArmStats
 from mabrouter.core.snapshot import ExperimentState
+from mabrouter.errors import StoreUnavailableError
 from mabrouter.runtime.holder import SnapshotHolder
-from mabrouter.store.errors import STORE_ERRORS
-from mabrouter.store.keys import RAMP_PREFIX, RAMP_SINCE_PREFIX, kill_arm_field
-from mabrouter.store.router_store import GuardedChange, RouterStore
+from mabrouter.store.ports import GuardianSwitches
 
 log = logging.getLogger(__name__)
 
 
 class Guardian:
     def __init__(
-        self, store: RouterStore, holder: SnapshotHolder, rng: np.random.Generator, actions: Counter
+        self, store: GuardianSwitches, holder: SnapshotHolder, rng: np.random.Generator, actions: Counter
     ) -> None:
         self._store = store
         self._holder = holder
@@ -54,7 +53,7 @@ class Guardian:
                 breached = await self._guard(name, state)
                 await self._ramp(name, state, breached)
                 await self._rebase(name, state)
-            except STORE_ERRORS as exc:
+            except StoreUnavailableError as exc:
                 log.debug("guardian could not act on %s yet: %s", name, exc)
             except Exception:  # one experiment's odd numbers must not stop the others' guards
                 if name not in self._failing:
@@ -108,19 +107,10 @@ class Guardian:
         breached = frozenset(breach.arm for breach in breaches)
         self._judged[name] = (state, breached)
         for breach in breaches:
+            # Over an operator's unkill only on evidence gathered since it (_fresh_evidence).
             unkilled = breach.arm in state.controls.operator_cleared
-            change = GuardedChange(
-                field=kill_arm_field(breach.arm),
-                value="1",
-                # Only over the switch as judged: unset, or an operator's unkill ("0") judged on fresh
-                # evidence; never over a switch someone changed meanwhile.
-                expected="0" if unkilled else "",
-                unless=False,
-                actor="guardrail",
-                action="auto-kill",
-                reason=breach.evidence + (" (evidence since the operator's unkill)" if unkilled else ""),
-            )
-            if await self._store.guarded_change(name, change):
+            evidence = breach.evidence + (" (evidence since the operator's unkill)" if unkilled else "")
+            if await self._store.kill_arm(name, breach.arm, evidence, over_unkill=unkilled):
                 self._actions.labels(name, breach.arm, "auto_kill").inc()
                 log.warning("guardrail killed arm %s of %s: %s", breach.arm, name, breach.evidence)
         return breached
@@ -141,37 +131,18 @@ class Guardian:
             step = state.controls.ramp_steps.get(arm.name, 0)
             since = state.controls.ramp_since_ms.get(arm.name)
             if since is None:
-                await self._store.guarded_change(
-                    name,
-                    GuardedChange(
-                        field=f"{RAMP_SINCE_PREFIX}{arm.name}",
-                        value=str(now_ms),
-                        expected="",
-                        unless=False,
-                        actor="ramp",
-                        action="ramp-start",
-                        reason=f"step 1 of {len(arm.ramp)}: {arm.ramp[0].share:.0%}",
-                    ),
-                )
+                reason = f"step 1 of {len(arm.ramp)}: {arm.ramp[0].share:.0%}"
+                await self._store.start_ramp(name, arm.name, now_ms, reason)
                 continue
             if step >= len(arm.ramp) or now_ms - since < arm.ramp[step].min_seconds * 1000:
                 continue
             if state.stats[index].trials < arm.ramp[step].min_trials:
                 continue  # not enough traffic yet for its guardrails to have judged it
             following = f"{arm.ramp[step + 1].share:.0%}" if step + 1 < len(arm.ramp) else "uncapped"
-            change = GuardedChange(
-                field=f"{RAMP_PREFIX}{arm.name}",
-                value=str(step + 1),
-                expected=str(step) if step else "",
-                unless=False,
-                actor="ramp",
-                action="ramp-advance",
-                reason=(
-                    f"step {step + 1} held {arm.ramp[step].min_seconds:g}s, "
-                    f"{state.stats[index].trials:g} trials, healthy; next {following}"
-                ),
-                also=((f"{RAMP_SINCE_PREFIX}{arm.name}", str(now_ms)),),
+            reason = (
+                f"step {step + 1} held {arm.ramp[step].min_seconds:g}s, "
+                f"{state.stats[index].trials:g} trials, healthy; next {following}"
             )
-            if await self._store.guarded_change(name, change):
+            if await self._store.advance_ramp(name, arm.name, step, now_ms, reason):
                 self._actions.labels(name, arm.name, "ramp_advance").inc()
                 log.info("ramp of %s/%s advanced to step %d (%s)", name, arm.name, step + 2, following)

@@ -38,9 +38,8 @@ from mabrouter.errors import (
 from mabrouter.runtime.exposure import ExposureLog
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.metrics import RouterMetrics
-from mabrouter.store.errors import STORE_ERRORS
-from mabrouter.store.router_store import OutcomeWrite, Refused, RouterStore
-from mabrouter.store.spool import OutcomeSpool
+from mabrouter.store.ports import OutcomeLedger, Spool
+from mabrouter.store.records import OutcomeWrite, Refused
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +106,14 @@ def refusal_error(write: OutcomeWrite, refused: Refused) -> MabrouterError:
 class OutcomeRecorder:
     def __init__(
         self,
-        store: RouterStore,
+        store: OutcomeLedger,
         holder: SnapshotHolder,
         keys: Sequence[bytes],
         ttl_seconds: int,
         *,
         exposure: ExposureLog,
         metrics: RouterMetrics,
-        spool: OutcomeSpool | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self._store = store
         self._holder = holder
@@ -165,7 +164,7 @@ class OutcomeRecorder:
             try:
                 # The script also appends each applied outcome to the outcomes log, atomically.
                 applied = await self._store.record_outcomes(writes, self._exposure.maxlen, now_ms)
-            except STORE_ERRORS as exc:
+            except StoreUnavailableError as exc:
                 self._metrics.add(self._metrics.redis_errors, "record_outcomes")
                 await self._spool_or_raise(writes, exc)
                 return results  # spooled: acknowledged, applied when Redis returns
@@ -191,11 +190,9 @@ class OutcomeRecorder:
             log.warning("%s (logged once a minute per experiment; counted as result=rejected)", error)
         return error
 
-    async def _spool_or_raise(self, writes: list[OutcomeWrite], cause: Exception) -> None:
+    async def _spool_or_raise(self, writes: list[OutcomeWrite], cause: StoreUnavailableError) -> None:
         if self._spool is None:
-            raise StoreUnavailableError(
-                f"outcome not recorded, Redis is unavailable ({cause}); retry it"
-            ) from cause
+            raise StoreUnavailableError(f"outcome not recorded ({cause}); retry it") from cause
         try:
             # fsync takes milliseconds (more on a busy disk): off the event loop, so Route never waits for
             # it. The spool is thread-safe; the call is acknowledged only after the fsync returns.
@@ -227,7 +224,7 @@ class OutcomeRecorder:
                 results = await self._store.record_outcomes(
                     writes, self._exposure.maxlen, int(time.time() * 1000)
                 )
-            except STORE_ERRORS:
+            except StoreUnavailableError:
                 return  # still down: the next flush round retries
             refused: list[tuple[OutcomeWrite, Refused]] = []
             for write, result in zip(writes, results, strict=True):

@@ -1,6 +1,6 @@
 """Background work: refresh the snapshot (on a timer and on change notices) and flush trial counts.
 
-Every loop survives any Redis error: the router keeps serving its last snapshot.
+Every loop survives any store failure: the router keeps serving its last snapshot.
 """
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from mabrouter.errors import StoreUnavailableError
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.snapshot_builder import SnapshotBuilder
-from mabrouter.store.errors import STORE_ERRORS
-from mabrouter.store.router_store import RouterStore
+from mabrouter.store.ports import SnapshotSource
 
 log = logging.getLogger(__name__)
 MAX_RECONNECT_BACKOFF_SECONDS = 5.0
 
 
 class Refresher:
-    def __init__(self, store: RouterStore, holder: SnapshotHolder, builder: SnapshotBuilder) -> None:
+    def __init__(self, store: SnapshotSource, holder: SnapshotHolder, builder: SnapshotBuilder) -> None:
         self._store = store
         self._holder = holder
         self._builder = builder
@@ -31,7 +31,7 @@ class Refresher:
     async def refresh_once(self) -> bool:
         try:
             raw = await self._store.load_all()
-        except STORE_ERRORS as exc:
+        except StoreUnavailableError as exc:
             if not self._failing:
                 log.warning("snapshot refresh failed, serving the last snapshot: %s", exc)
             self._failing = True
@@ -50,8 +50,8 @@ class Refresher:
     async def _record_unattributed(self) -> None:
         for edit in self._builder.take_unattributed():
             try:
-                await self._store.record_unattributed(edit.scope, edit.target, edit.before, edit.after)
-            except STORE_ERRORS as exc:
+                await self._store.record_unattributed(edit)
+            except StoreUnavailableError as exc:
                 log.warning(
                     "could not write the audit entry for an unattributed edit of %s: %s", edit.target, exc
                 )
@@ -95,7 +95,7 @@ async def every(
             await asyncio.wait_for(trigger.wait(), interval_seconds)
 
 
-async def watch_changes(store: RouterStore, stop: asyncio.Event, wake: asyncio.Event) -> None:
+async def watch_changes(store: SnapshotSource, stop: asyncio.Event, wake: asyncio.Event) -> None:
     """Wake the refresher on every change notice; resubscribe (and resync) after any failure."""
     backoff = 0.1
     while not stop.is_set():
@@ -108,7 +108,7 @@ async def watch_changes(store: RouterStore, stop: asyncio.Event, wake: asyncio.E
 
             await store.watch_changes(stop, on_change=lambda _scope: wake.set(), on_subscribed=subscribed)
         except Exception as exc:  # noqa: BLE001 - the change feed is an optimisation: never let it stop the router
-            level = logging.DEBUG if isinstance(exc, STORE_ERRORS) else logging.WARNING
+            level = logging.DEBUG if isinstance(exc, StoreUnavailableError) else logging.WARNING
             log.log(level, "change feed lost (%r); polling continues, resubscribing in %.1fs", exc, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)

@@ -6,8 +6,8 @@ and never stops the other experiments or the global switches. The experiment's k
 read from its control hash and applied over that last good state: an operator must be able to stop an
 experiment whose statistics someone (or one extreme reward) broke.
 
-It also notices edits made outside the CLI (plain redis-cli during an incident): the CLI bumps the
-version with every change, so content that changed under an unchanged version is an unattributed edit.
+It also reports edits made outside the CLI (plain redis-cli during an incident; store/raw_edits.py tells
+them): each is logged, counted, and handed to the refresher, which records its audit entry.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from mabrouter.store.experiment_decoder import (
     experiment_state,
     stored_version,
 )
-from mabrouter.store.keys import GLOBAL_SCOPE, VERSION
-from mabrouter.store.router_store import RawExperiment, RawState
+from mabrouter.store.raw_edits import RawEditWatcher
+from mabrouter.store.records import GLOBAL_SWITCHES, RawExperiment, RawState, UnattributedEdit
 from mabrouter.store.stats_codec import arm_stats
 
 log = logging.getLogger(__name__)
@@ -60,14 +60,6 @@ def describe(exc: BaseException) -> str:
     """One line for an operator: our own errors say what is wrong; anything else names its type too."""
     text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
     return text[:MAX_PROBLEM_CHARS]
-
-
-@dataclass(frozen=True, slots=True)
-class UnattributedEdit:
-    scope: str
-    target: str
-    before: str
-    after: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +92,7 @@ class SnapshotBuilder:
         self._on_failure = on_failure
         self._documents: dict[str, tuple[str, StoredDocument]] = {}
         self._built: dict[str, _Built] = {}
-        self._seen_raw: dict[str, tuple[Mapping[str, str], str]] = {}
+        self._edits = RawEditWatcher()
         self._reported_bad: set[tuple[str, str]] = set()
         self._global = GlobalControls()
         self.invalid_documents = 0
@@ -112,16 +104,18 @@ class SnapshotBuilder:
         states: dict[str, ExperimentState] = {}
         errors: dict[str, str] = {}
         for item in raw.experiments:
-            self._notice_raw_edits(item)
+            for edit in self._edits.experiment(item):
+                self._unattributed(edit)
             state, problem = self._state_or_last_good(item, old.get(item.name), loaded_at)
             if problem:
                 errors[item.name] = problem
             if state is not None:
                 states[item.name] = state
         self._global, problems = parse_global_controls(raw.global_control, self._global)
-        self._notice_control_edit(GLOBAL_SCOPE, raw.global_control)
+        for edit in self._edits.global_switches(raw.global_control):
+            self._unattributed(edit)
         if problems:
-            self._report_once(GLOBAL_SCOPE, "; ".join(problems), "ignoring " + "; ".join(problems))
+            self._report_once(GLOBAL_SWITCHES, "; ".join(problems), "ignoring " + "; ".join(problems))
         return Snapshot(experiments=states, loaded_at=loaded_at, global_controls=self._global, errors=errors)
 
     def take_unattributed(self) -> list[UnattributedEdit]:
@@ -201,29 +195,6 @@ class SnapshotBuilder:
         document = decode_document(item.name, item.config)
         self._documents[item.name] = (text, document)
         return document
-
-    def _notice_raw_edits(self, item: RawExperiment) -> None:
-        self._notice_control_edit(item.name, item.control)
-        key = f"{item.name}/doc"
-        doc, version = item.config.get("doc", ""), item.config.get(VERSION, "")
-        seen = self._seen_raw.get(key)
-        self._seen_raw[key] = ({"doc": doc}, version)
-        if seen is not None and seen[1] == version and seen[0]["doc"] != doc:
-            self._unattributed(UnattributedEdit(item.name, f"{item.name}/doc", seen[0]["doc"], doc))
-
-    def _notice_control_edit(self, scope: str, control: Mapping[str, str]) -> None:
-        seen = self._seen_raw.get(scope)
-        version = control.get(VERSION, "")
-        self._seen_raw[scope] = (dict(control), version)
-        if seen is None or seen[0] == control or seen[1] != version:
-            return
-        before, after = seen[0], control
-        for field in sorted(set(before) | set(after)):
-            if before.get(field) != after.get(field):
-                target = scope if field == "kill" else f"{scope}/{field}"
-                self._unattributed(
-                    UnattributedEdit(scope, target, before.get(field, ""), after.get(field, ""))
-                )
 
     def _unattributed(self, edit: UnattributedEdit) -> None:
         log.warning(

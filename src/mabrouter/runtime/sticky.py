@@ -16,8 +16,9 @@ from collections import OrderedDict
 from mabrouter.core.decide import Decision, RouteInput
 from mabrouter.core.model import Reason
 from mabrouter.core.snapshot import ExperimentState
-from mabrouter.store.errors import STORE_ERRORS
-from mabrouter.store.router_store import RouterStore, StickyWrite
+from mabrouter.errors import StoreUnavailableError
+from mabrouter.store.ports import StickyStore
+from mabrouter.store.records import StickyWrite
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ _Key = tuple[str, str, str]  # experiment, salt, unit id
 class StickyAssignments:
     def __init__(
         self,
-        store: RouterStore,
+        store: StickyStore,
         max_entries: int = 100_000,
         lookup_timeout: float = 0.02,
         breaker_seconds: float = 1.0,
@@ -72,9 +73,9 @@ class StickyAssignments:
             return request._replace(hash_seeded=True)
         try:
             arm = await self._store.sticky_arm(*key, timeout=self._lookup_timeout)
-        except STORE_ERRORS as exc:
+        except StoreUnavailableError as exc:
             log.warning(
-                "sticky lookups paused for %.1fs, using hash-seeded draws: %r", self._breaker_seconds, exc
+                "sticky lookups paused for %.1fs, using hash-seeded draws: %s", self._breaker_seconds, exc
             )
             self._breaker_open_until = time.monotonic() + self._breaker_seconds
             return request._replace(hash_seeded=True)
@@ -103,7 +104,7 @@ class StickyAssignments:
         batch = list(self._pending.values())
         try:
             arms = await self._store.assign_sticky(batch)
-        except STORE_ERRORS as exc:
+        except StoreUnavailableError as exc:
             log.debug("sticky assignments not written yet (%s); will retry", exc)
             return
         for item, arm in zip(batch, arms, strict=True):

@@ -1,13 +1,13 @@
-"""What operators do to Redis (through the CLI): apply experiments, flip switches, read state and audit.
+"""What operators do to Redis (through the CLI): apply experiments, flip switches, read state and logs.
 
-Every change goes through a Lua script that bumps the version, writes the audit entry and publishes
-the change notice atomically with the change itself.
+`AdminStore` implements the OperatorStore port (store/ports.py). Every change goes through a Lua script
+that bumps the version, writes the audit entry and publishes the change notice atomically with the
+change itself. Every Redis failure leaves as StoreUnavailableError (store/errors.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -15,48 +15,12 @@ from redis.cluster import RedisCluster
 
 from mabrouter.store import keys, scripts
 from mabrouter.store.connect import sync_client
-from mabrouter.store.records import RawExperiment
+from mabrouter.store.errors import STORE_ERRORS, translated
+from mabrouter.store.records import AuditEntry, Change, StoredExperiment
 
-
-@dataclass(frozen=True, slots=True)
-class StoredExperiment:
-    """An experiment's hashes as stored, not yet validated: decode it with store.experiment_decoder."""
-
-    name: str
-    config: Mapping[str, str]
-    stats: Mapping[str, str]
-    control: Mapping[str, str]
-
-    @property
-    def raw(self) -> RawExperiment:
-        return RawExperiment(self.name, self.config, self.stats, self.control)
-
-    @property
-    def updated_ms(self) -> int:
-        text = self.config.get("updated_ms", "0")
-        return int(text) if text.isdigit() else 0
-
-    @property
-    def version_text(self) -> str:
-        """The stored version as written (it may have been edited by hand: not parsed here)."""
-        return self.config.get(keys.VERSION, "?")
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """Who changed what, and why: becomes one audit entry."""
-
-    actor: str
-    action: str
-    reason: str
-    now_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    scope: str
-    entry_id: str
-    fields: Mapping[str, str]
+# The records this adapter speaks live in store/records.py, where the ports take them from. Re-exported
+# only until reporting (read.py, decode.py) imports them from there: then drop this list.
+__all__ = ["AdminStore", "AuditEntry", "Change", "StoredExperiment"]
 
 
 class AdminStore:
@@ -69,17 +33,25 @@ class AdminStore:
     def from_url(cls, url: str) -> AdminStore:
         # Invalid UTF-8 written by hand reads as U+FFFD instead of failing the whole reply: validation
         # then names the field.
-        client = sync_client(
-            url,
-            decode_responses=True,
-            encoding_errors="replace",
-            socket_timeout=5.0,
-            socket_connect_timeout=5.0,
-        )
+        with translated:  # a cluster client connects as it is made
+            client = sync_client(
+                url,
+                decode_responses=True,
+                encoding_errors="replace",
+                socket_timeout=5.0,
+                socket_connect_timeout=5.0,
+            )
         return cls(client)
 
     def close(self) -> None:
-        self._redis.close()
+        with translated:
+            self._redis.close()
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._redis.ping())
+        except STORE_ERRORS:
+            return False
 
     @staticmethod
     def _audit_args(change: Change, target: str, scope: str) -> list[str | int]:
@@ -96,32 +68,52 @@ class AdminStore:
 
     def apply(self, name: str, doc_json: str, change: Change) -> int:
         """Store a validated document; return its new version (strictly greater than any before)."""
-        version = int(
-            self._apply_config(
-                keys=[keys.config(name), keys.config(name), keys.audit(name), keys.audited(name)],
-                args=["", doc_json, *self._audit_args(change, f"{name}/doc", name)],
+        with translated:
+            version = int(
+                self._apply_config(
+                    keys=[keys.config(name), keys.config(name), keys.audit(name), keys.audited(name)],
+                    args=["", doc_json, *self._audit_args(change, f"{name}/doc", name)],
+                )
             )
-        )
-        # Listed after the config exists, so a router never lists a name it cannot load.
-        self._redis.sadd(keys.EXPERIMENTS, name)
+            # Listed after the config exists, so a router never lists a name it cannot load.
+            self._redis.sadd(keys.EXPERIMENTS, name)
         return version
 
-    def set_control(self, scope: str, field: str, value: str, change: Change) -> tuple[int | None, str]:
+    def set_kill(
+        self, experiment: str | None, arm: str | None, killed: bool, change: Change
+    ) -> tuple[int | None, bool]:
+        """Kill or unkill an experiment, one of its arms, or (experiment None) every experiment; return
+        the new version (None when the stored one is not a number) and whether it was killed before.
+
+        Unkilling an arm writes 0 rather than deleting the field: a recorded operator decision, after
+        which guardrails judge the arm only on evidence gathered since (docs/decisions/0013)."""
+        scope = keys.GLOBAL_SCOPE if experiment is None else experiment
+        field = keys.kill_arm_field(arm) if arm else keys.KILL
+        version, before = self._set_control(scope, field, "1" if killed else ("0" if arm else ""), change)
+        return version, before == "1"
+
+    def set_rollout(self, experiment: str, percent: float, change: Change) -> tuple[int | None, str]:
+        """Set the percent of units exposed; return the new version and the rollout stored before."""
+        return self._set_control(experiment, keys.ROLLOUT, f"{percent:g}", change)
+
+    def _set_control(self, scope: str, field: str, value: str, change: Change) -> tuple[int | None, str]:
         """Set (or with value '' delete) one switch; return (new version, previous value). The version is
         None when the stored one is not a number (edited by hand): the switch is written anyway."""
         version_key = keys.control(scope) if scope == keys.GLOBAL_SCOPE else keys.config(scope)
         target = scope if field == keys.KILL else f"{scope}/{field}"
-        version, before = self._change_control(
-            keys=[version_key, keys.control(scope), keys.audit(scope), keys.audited(scope)],
-            args=[field, value, *self._audit_args(change, target, scope)],
-        )
+        with translated:
+            version, before = self._change_control(
+                keys=[version_key, keys.control(scope), keys.audit(scope), keys.audited(scope)],
+                args=[field, value, *self._audit_args(change, target, scope)],
+            )
         return (int(version) if str(version).isdigit() else None), str(before)
 
     def names(self) -> list[str]:
-        return sorted(str(name) for name in self._redis.smembers(keys.EXPERIMENTS))
+        with translated:
+            return sorted(str(name) for name in self._redis.smembers(keys.EXPERIMENTS))
 
     def get(self, name: str) -> StoredExperiment | None:
-        with self._redis.pipeline(transaction=False) as pipe:
+        with translated, self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.config(name))
             pipe.hgetall(keys.stats(name))
             pipe.hgetall(keys.control(name))
@@ -131,13 +123,21 @@ class AdminStore:
         return StoredExperiment(name, _text_map(config), _text_map(stats), _text_map(control))
 
     def global_control(self) -> Mapping[str, str]:
-        return _text_map(self._redis.hgetall(keys.control(keys.GLOBAL_SCOPE)))
+        with translated:
+            return _text_map(self._redis.hgetall(keys.control(keys.GLOBAL_SCOPE)))
+
+    def read_decisions(self, experiment: str, since_ms: int) -> Iterator[dict[str, str]]:
+        return self.read_log(keys.decisions_log(experiment), since_ms)
+
+    def read_outcomes(self, experiment: str, since_ms: int) -> Iterator[dict[str, str]]:
+        return self.read_log(keys.outcomes_log(experiment), since_ms)
 
     def read_log(self, stream: str, since_ms: int, page: int = 10_000) -> Iterator[dict[str, str]]:
         """Every entry of a log stream from `since_ms` on, oldest first, read in pages."""
         start = stream_id_at(since_ms)
         while True:
-            entries = self._redis.xrange(stream, min=start, count=page) or []
+            with translated:
+                entries = self._redis.xrange(stream, min=start, count=page) or []
             for entry_id, fields in entries:
                 yield {"id": str(entry_id), **_text_map(fields or {})}
             if len(entries) < page:
@@ -145,12 +145,16 @@ class AdminStore:
             last = str(entries[-1][0])
             start = "(" + last  # exclusive: continue after the last entry read
 
-    def audit(self, scopes: list[str], count: int) -> list[AuditEntry]:
-        """The newest `count` entries across `scopes`, oldest first."""
+    def audit(
+        self, experiments: Sequence[str], count: int, *, global_switches: bool = False
+    ) -> list[AuditEntry]:
+        """The newest `count` entries of these experiments (and of the global switches), oldest first."""
+        scopes = [keys.GLOBAL_SCOPE, *experiments] if global_switches else list(experiments)
         entries: list[AuditEntry] = []
-        for scope in scopes:
-            for entry_id, fields in self._redis.xrevrange(keys.audit(scope), count=count) or []:
-                entries.append(AuditEntry(scope, str(entry_id), _text_map(fields or {})))
+        with translated:
+            for scope in scopes:
+                for entry_id, fields in self._redis.xrevrange(keys.audit(scope), count=count) or []:
+                    entries.append(AuditEntry(scope, str(entry_id), _text_map(fields or {})))
         entries.sort(key=lambda entry: tuple(int(part) for part in entry.entry_id.split("-")))
         return entries[-count:]
 

@@ -1,4 +1,4 @@
-"""Decode and validate operator switches stored in a control hash.
+"""Decode and validate operator switches stored in a control hash; encode the changes routers make to them.
 
 Operators may edit these with plain redis-cli during an incident, so every field is checked: a value
 that does not parse raises ValueError naming the field and what it accepts, and the router keeps the
@@ -19,7 +19,9 @@ from mabrouter.store.keys import (
     REASON,
     ROLLOUT,
     VERSION,
+    kill_arm_field,
 )
+from mabrouter.store.records import GuardedChange
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -159,3 +161,47 @@ def _kill_switch(raw: Mapping[str, str], last: bool, problems: list[str]) -> boo
     except ValueError as exc:
         problems.append(str(exc))
     return killed
+
+
+# The switch changes a router makes on its own (the guardian). Each applies only over the switch as
+# judged (GuardedChange.expected), so of all replicas judging the same snapshot exactly one wins.
+
+
+def arm_kill(arm: str, evidence: str, *, over_unkill: bool) -> GuardedChange:
+    """Kill an arm over an unset switch or, judged on fresh evidence, over the operator's unkill ("0");
+    never over a switch someone changed meanwhile."""
+    return GuardedChange(
+        field=kill_arm_field(arm),
+        value="1",
+        expected="0" if over_unkill else "",
+        unless=False,
+        actor="guardrail",
+        action="auto-kill",
+        reason=evidence,
+    )
+
+
+def ramp_start(arm: str, now_ms: int, reason: str) -> GuardedChange:
+    return GuardedChange(
+        field=f"{RAMP_SINCE_PREFIX}{arm}",
+        value=str(now_ms),
+        expected="",
+        unless=False,
+        actor="ramp",
+        action="ramp-start",
+        reason=reason,
+    )
+
+
+def ramp_advance(arm: str, step: int, now_ms: int, reason: str) -> GuardedChange:
+    """From step index `step` (stored as no field while 0) to the next, restarting the step's clock."""
+    return GuardedChange(
+        field=f"{RAMP_PREFIX}{arm}",
+        value=str(step + 1),
+        expected=str(step) if step else "",
+        unless=False,
+        actor="ramp",
+        action="ramp-advance",
+        reason=reason,
+        also=((f"{RAMP_SINCE_PREFIX}{arm}", str(now_ms)),),
+    )

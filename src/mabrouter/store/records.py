@@ -1,10 +1,13 @@
-"""Plain records the router store reads and writes: raw state as stored, and the writes it batches."""
+"""Plain records the stores read and write: raw state as stored, the writes the router batches, and what
+the operator's store reads and changes. The ports (store/ports.py) speak in these."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from mabrouter.store.keys import GLOBAL_SCOPE, KILL_ARM_PREFIX, VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +24,21 @@ class RawExperiment:
 class RawState:
     experiments: list[RawExperiment]
     global_control: Mapping[str, str]
+
+
+# The scope the global switches go by in audit entries and logs.
+GLOBAL_SWITCHES = GLOBAL_SCOPE
+
+
+@dataclass(frozen=True, slots=True)
+class UnattributedEdit:
+    """A change made in the store without the CLI: `target` ('exp/doc', 'exp/kill:arm', 'exp') in `scope`
+    went from `before` to `after` under an unchanged version (store/raw_edits.py)."""
+
+    scope: str
+    target: str
+    before: str
+    after: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,3 +125,69 @@ class GuardedChange:
     action: str
     reason: str
     also: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(slots=True)
+class TrialCounts:
+    """One experiment's counters for one flush, added all together or not at all.
+
+    trials: policy decisions served per arm, and per (segment, arm) for segments that decide on their
+    own data; sampled: decisions sampled per arm; expected: the decisions each arm should have had under
+    the allocations in force (sampled vs expected is the sample-ratio check); holdout and bandit: the
+    holdout split among exposed units. discount: for an experiment with a half-life, (epoch ms, half-life
+    ms, weight of a trial now at that epoch): its arms' discounted trials are trials x weight."""
+
+    trials: dict[str, float] = field(default_factory=dict)
+    segment_trials: dict[tuple[str, str], float] = field(default_factory=dict)
+    sampled: dict[str, float] = field(default_factory=dict)
+    expected: dict[str, float] = field(default_factory=dict)
+    holdout: float = 0.0
+    bandit: float = 0.0
+    discount: tuple[int, float, float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredExperiment:
+    """An experiment's hashes as stored, not yet validated: decode it with store.experiment_decoder."""
+
+    name: str
+    config: Mapping[str, str]
+    stats: Mapping[str, str]
+    control: Mapping[str, str]
+
+    @property
+    def raw(self) -> RawExperiment:
+        return RawExperiment(self.name, self.config, self.stats, self.control)
+
+    @property
+    def updated_ms(self) -> int:
+        text = self.config.get("updated_ms", "0")
+        return int(text) if text.isdigit() else 0
+
+    @property
+    def version_text(self) -> str:
+        """The stored version as written (it may have been edited by hand: not parsed here)."""
+        return self.config.get(VERSION, "?")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Who changed what, and why: becomes one audit entry."""
+
+    actor: str
+    action: str
+    reason: str
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    scope: str  # the experiment, or "_global" for the global switches
+    entry_id: str
+    fields: Mapping[str, str]  # ts_ms, actor, action, target, before, after, reason, version
+
+
+def arm_of_kill_target(experiment: str, target: str) -> str | None:
+    """The arm an audit target such as 'ranker/kill:fast' names, if it is an arm's kill switch."""
+    prefix = f"{experiment}/{KILL_ARM_PREFIX}"
+    return target.removeprefix(prefix) if target.startswith(prefix) else None

@@ -1,4 +1,8 @@
-"""What a running router needs from Redis: read everything, add trial counts, record outcomes."""
+"""What a running router needs from Redis: read everything, add trial counts, record outcomes.
+
+`RouterStore` implements the router's ports (store/ports.py): it turns their domain terms into keys,
+fields and scripts, and every Redis failure into StoreUnavailableError (store/errors.py).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.exceptions import NoScriptError, RedisError
 
 from mabrouter.store import keys, scripts
 from mabrouter.store.connect import async_client, async_pubsub_client, follow_sentinel_master
-from mabrouter.store.errors import STORE_ERRORS
+from mabrouter.store.controls_codec import arm_kill, ramp_advance, ramp_start
+from mabrouter.store.errors import STORE_ERRORS, translated
 from mabrouter.store.records import (
     Discount,
     GuardedChange,
@@ -23,29 +27,20 @@ from mabrouter.store.records import (
     RawState,
     Refused,
     StickyWrite,
+    TrialCounts,
+    UnattributedEdit,
     discount_args,
     outcome_args,
     script_result,
 )
-
-__all__ = [  # the records are part of this module's interface
-    "Discount",
-    "GuardedChange",
-    "OutcomeWrite",
-    "RawExperiment",
-    "RawState",
-    "Refused",
-    "RouterStore",
-    "StickyWrite",
-]
+from mabrouter.store.script_runner import ScriptCall, ScriptRunner
+from mabrouter.store.stats_codec import trial_increments
 
 BATCH_MARKER_TTL_SECONDS = 3600
 # Outcomes per RECORD_OUTCOMES call and log entries per APPEND_LOG call: one script runs atomically, so
 # a bound keeps any single call from holding Redis for long (a few ms at most).
 OUTCOMES_PER_CALL = 250
 LOG_ENTRIES_PER_CALL = 500
-
-ScriptCall = tuple[str, list[str], list[Any]]  # (script text, keys, args)
 
 
 class RouterStore:
@@ -54,10 +49,9 @@ class RouterStore:
     ) -> None:
         self._redis: Any = client  # redis-py's cluster and single clients share no typed protocol
         self._pubsub_client = pubsub_client
-        self._cluster = isinstance(client, AsyncRedisCluster)
-        self._scripts = {
-            text: client.register_script(text)
-            for text in (
+        self._scripts = ScriptRunner(
+            client,
+            (
                 scripts.GUARDED_CHANGE,
                 scripts.REBASE_DISCOUNT,
                 scripts.RECORD_OUTCOMES,
@@ -65,46 +59,8 @@ class RouterStore:
                 scripts.APPLY_TRIALS,
                 scripts.RECORD_UNATTRIBUTED,
                 scripts.STICKY_GET_OR_SET,
-            )
-        }
-
-    async def _run(self, pipe: Any, text: str, script_keys: list[str], args: list[Any]) -> None:
-        """Queue a script on a pipeline: EVALSHA (loading it on NOSCRIPT), or EVAL on a cluster, where a
-        failover can leave a new primary without the script cache."""
-        if self._cluster:
-            pipe.eval(text, len(script_keys), *script_keys, *args)
-        else:
-            await self._scripts[text](keys=script_keys, args=args, client=pipe)
-
-    async def _run_all(self, calls: Sequence[ScriptCall]) -> list[Any]:
-        """Run scripts in one pipeline and return their replies, in one round trip.
-
-        EVALSHA without redis-py's SCRIPT EXISTS check before every pipeline (a second round trip): a
-        call that finds the script missing fails with NOSCRIPT without running, so only those calls are
-        rerun after loading it. On a cluster, EVAL with the source, as _run does."""
-        if not calls:
-            return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for text, script_keys, args in calls:
-                if self._cluster:
-                    pipe.eval(text, len(script_keys), *script_keys, *args)
-                else:
-                    pipe.evalsha(self._scripts[text].sha, len(script_keys), *script_keys, *args)
-            replies: list[Any] = await pipe.execute(raise_on_error=self._cluster)
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:
-            for text in {calls[i][0] for i in missing}:
-                await self._redis.script_load(text)
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for i in missing:
-                    text, script_keys, args = calls[i]
-                    pipe.evalsha(self._scripts[text].sha, len(script_keys), *script_keys, *args)
-                for i, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
-                    replies[i] = reply
-        for reply in replies:
-            if isinstance(reply, RedisError):
-                raise reply
-        return replies
+            ),
+        )
 
     @classmethod
     def from_url(cls, url: str) -> RouterStore:
@@ -116,18 +72,20 @@ class RouterStore:
             "socket_timeout": 2.0,
             "socket_connect_timeout": 2.0,
         }
-        client = async_client(url, **options)
-        pubsub = (
-            async_pubsub_client(url, cluster=client, **options)
-            if isinstance(client, AsyncRedisCluster)
-            else None
-        )
+        with translated:
+            client = async_client(url, **options)
+            pubsub = (
+                async_pubsub_client(url, cluster=client, **options)
+                if isinstance(client, AsyncRedisCluster)
+                else None
+            )
         return cls(client, pubsub)
 
     async def close(self) -> None:
-        await self._redis.aclose()
-        if self._pubsub_client is not None:
-            await self._pubsub_client.aclose()
+        with translated:
+            await self._redis.aclose()
+            if self._pubsub_client is not None:
+                await self._pubsub_client.aclose()
 
     async def ping(self) -> bool:
         try:
@@ -140,15 +98,16 @@ class RouterStore:
 
         Through Sentinel, it first asks Sentinel for the master: refreshing is the router's heartbeat,
         so a failover moves reads and writes to the new master within one refresh interval."""
-        await follow_sentinel_master(self._redis)
-        names = sorted(str(name) for name in await self._redis.smembers(keys.EXPERIMENTS))
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.control(keys.GLOBAL_SCOPE))
-            for name in names:
-                pipe.hgetall(keys.config(name))
-                pipe.hgetall(keys.stats(name))
-                pipe.hgetall(keys.control(name))
-            replies = await pipe.execute()
+        with translated:
+            await follow_sentinel_master(self._redis)
+            names = sorted(str(name) for name in await self._redis.smembers(keys.EXPERIMENTS))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(keys.control(keys.GLOBAL_SCOPE))
+                for name in names:
+                    pipe.hgetall(keys.config(name))
+                    pipe.hgetall(keys.stats(name))
+                    pipe.hgetall(keys.control(name))
+                replies = await pipe.execute()
         experiments = [
             RawExperiment(name, replies[1 + 3 * i], replies[2 + 3 * i], replies[3 + 3 * i])
             for i, name in enumerate(names)
@@ -156,11 +115,13 @@ class RouterStore:
         ]
         return RawState(experiments, replies[0])
 
-    async def record_unattributed(self, scope: str, target: str, before: str, after: str) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            args = ["", int(time.time() * 1000), target, before, after]
-            await self._run(pipe, scripts.RECORD_UNATTRIBUTED, [keys.audited(scope), keys.audit(scope)], args)
-            await pipe.execute()
+    async def record_unattributed(self, edit: UnattributedEdit) -> None:
+        with translated:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                args = ["", int(time.time() * 1000), edit.target, edit.before, edit.after]
+                script_keys = [keys.audited(edit.scope), keys.audit(edit.scope)]
+                await self._scripts.queue(pipe, scripts.RECORD_UNATTRIBUTED, script_keys, args)
+                await pipe.execute()
 
     async def watch_changes(
         self, stop: asyncio.Event, on_change: Callable[[str], None], on_subscribed: Callable[[], None]
@@ -169,16 +130,27 @@ class RouterStore:
 
         Pub/sub is at-most-once: callers keep polling too, and resync fully after every (re)subscribe.
         """
-        pubsub = (self._pubsub_client or self._redis).pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(keys.CHANGES_CHANNEL)
-            on_subscribed()
-            while not stop.is_set():
-                message = await pubsub.get_message(timeout=0.5)
-                if message is not None and message.get("type") == "message":
-                    on_change(str(message["data"]))
-        finally:
-            await pubsub.aclose()
+        with translated:
+            pubsub = (self._pubsub_client or self._redis).pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(keys.CHANGES_CHANNEL)
+                on_subscribed()
+                while not stop.is_set():
+                    message = await pubsub.get_message(timeout=0.5)
+                    if message is not None and message.get("type") == "message":
+                        on_change(str(message["data"]))
+            finally:
+                await pubsub.aclose()
+
+    async def add_trials(self, batch_id: str, batch: Mapping[str, TrialCounts]) -> dict[str, Refused]:
+        """Add each experiment's trial counters (stats_codec.trial_increments); see apply_increments."""
+        increments = {experiment: trial_increments(counts) for experiment, counts in batch.items()}
+        discounts = {
+            experiment: (counts.discount[0], counts.discount[1])
+            for experiment, counts in batch.items()
+            if counts.discount is not None
+        }
+        return await self.apply_increments(batch_id, increments, discounts)
 
     async def apply_increments(
         self,
@@ -199,8 +171,10 @@ class RouterStore:
             calls.append(
                 (scripts.APPLY_TRIALS, [keys.stats(experiment), keys.batch_seen(experiment, batch_id)], args)
             )
+        with translated:
+            replies = await self._scripts.run_all(calls)
         refused: dict[str, Refused] = {}
-        for experiment, reply in zip(increments, await self._run_all(calls), strict=True):
+        for experiment, reply in zip(increments, replies, strict=True):
             if isinstance(result := script_result(reply), Refused):
                 refused[experiment] = result
         return refused
@@ -231,44 +205,63 @@ class RouterStore:
                     (scripts.RECORD_OUTCOMES, [stats_key, log_key, *seen], [log_maxlen, now_ms, items])
                 )
                 slots.append(chunk)
+        with translated:
+            replies = await self._scripts.run_all(calls)
         results: list[bool | Refused] = [False] * len(outcomes)
-        for chunk, reply in zip(slots, await self._run_all(calls), strict=True):
+        for chunk, reply in zip(slots, replies, strict=True):
             for i, item in zip(chunk, reply, strict=True):
                 results[i] = script_result(item)
         return results
 
     async def sticky_arm(self, experiment: str, salt: str, unit_id: str, timeout: float) -> str | None:
         """The arm a unit was assigned, or None. Raises on a slow or unreachable Redis."""
-        value = await asyncio.wait_for(self._redis.get(keys.sticky(experiment, salt, unit_id)), timeout)
+        with translated:
+            value = await asyncio.wait_for(self._redis.get(keys.sticky(experiment, salt, unit_id)), timeout)
         return None if value is None else str(value)
 
     async def assign_sticky(self, assignments: Sequence[StickyWrite]) -> list[str]:
         """Store first assignments (first writer wins); return the arm each unit actually has."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for item in assignments:
-                await self._run(
-                    pipe,
-                    scripts.STICKY_GET_OR_SET,
-                    [keys.sticky(item.experiment, item.salt, item.unit_id)],
-                    [item.arm, item.ttl_seconds, item.replaces],
-                )
-            replies = await pipe.execute()
+        with translated:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for item in assignments:
+                    await self._scripts.queue(
+                        pipe,
+                        scripts.STICKY_GET_OR_SET,
+                        [keys.sticky(item.experiment, item.salt, item.unit_id)],
+                        [item.arm, item.ttl_seconds, item.replaces],
+                    )
+                replies = await pipe.execute()
         return [str(reply) for reply in replies]
 
-    async def append_log_entries(self, entries: Sequence[tuple[str, str]], maxlen: int) -> None:
-        """XADD each (stream key, JSON array of field, value...), in order per stream, with an approximate
-        cap: one APPEND_LOG call per stream (and per LOG_ENTRIES_PER_CALL entries), all in one pipeline."""
+    async def append_decisions(self, entries: Sequence[tuple[str, str]], maxlen: int) -> None:
+        """XADD each (experiment, JSON array of field, value...) to the experiment's decision log, in
+        order, with an approximate cap: one APPEND_LOG call per experiment (and per
+        LOG_ENTRIES_PER_CALL entries), all in one pipeline."""
         streams: dict[str, list[str]] = {}
-        for stream, encoded in entries:
-            streams.setdefault(stream, []).append(encoded)
+        for experiment, encoded in entries:
+            streams.setdefault(experiment, []).append(encoded)
         calls: list[ScriptCall] = [
-            (scripts.APPEND_LOG, [stream], [maxlen, f"[{','.join(items[i : i + LOG_ENTRIES_PER_CALL])}]"])
-            for stream, items in streams.items()
+            (
+                scripts.APPEND_LOG,
+                [keys.decisions_log(experiment)],
+                [maxlen, f"[{','.join(items[i : i + LOG_ENTRIES_PER_CALL])}]"],
+            )
+            for experiment, items in streams.items()
             for i in range(0, len(items), LOG_ENTRIES_PER_CALL)
         ]
-        await self._run_all(calls)
+        with translated:
+            await self._scripts.run_all(calls)
 
-    async def guarded_change(self, experiment: str, change: GuardedChange) -> bool:
+    async def kill_arm(self, experiment: str, arm: str, evidence: str, *, over_unkill: bool) -> bool:
+        return await self._guarded_change(experiment, arm_kill(arm, evidence, over_unkill=over_unkill))
+
+    async def start_ramp(self, experiment: str, arm: str, now_ms: int, reason: str) -> bool:
+        return await self._guarded_change(experiment, ramp_start(arm, now_ms, reason))
+
+    async def advance_ramp(self, experiment: str, arm: str, step: int, now_ms: int, reason: str) -> bool:
+        return await self._guarded_change(experiment, ramp_advance(arm, step, now_ms, reason))
+
+    async def _guarded_change(self, experiment: str, change: GuardedChange) -> bool:
         """Apply a router-initiated switch change if the switch is as judged; True when this call won."""
         args: list[Any] = [
             change.field,
@@ -292,15 +285,20 @@ class RouterStore:
             keys.audit(experiment),
             keys.audited(experiment),
         ]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            await self._run(pipe, scripts.GUARDED_CHANGE, script_keys, args)
-            (reply,) = await pipe.execute()
+        with translated:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                await self._scripts.queue(pipe, scripts.GUARDED_CHANGE, script_keys, args)
+                (reply,) = await pipe.execute()
         return bool(int(reply[0]))
 
     async def rebase_discount(self, experiment: str, new_epoch_ms: int, half_life_ms: float) -> bool:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            await self._run(
-                pipe, scripts.REBASE_DISCOUNT, [keys.stats(experiment)], [new_epoch_ms, repr(half_life_ms)]
-            )
-            (reply,) = await pipe.execute()
+        with translated:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                await self._scripts.queue(
+                    pipe,
+                    scripts.REBASE_DISCOUNT,
+                    [keys.stats(experiment)],
+                    [new_epoch_ms, repr(half_life_ms)],
+                )
+                (reply,) = await pipe.execute()
         return bool(reply)

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mabrouter.errors import SpoolFullError
-from mabrouter.store.router_store import OutcomeWrite
+from mabrouter.store.records import OutcomeWrite
 
 log = logging.getLogger(__name__)
 PATTERN = "outcomes-*.jsonl"

@@ -1,4 +1,4 @@
-"""Decode the sufficient statistics stored in an experiment's stats hash."""
+"""An experiment's stats hash: decoded into sufficient statistics, and encoded for trial flushes."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from mabrouter.store.keys import (
     TRIALS,
     stat_field,
 )
+from mabrouter.store.records import TrialCounts
 
 MAX_SEGMENTS = 100
 
@@ -109,3 +110,23 @@ def discounted_stats(spec: ExperimentSpec, raw: Mapping[str, str], now_ms: int) 
         )
         for arm in spec.arms
     )
+
+
+def trial_increments(counts: TrialCounts) -> dict[str, float]:
+    """The stats-hash fields a flush adds to (store/stats_scripts.py APPLY_TRIALS), for one experiment."""
+    fields = {stat_field(arm, TRIALS): n for arm, n in counts.trials.items()}
+    for (segment, arm), n in counts.segment_trials.items():
+        fields[stat_field(arm, TRIALS, segment)] = n
+    for arm, n in counts.sampled.items():
+        fields[stat_field(arm, SAMPLED)] = n
+    for arm, n in counts.expected.items():
+        fields[stat_field(arm, EXPECTED)] = n
+    if counts.holdout:
+        fields[SPLIT_HOLDOUT] = counts.holdout
+    if counts.bandit:
+        fields[SPLIT_BANDIT] = counts.bandit
+    if counts.discount is not None:
+        scale = counts.discount[2]
+        for arm, n in counts.trials.items():
+            fields[stat_field(arm, DISCOUNTED + TRIALS)] = n * scale
+    return fields

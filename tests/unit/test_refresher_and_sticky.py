@@ -1,0 +1,139 @@
+"""The refresher, the change feed and sticky assignments against an in-memory store that fails on cue:
+the router keeps serving what it has, logs an outage once, and catches up when the store returns."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import replace
+
+import fakes
+import numpy as np
+import pytest
+
+from mabrouter.core.decide import Decision, RouteInput
+from mabrouter.core.model import Reason
+from mabrouter.runtime import refresher as refresher_module
+from mabrouter.runtime.holder import SnapshotHolder
+from mabrouter.runtime.refresher import Refresher, watch_changes
+from mabrouter.runtime.snapshot_builder import SnapshotBuilder
+from mabrouter.runtime.sticky import StickyAssignments
+from mabrouter.store.records import RawExperiment, RawState, UnattributedEdit
+
+from core_fixtures import bernoulli_spec, state
+
+DOC = json.dumps({"name": "exp", "control": "a", "arms": [{"name": "a"}, {"name": "b"}]})
+
+
+def stored(version: int = 1, doc: str = DOC, control: dict[str, str] | None = None) -> RawState:
+    config = {"doc": doc, "version": str(version)}
+    return RawState([RawExperiment("exp", config, {}, control or {})], {})
+
+
+def refresher(store: fakes.FakeStore) -> tuple[Refresher, SnapshotHolder]:
+    holder = SnapshotHolder()
+    return Refresher(store, holder, SnapshotBuilder(np.random.default_rng(0))), holder
+
+
+def test_a_failing_store_keeps_the_last_snapshot_and_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    store = fakes.FakeStore(stored())
+    made, holder = refresher(store)
+    assert asyncio.run(made.refresh_once())
+    first, loaded = holder.current, made.last_success
+    assert first is not None
+    assert "exp" in first.experiments
+
+    store.down = True
+    with caplog.at_level(logging.INFO, logger="mabrouter.runtime.refresher"):
+        assert not asyncio.run(made.refresh_once())
+        assert not asyncio.run(made.refresh_once())
+        assert holder.current is first
+        assert made.last_success == loaded
+        store.down = False
+        assert asyncio.run(made.refresh_once())
+    messages = [entry.getMessage() for entry in caplog.records if entry.name == refresher_module.__name__]
+    assert messages == [
+        "snapshot refresh failed, serving the last snapshot: cannot reach Redis: the fake store is down",
+        "snapshot refresh recovered",
+    ]
+
+
+def test_an_edit_made_without_the_cli_is_audited_and_a_failed_audit_does_not_fail_the_refresh(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = fakes.FakeStore(stored(control={"kill": "0"}))
+    made, _ = refresher(store)
+    asyncio.run(made.refresh_once())
+    store.state = stored(control={"kill": "1"})  # HSET by hand: same version, new content
+    assert asyncio.run(made.refresh_once())
+    assert store.unattributed == [UnattributedEdit("exp", "exp", "0", "1")]
+
+    store.failing = {"record_unattributed"}
+    store.state = stored(doc=DOC.replace('"b"', '"c"'), control={"kill": "1"})  # the document, in place
+    with caplog.at_level(logging.WARNING, logger="mabrouter.runtime.refresher"):
+        assert asyncio.run(made.refresh_once())
+    assert len(store.unattributed) == 1
+    assert [entry.getMessage() for entry in caplog.records if entry.name == refresher_module.__name__] == [
+        "could not write the audit entry for an unattributed edit of exp/doc: "
+        "cannot reach Redis: the fake store is down"
+    ]
+
+
+def test_the_change_feed_resubscribes_after_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = fakes.FakeStore()
+    monkeypatch.setattr(refresher_module, "MAX_RECONNECT_BACKOFF_SECONDS", 0.01)
+
+    async def run() -> int:
+        stop, wake = asyncio.Event(), asyncio.Event()
+        store.down = True
+        task = asyncio.create_task(watch_changes(store, stop, wake))
+        await asyncio.sleep(0.3)  # backoff 0.1 s, then at most 0.01 s: a few failed attempts
+        failures = len(store.calls)
+        store.down = False
+        await asyncio.wait_for(wake.wait(), 1)  # subscribed: the refresher resyncs
+        stop.set()
+        await asyncio.wait_for(task, 1)
+        return failures
+
+    assert asyncio.run(run()) >= 2
+
+
+def sticky_request(unit: str = "u1") -> RouteInput:
+    return RouteInput("exp", unit, {})
+
+
+def test_sticky_lookups_fall_back_to_hash_seeded_draws_while_the_store_is_down() -> None:
+    spec = bernoulli_spec(2, name="exp")
+    sticky_state = state(replace(spec, sticky_ttl_seconds=3600))
+    store = fakes.FakeStore()
+    assignments = StickyAssignments(store, breaker_seconds=60)
+
+    store.sticky["exp", "exp", "u1"] = "arm-1"
+    assert asyncio.run(assignments.resolve(sticky_request(), sticky_state)).sticky_arm == "arm-1"
+    store.down = True
+    assert asyncio.run(assignments.resolve(sticky_request(), sticky_state)).sticky_arm == "arm-1"  # cached
+    assert asyncio.run(assignments.resolve(sticky_request("u2"), sticky_state)).hash_seeded
+    calls = len(store.calls)
+    assert asyncio.run(assignments.resolve(sticky_request("u3"), sticky_state)).hash_seeded
+    assert len(store.calls) == calls  # the breaker is open: no lookup at all
+
+
+def test_sticky_assignments_are_written_later_and_the_first_writer_wins() -> None:
+    spec = bernoulli_spec(2, name="exp")
+    sticky_state = state(replace(spec, sticky_ttl_seconds=3600))
+    store = fakes.FakeStore()
+    assignments = StickyAssignments(store)
+    sampled = Decision("arm-1", Reason.SAMPLED, 0.5, 1, {}, counted=True)
+    assignments.remember(sticky_request("u1"), sampled, sticky_state)
+    assignments.remember(sticky_request("u2"), sampled, sticky_state)
+    store.sticky["exp", "exp", "u2"] = "arm-0"  # another replica assigned u2 first
+
+    store.down = True
+    asyncio.run(assignments.flush())  # kept for the next flush
+    store.down = False
+    asyncio.run(assignments.flush())
+
+    assert store.sticky == {("exp", "exp", "u1"): "arm-1", ("exp", "exp", "u2"): "arm-0"}
+    assert asyncio.run(assignments.resolve(sticky_request("u2"), sticky_state)).sticky_arm == "arm-0"
+    assert store.calls == ["assign_sticky", "assign_sticky"]  # u2's adopted arm came from the cache
