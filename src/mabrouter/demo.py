@@ -27,7 +27,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mabrouter.client.wire import RouterWire
-from mabrouter.errors import RouterCallError, StoreUnavailableError
+from mabrouter.errors import RouterCallError
 from mabrouter.store.admin_store import AdminStore
 
 TRUE_RATES = {"ranker-v1": 0.10, "ranker-v2": 0.12, "ranker-v3": 0.20}
@@ -78,15 +78,8 @@ def private_redis() -> Iterator[str]:
     url = f"redis://127.0.0.1:{port}/0"
     store = AdminStore.from_url(url)
 
-    def up() -> bool:
-        try:
-            store.names()
-        except StoreUnavailableError:
-            return False
-        return True
-
     try:
-        _wait(up, 10, "redis-server")
+        _wait(store.ping, 10, "redis-server")
         yield url
     finally:
         store.close()

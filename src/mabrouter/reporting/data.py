@@ -18,7 +18,7 @@ from mabrouter.reporting.decode import AuditRow, DecodedReport, Exposure, decode
 from mabrouter.reporting.estimate import Estimates, GuardrailRow, estimate
 from mabrouter.reporting.estimators import HoldoutComparison, IpwEstimate
 from mabrouter.reporting.read import read_stored
-from mabrouter.store.admin_store import AdminStore
+from mabrouter.store.ports import OperatorStore
 
 QUIET_MS = 3_600_000  # no decision logged for this long: say so
 KILL_LOOKBACK = 1000  # audit entries searched for who killed an arm
@@ -74,7 +74,7 @@ class ReportData:
 
 
 def gather(
-    store: AdminStore,
+    store: OperatorStore,
     name: str,
     *,
     since_ms: int,

@@ -18,9 +18,9 @@ import numpy.typing as npt
 from mabrouter.core.model import GlobalControls
 from mabrouter.reporting.estimators import BoolArray, FloatArray, IntArray
 from mabrouter.reporting.read import StoredReport
-from mabrouter.store.admin_store import AuditEntry
 from mabrouter.store.controls_codec import parse_global_controls
 from mabrouter.store.experiment_decoder import DecodedExperiment, decode_experiment
+from mabrouter.store.records import AuditEntry, arm_of_kill_target
 
 BANDIT_REASONS = ("SAMPLED", "STICKY")  # the policy's own choices (holdout and imposed answers are not)
 
@@ -90,7 +90,7 @@ def decode_report(stored: StoredReport, now_ms: int) -> DecodedReport:
         global_controls=global_controls,
         problems=tuple(problems),
         audit=audit,
-        guardrail_kills=_guardrail_kills(stored, audit, decoded.controls.killed_arms),
+        guardrail_kills=_guardrail_kills(stored.name, audit, decoded.controls.killed_arms),
         outcomes=len(rewards),
         exposure=exposure,
     )
@@ -130,13 +130,11 @@ def _audit_row(entry: AuditEntry) -> AuditRow:
     return AuditRow(int(f.get("ts_ms", "0") or 0), entry.scope, *text)
 
 
-def _guardrail_kills(
-    stored: StoredReport, audit: tuple[AuditRow, ...], killed: frozenset[str]
-) -> dict[str, str]:
+def _guardrail_kills(name: str, audit: tuple[AuditRow, ...], killed: frozenset[str]) -> dict[str, str]:
     """Killed arms whose latest kill switch change was the guardrail's: arm -> its evidence."""
-    prefix = stored.arm_kill_target
     latest: dict[str, AuditRow] = {}
     for row in audit:  # newest first
-        if row.scope == stored.name and row.target.startswith(prefix):
-            latest.setdefault(row.target.removeprefix(prefix), row)
+        arm = arm_of_kill_target(name, row.target) if row.scope == name else None
+        if arm is not None:
+            latest.setdefault(arm, row)
     return {arm: row.reason for arm, row in latest.items() if arm in killed and row.actor == "guardrail"}

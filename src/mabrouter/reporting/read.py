@@ -1,7 +1,8 @@
 """Step 1 of a report: read what is stored about an experiment, as stored (text, nothing parsed).
 
-The only module of the report that talks to the store. The two logs are read lazily, page by page, as
-the decode step consumes them: a million log entries never exist as Python dicts at the same time.
+The only module of the report that talks to the store, through its operator port. The two logs are read
+lazily, page by page, as the decode step consumes them: a million log entries never exist as Python
+dicts at the same time.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from mabrouter.store import keys
-from mabrouter.store.admin_store import AdminStore, AuditEntry, StoredExperiment
+from mabrouter.store.ports import OperatorStore
+from mabrouter.store.records import AuditEntry, StoredExperiment
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -21,10 +22,9 @@ class StoredReport:
     audit: list[AuditEntry]  # the experiment's and the global switches' entries, oldest first
     outcomes: Iterator[dict[str, str]]  # outcome log entries in the window, oldest first (lazy)
     decisions: Iterator[dict[str, str]]  # decision (exposure) log entries in the window, oldest first (lazy)
-    arm_kill_target: str  # how an audit entry's target starts when it flips one of the arms' kill switches
 
 
-def read_stored(store: AdminStore, name: str, since_ms: int, audit_count: int) -> StoredReport | None:
+def read_stored(store: OperatorStore, name: str, since_ms: int, audit_count: int) -> StoredReport | None:
     """What is stored about experiment `name` (None when it does not exist), the logs from `since_ms` on."""
     stored = store.get(name)
     if stored is None:
@@ -33,8 +33,7 @@ def read_stored(store: AdminStore, name: str, since_ms: int, audit_count: int) -
         name=name,
         experiment=stored,
         global_control=store.global_control(),
-        audit=store.audit([name, keys.GLOBAL_SCOPE], audit_count),
-        outcomes=store.read_log(keys.outcomes_log(name), since_ms),
-        decisions=store.read_log(keys.decisions_log(name), since_ms),
-        arm_kill_target=f"{name}/{keys.KILL_ARM_PREFIX}",
+        audit=store.audit([name], audit_count, global_switches=True),
+        outcomes=store.read_outcomes(name, since_ms),
+        decisions=store.read_decisions(name, since_ms),
     )
