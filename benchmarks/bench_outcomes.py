@@ -56,7 +56,8 @@ from common import (
 
 from mabrouter.client import CHANNEL_OPTIONS
 from mabrouter.store import keys
-from mabrouter.store.router_store import OutcomeWrite, RouterStore
+from mabrouter.store.records import OutcomeWrite
+from mabrouter.store.router_store import RouterStore
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 

@@ -31,7 +31,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mabrouter.core.hashing import bucket_of, in_rollout
 from mabrouter.schema import experiment_to_json, parse_experiment
-from mabrouter.store.admin_store import AdminStore, Change
+from mabrouter.store.admin_store import AdminStore
+from mabrouter.store.records import Change
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -35,7 +35,9 @@ from mabrouter.runtime.exposure import ExposureLog
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.metrics import RouterMetrics
 from mabrouter.runtime.outcomes import OutcomeRecorder
-from mabrouter.store.router_store import OutcomeWrite, RouterStore
+from mabrouter.runtime.signer import DecisionVerifier
+from mabrouter.store.records import OutcomeWrite
+from mabrouter.store.router_store import RouterStore
 from mabrouter.store.spool import OutcomeSpool
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
@@ -390,7 +392,12 @@ def replay(url: str, spool_dir: Path, writes: list[OutcomeWrite], log_maxlen: in
             spool.append(writes)
             exposure = ExposureLog(store, log_maxlen, lambda unit: unit)
             recorder = OutcomeRecorder(
-                store, SnapshotHolder(), [b"k"], 600, exposure=exposure, metrics=metrics, spool=spool
+                store,
+                SnapshotHolder(),
+                DecisionVerifier([b"k"], 600),
+                exposure=exposure,
+                metrics=metrics,
+                spool=spool,
             )
             await recorder.replay_spool(batch=7)
             assert len(spool) == 0  # drained: nothing blocks it

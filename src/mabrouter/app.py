@@ -22,7 +22,7 @@ from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.metrics import RouterMetrics, SnapshotCollector
 from mabrouter.runtime.outcomes import OutcomeRecorder
 from mabrouter.runtime.refresher import Refresher, every, watch_changes
-from mabrouter.runtime.signer import DecisionSigner
+from mabrouter.runtime.signer import DecisionSigner, DecisionVerifier
 from mabrouter.runtime.snapshot_builder import SnapshotBuilder
 from mabrouter.runtime.sticky import StickyAssignments
 from mabrouter.runtime.trials import TrialBuffer, TrialFlusher
@@ -120,8 +120,7 @@ class RouterApp:
         self.outcomes = OutcomeRecorder(
             self.store,
             self.holder,
-            accepted_keys,
-            settings.decision_ttl_seconds,
+            DecisionVerifier(accepted_keys, settings.decision_ttl_seconds),
             exposure=self.exposure,
             metrics=self.metrics,
             spool=self.spool,

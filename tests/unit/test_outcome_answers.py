@@ -24,6 +24,7 @@ from mabrouter.runtime.exposure import ExposureLog
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.metrics import RouterMetrics
 from mabrouter.runtime.outcomes import Accepted, OutcomeRecorder, OutcomeResult
+from mabrouter.runtime.signer import DecisionVerifier
 from mabrouter.store.records import OutcomeWrite, Refused
 
 from core_fixtures import bernoulli_spec, snapshot, state
@@ -65,7 +66,9 @@ def recorder(
     holder.current = snapshot(state(bernoulli_spec(3, name="exp")))
     metrics = RouterMetrics()
     exposure = ExposureLog(store, 1000, str)
-    made = OutcomeRecorder(store, holder, [KEY], 600, exposure=exposure, metrics=metrics, spool=spool)
+    made = OutcomeRecorder(
+        store, holder, DecisionVerifier([KEY], 600), exposure=exposure, metrics=metrics, spool=spool
+    )
     return made, metrics
 
 

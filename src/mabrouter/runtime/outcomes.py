@@ -38,6 +38,7 @@ from mabrouter.errors import (
 from mabrouter.runtime.exposure import ExposureLog
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.metrics import RouterMetrics
+from mabrouter.runtime.signer import DecisionVerifier
 from mabrouter.store.ports import OutcomeLedger, Spool
 from mabrouter.store.records import OutcomeWrite, Refused
 
@@ -108,8 +109,7 @@ class OutcomeRecorder:
         self,
         store: OutcomeLedger,
         holder: SnapshotHolder,
-        keys: Sequence[bytes],
-        ttl_seconds: int,
+        ids: DecisionVerifier,
         *,
         exposure: ExposureLog,
         metrics: RouterMetrics,
@@ -117,8 +117,7 @@ class OutcomeRecorder:
     ) -> None:
         self._store = store
         self._holder = holder
-        self._keys = tuple(keys)
-        self._ttl_seconds = ttl_seconds
+        self._ids = ids
         self._exposure = exposure
         self._metrics = metrics
         self._spool = spool
@@ -132,12 +131,11 @@ class OutcomeRecorder:
                 "no configuration loaded yet (is Redis reachable?); retry the outcome later"
             )
         now_ms = int(time.time() * 1000)
-        max_age_ms = self._ttl_seconds * 1000
         results: list[OutcomeResult] = []
         accepted: list[tuple[int, decision_id.DecisionToken, OutcomeWrite]] = []
         for raw_id, reward, metrics in outcomes:
             try:
-                token = decision_id.decode(raw_id, self._keys, now_ms, max_age_ms)
+                token = self._ids.verify(raw_id, now_ms)
                 validate_outcome(token, reward, snapshot)
                 watched = guardrail_metrics(token, metrics, snapshot)
                 discount = _discount(snapshot.experiments[token.experiment], now_ms, reward)
@@ -145,7 +143,7 @@ class OutcomeRecorder:
                 self._metrics.add(self._metrics.outcomes, "", f"refused_{exc.code.value}")
                 results.append(exc)
                 continue
-            remaining = max(1, (token.issued_ms + max_age_ms - now_ms) // 1000 + 1)
+            remaining = self._ids.seconds_left(token, now_ms)
             write = OutcomeWrite(
                 token.experiment,
                 token.arm,

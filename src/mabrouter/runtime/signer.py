@@ -1,8 +1,10 @@
-"""Issues signed decision ids: the signing key, a unique nonce and the wall clock in one place."""
+"""Issues signed decision ids (the signing key, a unique nonce and the wall clock in one place) and
+verifies the ids outcomes come back with."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from mabrouter.core import decision_id
 from mabrouter.core.decide import Decision
@@ -30,3 +32,22 @@ class DecisionSigner:
             segment=decision.segment,
         )
         return decision_id.encode(token, self._mac), token
+
+
+class DecisionVerifier:
+    """Checks the decision ids outcomes come back with: signed with any accepted key (key rotation),
+    and younger than the decision TTL, after which an outcome no longer counts."""
+
+    __slots__ = ("_keys", "_max_age_ms")
+
+    def __init__(self, accepted_keys: Sequence[bytes], ttl_seconds: int) -> None:
+        self._keys = tuple(accepted_keys)
+        self._max_age_ms = ttl_seconds * 1000
+
+    def verify(self, raw_id: str, now_ms: int) -> decision_id.DecisionToken:
+        """The token the id encodes; raises InvalidDecisionIdError or ExpiredDecisionIdError."""
+        return decision_id.decode(raw_id, self._keys, now_ms, self._max_age_ms)
+
+    def seconds_left(self, token: decision_id.DecisionToken, now_ms: int) -> int:
+        """How long (at least 1 s) the outcome's seen marker must outlive now: until the id expires."""
+        return max(1, (token.issued_ms + self._max_age_ms - now_ms) // 1000 + 1)

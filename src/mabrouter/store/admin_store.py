@@ -18,10 +18,6 @@ from mabrouter.store.connect import sync_client
 from mabrouter.store.errors import STORE_ERRORS, translated
 from mabrouter.store.records import AuditEntry, Change, StoredExperiment
 
-# The records this adapter speaks live in store/records.py, where the ports take them from. Re-exported
-# only until reporting (read.py, decode.py) imports them from there: then drop this list.
-__all__ = ["AdminStore", "AuditEntry", "Change", "StoredExperiment"]
-
 
 class AdminStore:
     def __init__(self, client: redis.Redis | RedisCluster) -> None:
@@ -127,12 +123,12 @@ class AdminStore:
             return _text_map(self._redis.hgetall(keys.control(keys.GLOBAL_SCOPE)))
 
     def read_decisions(self, experiment: str, since_ms: int) -> Iterator[dict[str, str]]:
-        return self.read_log(keys.decisions_log(experiment), since_ms)
+        return self._read_log(keys.decisions_log(experiment), since_ms)
 
     def read_outcomes(self, experiment: str, since_ms: int) -> Iterator[dict[str, str]]:
-        return self.read_log(keys.outcomes_log(experiment), since_ms)
+        return self._read_log(keys.outcomes_log(experiment), since_ms)
 
-    def read_log(self, stream: str, since_ms: int, page: int = 10_000) -> Iterator[dict[str, str]]:
+    def _read_log(self, stream: str, since_ms: int, page: int = 10_000) -> Iterator[dict[str, str]]:
         """Every entry of a log stream from `since_ms` on, oldest first, read in pages."""
         start = stream_id_at(since_ms)
         while True:
