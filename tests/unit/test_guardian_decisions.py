@@ -176,3 +176,14 @@ def test_an_unreachable_store_stops_no_judging(caplog: pytest.LogCaptureFixture)
     rig.publish(make(guarded("one"), HARMFUL), make(guarded("two"), HARMFUL))  # new states: judged again
     rig.check()
     assert sorted(rig.store.kills) == [("one", "arm-1"), ("two", "arm-1")]
+
+
+def test_a_kill_the_store_could_not_take_is_retried_on_the_same_statistics() -> None:
+    rig = Rig()
+    rig.publish(make(guarded(), HARMFUL))
+    rig.store.down = True
+    rig.check()  # the breach is found, the kill fails: Redis is down
+    assert rig.store.kills == {}
+    rig.store.down = False
+    rig.check()  # the same state (no new statistics): judged again, and killed now
+    assert rig.store.kills == {("exp", "arm-1"): "1"}

@@ -105,7 +105,6 @@ class Guardian:
             return last[1]
         breaches = self.breaches(state, name)
         breached = frozenset(breach.arm for breach in breaches)
-        self._judged[name] = (state, breached)
         for breach in breaches:
             # Over an operator's unkill only on evidence gathered since it (_fresh_evidence).
             unkilled = breach.arm in state.controls.operator_cleared
@@ -113,6 +112,9 @@ class Guardian:
             if await self._store.kill_arm(name, breach.arm, evidence, over_unkill=unkilled):
                 self._actions.labels(name, breach.arm, "auto_kill").inc()
                 log.warning("guardrail killed arm %s of %s: %s", breach.arm, name, breach.evidence)
+        # Remembered only once every kill was attempted: a kill the store could not take (Redis down)
+        # is tried again at the next check, not only when the statistics next change.
+        self._judged[name] = (state, breached)
         return breached
 
     async def _rebase(self, name: str, state: ExperimentState) -> None:

@@ -71,8 +71,11 @@ class AdminStore:
                     args=["", doc_json, *self._audit_args(change, f"{name}/doc", name)],
                 )
             )
-            # Listed after the config exists, so a router never lists a name it cannot load.
+            # Listed after the config exists, so a router never lists a name it cannot load. The script's
+            # change notice went out before the listing (the set lives in another cluster slot, outside
+            # the script): notify again, or routers would find a new experiment only at their next poll.
             self._redis.sadd(keys.EXPERIMENTS, name)
+            self._redis.publish(keys.CHANGES_CHANNEL, name)
         return version
 
     def set_kill(
