@@ -8,7 +8,6 @@ import logging
 import time
 from dataclasses import replace
 
-import fakes
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Counter
@@ -18,6 +17,7 @@ from mabrouter.core.snapshot import ExperimentState, Snapshot, build_experiment_
 from mabrouter.runtime.guardian import Guardian
 from mabrouter.runtime.holder import SnapshotHolder
 
+import fakes
 from core_fixtures import bernoulli_spec
 
 ERRORS = Guardrail("error", kind="rate", max_increase=0.02, min_samples=100)

@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import Sequence
 
-import fakes
 import pytest
 
 from mabrouter.core import decision_id
@@ -27,6 +26,7 @@ from mabrouter.runtime.outcomes import Accepted, OutcomeRecorder, OutcomeResult
 from mabrouter.runtime.signer import DecisionVerifier
 from mabrouter.store.records import OutcomeWrite, Refused
 
+import fakes
 from core_fixtures import bernoulli_spec, snapshot, state
 
 KEY = b"k" * 32

@@ -8,7 +8,6 @@ import json
 import logging
 from dataclasses import replace
 
-import fakes
 import numpy as np
 import pytest
 
@@ -21,6 +20,7 @@ from mabrouter.runtime.snapshot_builder import SnapshotBuilder
 from mabrouter.runtime.sticky import StickyAssignments
 from mabrouter.store.records import RawExperiment, RawState, UnattributedEdit
 
+import fakes
 from core_fixtures import bernoulli_spec, state
 
 DOC = json.dumps({"name": "exp", "control": "a", "arms": [{"name": "a"}, {"name": "b"}]})

@@ -6,13 +6,13 @@ import asyncio
 import logging
 from dataclasses import replace
 
-import fakes
 import pytest
 
 from mabrouter.core.discount import weight
 from mabrouter.runtime.trials import TrialBuffer, TrialFlusher
 from mabrouter.store.records import Refused
 
+import fakes
 from core_fixtures import bernoulli_spec, state
 
 NOW_MS = 1_700_000_000_000

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from redis_topologies import Ack, SentinelTopology, Traffic, running_sentinel
 
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
+from redis_topologies import Ack, SentinelTopology, Traffic, running_sentinel
 from support import EXAMPLE, RouterProcess, cli, wait_until
 
 # An OK already on its way from the router when the master is killed arrives a little after the kill.

@@ -27,7 +27,6 @@ import pytest
 import redis
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tcp_proxy import FaultProxy
 
 from mabrouter.core import decision_id
 from mabrouter.v1 import router_pb2 as pb
@@ -45,6 +44,7 @@ from support import (
     running_redis,
     wait_until,
 )
+from tcp_proxy import FaultProxy
 
 AOF = ("--appendonly", "yes", "--appendfsync", "always")
 CONTROL = "ranker-v1"

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parent.parent / "src" / "mabrouter"
+from support import ROOT
+
+SRC = ROOT / "src" / "mabrouter"
 
 
 def imports_of(path: Path) -> set[str]:

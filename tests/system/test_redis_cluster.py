@@ -20,12 +20,12 @@ from pathlib import Path
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from redis_topologies import Ack, RedisClusterTopology, Traffic, running_cluster
 
 from mabrouter.cli import main as mabrouter_main
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
+from redis_topologies import Ack, RedisClusterTopology, Traffic, running_cluster
 from support import EXAMPLE, RouterProcess, cli, free_port, wait_until
 
 # An OK already on its way from the router when the master is killed arrives a little after the kill.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -14,7 +13,8 @@ from hypothesis import strategies as st
 from mabrouter.core.hashing import BUCKETS, bucket_of, in_rollout
 from mabrouter.errors import InvalidRequestError
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import ROOT
+
 VECTORS = json.loads((ROOT / "tests" / "data" / "hash_vectors.json").read_text(encoding="utf-8"))
 
 _MASK = 0xFFFFFFFF
