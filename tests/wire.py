@@ -3,6 +3,16 @@ a string field, messages nested beyond protobuf's limit)."""
 
 from __future__ import annotations
 
+from mabrouter.v1 import router_pb2 as pb
+
+# The request message of each RPC, by method name.
+METHODS = {
+    "Route": pb.RouteRequest,
+    "RouteBatch": pb.RouteBatchRequest,
+    "ReportOutcome": pb.OutcomeRequest,
+    "ReportOutcomes": pb.ReportOutcomesRequest,
+}
+
 
 def varint(value: int) -> bytes:
     out = bytearray()

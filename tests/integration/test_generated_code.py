@@ -1,4 +1,5 @@
-"""The committed generated code must match protos/ exactly (regenerate: make protos)."""
+"""Committed generated files must match their generators: the gRPC code (protos/, regenerate with
+`make protos`) and the golden hash vectors (scripts/gen_hash_vectors.py). Each generator runs as a process."""
 
 from __future__ import annotations
 
@@ -21,3 +22,13 @@ def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
         assert filecmp.cmp(tmp_path / "mabrouter" / "v1" / name, committed / name, shallow=False), (
             f"src/mabrouter/v1/{name} is out of date with protos/: run `make protos`"
         )
+
+
+def test_golden_file_is_what_the_generator_writes() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_hash_vectors.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr

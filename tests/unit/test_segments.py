@@ -1,31 +1,18 @@
-"""Per-segment posteriors: each segment converges to its own best arm (real router, real Redis)."""
+"""Per-segment posteriors, pure: which values name a segment, and a segment uses the pooled posterior
+until it has trials of its own. A real router converging per segment:
+integration/test_segment_convergence.py."""
 
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
-import grpc
 import numpy as np
-from google.protobuf import struct_pb2
 
 from mabrouter.core.decide import RouteInput, decide, segment_of
 from mabrouter.core.model import ArmStats
 from mabrouter.core.snapshot import build_experiment_state
-from mabrouter.v1 import router_pb2 as pb
-from mabrouter.v1 import router_pb2_grpc
 
 from core_fixtures import bernoulli_spec, snapshot
-from support import InProcessRouter, RedisServer, cli, router_settings
-
-DOC = """
-name: feed
-control: a
-segment_by: {attribute: country, min_trials: 150}
-arms: [{name: a}, {name: b}, {name: c}]
-"""
-# Each country has a different best arm.
-TRUTH = {"DE": {"a": 0.05, "b": 0.30, "c": 0.05}, "US": {"a": 0.05, "b": 0.05, "c": 0.30}}
 
 
 def test_segment_values_are_validated() -> None:
@@ -59,37 +46,3 @@ def test_a_segment_uses_the_pooled_posterior_until_it_has_enough_trials() -> Non
     decision = decide(RouteInput("exp", "u", {"country": "DE"}), snap, rng)
     assert decision.segment == "DE"
     assert decision.propensity == state.segments["DE"].shares[spec.arm_index(decision.arm) or 0]
-
-
-def test_each_segment_converges_to_its_own_best_arm(redis_server: RedisServer, tmp_path: Path) -> None:
-    path = tmp_path / "feed.yaml"
-    path.write_text(DOC)
-    cli("experiment", "apply", str(path), redis_url=redis_server.url)
-    router = InProcessRouter(router_settings(redis_server.url)).start()
-    env = np.random.default_rng(7)
-    last: dict[str, Counter[str]] = {"DE": Counter(), "US": Counter()}
-    try:
-        with grpc.insecure_channel(router.address) as channel:
-            stub = router_pb2_grpc.RouterStub(channel)
-            for i in range(2400):
-                country = "DE" if i % 2 else "US"
-                attributes = struct_pb2.Struct(fields={"country": struct_pb2.Value(string_value=country)})
-                reply = stub.Route(pb.RouteRequest(experiment="feed", unit_id=f"u{i}", attributes=attributes))
-                if env.random() < TRUTH[country][reply.arm]:
-                    stub.ReportOutcome(pb.OutcomeRequest(decision_id=reply.decision_id, reward=1.0))
-                if i >= 2000:
-                    last[country][reply.arm] += 1
-        client = redis_server.client()
-        stats = client.hgetall("mabrouter:{feed}:stats")
-        client.close()
-    finally:
-        router.stop()
-    assert last["DE"]["b"] / 200 > 0.6, last
-    assert last["US"]["c"] / 200 > 0.6, last
-    # Segment statistics accrue beside the pooled ones, in the same hash.
-    assert float(stats["@DE|b:trials"]) > float(stats["@US|b:trials"])
-    assert float(stats["@DE|b:count"]) > 0
-    pooled_trials = sum(
-        float(v) for k, v in stats.items() if k.endswith(":trials") and not k.startswith(("@", "_"))
-    )
-    assert pooled_trials >= 2000
