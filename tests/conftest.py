@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from support import EXAMPLE, InProcessRouter, RedisServer, cli, router_settings, running_redis
+from support import InProcessRouter, RedisServer, apply_ranker, router_settings, running_redis
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +24,7 @@ def redis_server(redis_session: RedisServer) -> RedisServer:
 
 @pytest.fixture
 def applied_ranker(redis_server: RedisServer) -> RedisServer:
-    cli("experiment", "apply", str(EXAMPLE), redis_url=redis_server.url)
+    apply_ranker(redis_server.url)
     return redis_server
 
 

@@ -25,7 +25,7 @@ from mabrouter.core import decision_id
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from support import DECISION_SECRET, free_port, redis_binary, wait_until
+from support import DECISION_SECRET, free_port, redis_binary, redis_server_argv, wait_until
 
 NODE_TIMEOUT_MS = 1000  # cluster-node-timeout and sentinel down-after-milliseconds: failover in seconds
 SENTINEL_SERVICE = "mymaster"
@@ -107,24 +107,8 @@ class Node:
 
 
 def _data_node_argv(port: int, directory: Path, *extra: str) -> list[str]:
-    return [
-        redis_binary(),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(directory),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "no",
-        "--repl-diskless-sync-delay",  # a replica syncs at once, not 5 s later
-        "0",
-        *extra,
-    ]
+    # --repl-diskless-sync-delay 0: a replica syncs at once, not 5 s later
+    return redis_server_argv(port, directory, "--repl-diskless-sync-delay", "0", *extra)
 
 
 def _distinct_free_port(taken: set[int]) -> int:

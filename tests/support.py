@@ -11,7 +11,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,8 @@ from typing import Any
 
 import grpc
 import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from mabrouter.app import RouterApp
 from mabrouter.config import Settings
@@ -29,6 +33,8 @@ EXAMPLE = ROOT / "src" / "mabrouter" / "examples" / "ranker.yaml"
 # The decision secret every test router gets (routers refuse secrets under 32 bytes). Tests that sign or
 # decode decision ids themselves import it, so they always agree with the routers.
 DECISION_SECRET = "test-decision-secret-0123456789abcdef"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def free_port() -> int:
@@ -83,24 +89,30 @@ def redis_binary() -> str:
     return binary
 
 
+def redis_server_argv(port: int, directory: Path, *extra_args: str) -> list[str]:
+    """A private redis-server on loopback: its own port and directory, persistence off unless
+    `extra_args` turn it on (later arguments win). Every redis-server the tests start uses it."""
+    return [
+        redis_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(directory),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+        *extra_args,
+    ]
+
+
 def _spawn_redis(port: int, directory: Path, extra_args: tuple[str, ...]) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [
-            redis_binary(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(directory),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            *extra_args,
-        ],
+        redis_server_argv(port, directory, *extra_args),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -186,8 +198,16 @@ def router_settings(redis_url: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def stub(address: str) -> tuple[grpc.Channel, router_pb2_grpc.RouterStub]:
-    channel = grpc.insecure_channel(address)
+# Clients reconnect quickly to a router restarted on the same port (gRPC's default backoff starts at 1 s).
+FAST_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 250),
+]
+
+
+def open_stub(address: str) -> tuple[grpc.Channel, router_pb2_grpc.RouterStub]:
+    channel = grpc.insecure_channel(address, options=FAST_RECONNECT)
     return channel, router_pb2_grpc.RouterStub(channel)
 
 
@@ -208,25 +228,52 @@ def cli(*args: str, redis_url: str, check: bool = True, **env: str) -> subproces
     return result
 
 
-def health_serving(address: str, service: str = "") -> bool:
-    """Whether the router at `address` answers SERVING for `service` (False when it does not answer)."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+def cli_parallel(redis_url: str, *commands: Sequence[str]) -> list[str]:
+    """Run several CLI commands at once (each is a process of its own); their stdout, in order."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda command: cli(*command, redis_url=redis_url).stdout, commands))
 
+
+def apply_ranker(redis_url: str) -> None:
+    """`mabrouter experiment apply` of the packaged example (experiment "ranker")."""
+    cli("experiment", "apply", str(EXAMPLE), redis_url=redis_url)
+
+
+def health_status(address: str, service: str = "", timeout: float = 1.0) -> int | None:
+    """The health status the router at `address` answers for `service`; None when it does not answer."""
     with grpc.insecure_channel(address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=0.5
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
         except grpc.RpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+            return None
+    return int(reply.status)
+
+
+def health_serving(address: str, service: str = "") -> bool:
+    """Whether the router at `address` answers SERVING for `service` (False when it does not answer)."""
+    return health_status(address, service, timeout=0.5) == SERVING
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A router's Prometheus metrics as `name{label=value,...}` -> value (labels sorted, `name{}` without)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+        text = reply.read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}"] = sample.value
+    return values
 
 
 class RouterProcess:
     """A real `mabrouter serve` process."""
 
-    def __init__(self, redis_url: str, **env: str) -> None:
-        self.port = free_port()
+    def __init__(self, redis_url: str, port: int | None = None, **env: str) -> None:
+        """On `port` (a restarted router reuses its predecessor's), else on a free one."""
+        self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="mabrouter-router-", suffix=".log", delete=False)  # noqa: SIM115
         self.process = subprocess.Popen(

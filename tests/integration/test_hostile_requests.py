@@ -9,8 +9,6 @@ minute, without a traceback.
 
 from __future__ import annotations
 
-import base64
-import hmac
 import logging
 
 import grpc
@@ -19,8 +17,8 @@ import pytest
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from support import DECISION_SECRET, InProcessRouter, RedisServer, RouterProcess
-from wire import METHODS, field, nested_struct
+from support import InProcessRouter, RedisServer, RouterProcess
+from wire import METHODS, field, nested_struct, resign
 
 INVALID_UTF8 = {
     "Route": field(1, b"ranker") + field(2, b"user-\xff\xfe"),
@@ -134,20 +132,6 @@ def test_ordinary_refusals_are_counted_by_method_and_kind_and_successes_are_not(
 # -- signed decision ids with a field altered --------------------------------------------------------------
 
 
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def resigned(decision_id: str, index: int, value: str) -> str:
-    """`decision_id` with field `index` of its payload replaced, signed again with the routers' secret:
-    what a holder of a leaked secret (or a buggy router) could send."""
-    payload_text = decision_id.partition(".")[0]
-    fields = base64.urlsafe_b64decode(payload_text + "=" * (-len(payload_text) % 4)).decode().split("|")
-    fields[index] = value
-    payload = "|".join(fields).encode()
-    return f"{b64(payload)}.{b64(hmac.digest(DECISION_SECRET.encode(), payload, 'sha256')[:16])}"
-
-
 ALTERED = [
     (3, "x", "config_version"),  # was UNKNOWN: invalid literal for int()
     (4, "1.7e12", "issued_ms"),
@@ -166,7 +150,7 @@ def test_a_signed_decision_id_with_an_altered_field_is_invalid_argument_naming_i
     with grpc.insecure_channel(router.address) as channel:
         stub = router_pb2_grpc.RouterStub(channel)
         decision_id = stub.Route(pb.RouteRequest(experiment="ranker", unit_id="u1"), timeout=5).decision_id
-        forged = resigned(decision_id, index, value)
+        forged = resign(decision_id, [None] * index + [value.encode()])
         with pytest.raises(grpc.RpcError) as refused:
             stub.ReportOutcome(pb.OutcomeRequest(decision_id=forged, reward=1), timeout=5)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

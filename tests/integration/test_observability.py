@@ -41,11 +41,12 @@ from support import (
     InProcessRouter,
     RedisServer,
     cli,
+    open_stub,
     router_settings,
     running_redis,
-    stub,
     wait_until,
 )
+from wire import nonce_of
 
 EXPERIMENT = "ranker"
 ARMS = ("ranker-v1", "ranker-v2", "ranker-v3")
@@ -110,14 +111,6 @@ def wait_for_stream(redis_server: RedisServer, key: str, count: int) -> list[dic
     wait_until(lambda: len(stream(redis_server, key)) >= count, 10, what=f"{count} entries in {key}")
     time.sleep(0.1)  # a few more flush intervals: nothing beyond `count` may arrive
     return stream(redis_server, key)
-
-
-def nonce_of(decision_id: str) -> str:
-    """The nonce inside a decision id (README 'Decision ids': payload field 6)."""
-    import base64
-
-    payload = decision_id.partition(".")[0]
-    return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode().split("|")[5]
 
 
 def health_status(address: str, service: str = "") -> int:
@@ -191,7 +184,7 @@ def test_route_span_joins_the_callers_trace_and_the_outcome_span_links_back_to_i
     router, exporter = traced
     trace_id, parent_id = new_ids()
     outcome_trace, outcome_parent = new_ids()
-    channel, router_stub = stub(router.address)
+    channel, router_stub = open_stub(router.address)
     with channel:
         reply = router_stub.Route(
             pb.RouteRequest(experiment=EXPERIMENT, unit_id="user-42"),
@@ -243,7 +236,7 @@ def test_a_decision_in_an_unsampled_trace_is_not_recorded_and_its_outcome_has_no
 ) -> None:
     """The default sampler follows the caller's sampled flag: no span, and nothing for an outcome to link."""
     router, exporter = traced
-    channel, router_stub = stub(router.address)
+    channel, router_stub = open_stub(router.address)
     with channel:
         reply = router_stub.Route(
             pb.RouteRequest(experiment=EXPERIMENT, unit_id="u"),
@@ -266,7 +259,7 @@ def test_hashed_unit_ids_are_stable_keyed_pseudonyms_in_spans_and_the_exposure_l
     settings = router_settings(ranker.url, unit_id_privacy="hash")
     router = InProcessRouter(settings, tracer=provider.get_tracer("test")).start()
     try:
-        channel, router_stub = stub(router.address)
+        channel, router_stub = open_stub(router.address)
         with channel:
             for unit in ("alice@example.com", "alice@example.com", "bob@example.com"):
                 router_stub.Route(pb.RouteRequest(experiment=EXPERIMENT, unit_id=unit))
@@ -296,7 +289,7 @@ def test_prometheus_metrics_count_decisions_outcomes_and_describe_the_snapshot(
 ) -> None:
     router = ranker_router
     routes = 30
-    channel, router_stub = stub(router.address)
+    channel, router_stub = open_stub(router.address)
     with channel:
         replies = [
             router_stub.Route(pb.RouteRequest(experiment=EXPERIMENT, unit_id=f"u{i}")) for i in range(routes)
@@ -365,7 +358,7 @@ def test_metrics_listen_on_loopback_by_default(
 def test_decisions_and_applied_outcomes_are_logged_once_with_segments(
     segmented: RedisServer, segmented_router: InProcessRouter
 ) -> None:
-    channel, router_stub = stub(segmented_router.address)
+    channel, router_stub = open_stub(segmented_router.address)
     with channel:
         replies = [
             router_stub.Route(
@@ -410,7 +403,7 @@ def test_decisions_and_applied_outcomes_are_logged_once_with_segments(
 def test_exposure_log_maxlen_zero_disables_the_log(segmented: RedisServer) -> None:
     router = InProcessRouter(router_settings(segmented.url, exposure_log_maxlen=0)).start()
     try:
-        channel, router_stub = stub(router.address)
+        channel, router_stub = open_stub(router.address)
         with channel:
             for i in range(10):
                 reply = router_stub.Route(
@@ -449,7 +442,7 @@ def test_export_joins_each_decision_with_its_outcome_as_jsonl_and_csv_within_the
     segmented: RedisServer, segmented_router: InProcessRouter, tmp_path: Path
 ) -> None:
     countries = ["DE", "FR", "DE", "US"] * 5
-    channel, router_stub = stub(segmented_router.address)
+    channel, router_stub = open_stub(segmented_router.address)
     with channel:
         replies = [
             router_stub.Route(pb.RouteRequest(experiment=EXPERIMENT, unit_id=f"u{i}", attributes=country(c)))
@@ -530,7 +523,7 @@ def test_health_is_not_serving_until_the_first_snapshot_then_serving() -> None:
             time.sleep(0.3)  # several refresh attempts against the dead port
             for service in ("", "mabrouter.v1.Router", "mabrouter.snapshot"):
                 assert health_status(router.address, service) == NOT_SERVING, service
-            channel, router_stub = stub(router.address)
+            channel, router_stub = open_stub(router.address)
             with channel, pytest.raises(grpc.RpcError) as info:
                 router_stub.Route(pb.RouteRequest(experiment=EXPERIMENT, unit_id="u"), timeout=2)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -24,7 +24,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from mabrouter.cli import main as cli_main
 from mabrouter.v1 import router_pb2 as pb
 
-from support import EXAMPLE, RedisServer, RouterProcess, free_port, stub, wait_until
+from support import EXAMPLE, RedisServer, RouterProcess, free_port, open_stub, wait_until
 
 ROUTE_SPAN = "mabrouter.v1.Router/Route"
 OUTCOME_SPAN = "mabrouter.v1.Router/ReportOutcome"
@@ -133,7 +133,7 @@ def test_route_and_outcome_spans_reach_an_otlp_receiver_with_the_link(
     try:
         caller_trace, caller_span = secrets.token_bytes(16), secrets.token_bytes(8)
         later_trace, later_span = secrets.token_bytes(16), secrets.token_bytes(8)
-        channel, router_stub = stub(router.address)
+        channel, router_stub = open_stub(router.address)
         with channel:
             reply = router_stub.Route(
                 pb.RouteRequest(experiment="ranker", unit_id="user-9"),
@@ -178,7 +178,7 @@ def test_sigterm_flushes_spans_still_waiting_in_the_batch_processor(
     router = RouterProcess(ranker.url, **otlp_env(port, 600_000)).wait_serving()
     try:
         trace_id = secrets.token_bytes(16)
-        channel, router_stub = stub(router.address)
+        channel, router_stub = open_stub(router.address)
         with channel:
             replies = [
                 router_stub.Route(

@@ -47,9 +47,9 @@ from support import (
     RedisServer,
     RouterProcess,
     cli,
+    open_stub,
     router_settings,
     running_redis,
-    stub,
     wait_until,
 )
 
@@ -84,7 +84,7 @@ def apply(url: str, tmp_path: Path, *docs: dict[str, Any]) -> None:
 def rig(redis_server: RedisServer, tmp_path: Path) -> Iterator[Rig]:
     apply(redis_server.url, tmp_path, GAUSS, FADING)
     router = InProcessRouter(router_settings(redis_server.url)).start()
-    channel, client = stub(router.address)
+    channel, client = open_stub(router.address)
     try:
         yield Rig(router, client, redis_server.client())
     finally:
@@ -471,7 +471,7 @@ def test_with_a_spool_the_same_input_gets_the_same_answer_as_live(tmp_path: Path
     with running_redis(*AOF) as server:
         apply(server.url, tmp_path, GAUSS)
         router = InProcessRouter(router_settings(server.url, spool_dir=spool_dir)).start()
-        channel, client = stub(router.address)
+        channel, client = open_stub(router.address)
         rig = Rig(router, client, server.client())
         try:
 
@@ -511,7 +511,7 @@ def test_a_router_killed_during_spool_replay_loses_no_outcome_log_entry(tmp_path
         first = RouterProcess(server.url, MABROUTER_SPOOL_DIR=str(spool_dir))
         try:
             first.wait_serving()
-            channel, client = stub(first.address)
+            channel, client = open_stub(first.address)
             with channel:
                 decisions = []
                 for start in range(0, total, 500):

@@ -18,7 +18,6 @@ Every statistical assertion uses a false-alarm probability of ALPHA = 1e-4 (or 4
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import urllib.request
@@ -38,7 +37,8 @@ from mabrouter.core.snapshot import Snapshot, build_experiment_state
 from mabrouter.core.thompson import PROPENSITY_DRAWS
 from mabrouter.v1 import router_pb2 as pb
 
-from support import EXAMPLE, RedisServer, RouterProcess, cli, free_port, stub, wait_until
+from support import EXAMPLE, RedisServer, RouterProcess, cli, free_port, open_stub, wait_until
+from wire import nonce_of
 
 ALPHA = 1e-4
 M = PROPENSITY_DRAWS
@@ -198,7 +198,7 @@ def test_a_frozen_snapshot_serves_each_arm_as_often_as_its_logged_propensity() -
 
 def route_many(address: str, units: Sequence[str], threads: int = 4) -> list[pb.RouteResponse]:
     """Route one decision per unit over one channel from a few threads; replies in `units` order."""
-    channel, router_stub = stub(address)
+    channel, router_stub = open_stub(address)
     with channel, ThreadPoolExecutor(threads) as pool:
         return list(
             pool.map(
@@ -208,12 +208,6 @@ def route_many(address: str, units: Sequence[str], threads: int = 4) -> list[pb.
                 units,
             )
         )
-
-
-def nonce_of(decision_id: str) -> str:
-    """The nonce inside a decision id (README 'Decision ids': payload field 6)."""
-    payload = decision_id.partition(".")[0]
-    return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode().split("|")[5]
 
 
 def flushed_trials(redis_server: RedisServer) -> int:
@@ -343,7 +337,7 @@ def test_ipw_estimates_from_the_exposure_log_recover_the_true_arm_means(ranker: 
     round_of: dict[str, int] = {}
     round_shares: list[dict[str, float]] = []
     try:
-        channel, router_stub = stub(router.address)
+        channel, router_stub = open_stub(router.address)
         with channel:
             for r in range(rounds):
                 shares, snapshot_trials = scrape_arms(metrics_port)

@@ -18,7 +18,7 @@ from PIL import Image
 from mabrouter.cli import main
 from mabrouter.v1 import router_pb2 as pb
 
-from support import InProcessRouter, RedisServer, cli, router_settings, stub, wait_until
+from support import InProcessRouter, RedisServer, cli, open_stub, router_settings, wait_until
 
 EXPERIMENT = """
 name: shop
@@ -93,7 +93,7 @@ def shop_router(shop: RedisServer) -> Iterator[InProcessRouter]:
 def drive_traffic(router: InProcessRouter, rng: np.random.Generator) -> tuple[int, int]:
     """Route DECISIONS requests; report outcomes (with the error metric) for about 90% of them."""
     reported = holdout = 0
-    channel, router_stub = stub(router.address)
+    channel, router_stub = open_stub(router.address)
     with channel:
         pending: list[pb.OutcomeRequest] = []
         for i in range(DECISIONS):

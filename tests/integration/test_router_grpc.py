@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import math
 
 import grpc
@@ -12,7 +11,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mabrouter.v1 import router_pb2 as pb
 
-from support import InProcessRouter, RedisServer, stub, wait_until
+from support import InProcessRouter, RedisServer, open_stub, wait_until
+from wire import b64, unb64
 
 ARMS = {"ranker-v1", "ranker-v2", "ranker-v3"}
 
@@ -26,7 +26,7 @@ def stats(redis_server: RedisServer) -> dict[str, str]:
 
 
 def test_route_answers_with_a_signed_decision(router: InProcessRouter) -> None:
-    channel, router_stub = stub(router.address)
+    channel, router_stub = open_stub(router.address)
     with channel:
         reply = router_stub.Route(pb.RouteRequest(experiment="ranker", unit_id="user-1"), timeout=2)
     assert reply.arm in ARMS
@@ -40,7 +40,7 @@ def test_route_answers_with_a_signed_decision(router: InProcessRouter) -> None:
 def test_trials_are_flushed_and_an_outcome_counts_exactly_once(
     router: InProcessRouter, applied_ranker: RedisServer
 ) -> None:
-    channel, router_stub = stub(router.address)
+    channel, router_stub = open_stub(router.address)
     with channel:
         replies = [
             router_stub.Route(pb.RouteRequest(experiment="ranker", unit_id=f"u{i}")) for i in range(20)
@@ -63,7 +63,7 @@ def test_trials_are_flushed_and_an_outcome_counts_exactly_once(
 def test_outcomes_in_a_batch_get_results_in_order(
     router: InProcessRouter, applied_ranker: RedisServer
 ) -> None:
-    channel, router_stub = stub(router.address)
+    channel, router_stub = open_stub(router.address)
     with channel:
         good = router_stub.Route(pb.RouteRequest(experiment="ranker", unit_id="u"))
         reply = router_stub.ReportOutcomes(
@@ -126,7 +126,7 @@ def test_outcomes_in_a_batch_get_results_in_order(
 def test_bad_route_requests_get_clear_statuses(
     router: InProcessRouter, request_: pb.RouteRequest, code: grpc.StatusCode, needle: str
 ) -> None:
-    channel, router_stub = stub(router.address)
+    channel, router_stub = open_stub(router.address)
     with channel, pytest.raises(grpc.RpcError) as info:
         router_stub.Route(request_, timeout=2)
     assert info.value.code() == code
@@ -138,7 +138,7 @@ def test_bad_route_requests_get_clear_statuses(
     [(math.nan, "finite"), (math.inf, "finite"), (-0.1, "outside [0, 1]"), (1.5, "outside [0, 1]")],
 )
 def test_bad_rewards_are_refused(router: InProcessRouter, reward: float, needle: str) -> None:
-    channel, router_stub = stub(router.address)
+    channel, router_stub = open_stub(router.address)
     with channel:
         decision = router_stub.Route(pb.RouteRequest(experiment="ranker", unit_id="u"))
         with pytest.raises(grpc.RpcError) as info:
@@ -148,15 +148,13 @@ def test_bad_rewards_are_refused(router: InProcessRouter, reward: float, needle:
 
 
 def test_a_tampered_decision_id_is_rejected(router: InProcessRouter) -> None:
-    channel, router_stub = stub(router.address)
+    channel, router_stub = open_stub(router.address)
     with channel:
         decision = router_stub.Route(pb.RouteRequest(experiment="ranker", unit_id="u"))
         body, mac = decision.decision_id.split(".")
-        payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+        payload = unb64(body).decode()
         other_arm = next(arm for arm in sorted(ARMS) if arm != decision.arm)
-        claimed = (
-            base64.urlsafe_b64encode(payload.replace(decision.arm, other_arm).encode()).rstrip(b"=").decode()
-        )
+        claimed = b64(payload.replace(decision.arm, other_arm).encode())
         with pytest.raises(grpc.RpcError) as info:
             router_stub.ReportOutcome(pb.OutcomeRequest(decision_id=f"{claimed}.{mac}", reward=1.0))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -206,7 +204,7 @@ def pb_stub(channel: grpc.Channel) -> object:
 
 
 def test_route_batch_answers_each_request(router: InProcessRouter) -> None:
-    channel, router_stub = stub(router.address)
+    channel, router_stub = open_stub(router.address)
     with channel:
         reply = router_stub.RouteBatch(
             pb.RouteBatchRequest(

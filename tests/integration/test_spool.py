@@ -1,6 +1,7 @@
 """The outcome spool on its own: real files, real flocks, real processes killed with SIGKILL.
 
-End to end (router processes, Redis outages, the ledger) it is covered in test_reliability.py.
+End to end (router processes, Redis outages, the ledger) it is covered in test_exactly_once.py and
+test_limits.py.
 """
 
 from __future__ import annotations

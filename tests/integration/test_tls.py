@@ -1,8 +1,10 @@
-"""gRPC over TLS and mutual TLS, with certificates made by openssl for the test."""
+"""TLS with certificates made by openssl for the test: gRPC over TLS and mutual TLS to the router, and the
+router and the CLI over TLS to Redis (rediss://)."""
 
 from __future__ import annotations
 
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,21 @@ import pytest
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from support import InProcessRouter, RedisServer, cli, router_settings
+from faults import books_of, route
+from support import (
+    NOT_SERVING,
+    InProcessRouter,
+    RedisServer,
+    RouterProcess,
+    apply_ranker,
+    cli,
+    free_port,
+    health_status,
+    open_stub,
+    router_settings,
+    running_redis,
+    wait_until,
+)
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -148,3 +164,35 @@ def test_half_configured_tls_is_refused() -> None:
 
     with pytest.raises(ValidationError, match="set both tls_cert_file and tls_key_file"):
         router_settings("redis://unused", tls_cert_file=Path("server.pem"))
+
+
+# -- TLS to Redis (rediss://) ---------------------------------------------------------------------------
+
+
+def test_redis_over_tls_with_a_rediss_url_and_an_unverifiable_server_is_refused(pki: Path) -> None:
+    tls_port = free_port()
+    tls = (
+        *("--tls-port", str(tls_port), "--tls-auth-clients", "no"),
+        *("--tls-cert-file", str(pki / "server.pem"), "--tls-key-file", str(pki / "server.key")),
+        *("--tls-ca-cert-file", str(pki / "ca.pem")),
+    )
+    with running_redis(*tls) as redis_server:
+        verified = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={pki / 'ca.pem'}&ssl_cert_reqs=required"
+        apply_ranker(verified)  # the CLI over TLS
+        router = RouterProcess(verified)
+        untrusted = RouterProcess(f"rediss://127.0.0.1:{tls_port}/0")  # system CAs: cannot verify the server
+        try:
+            router.wait_serving()
+            channel, stub = open_stub(router.address)
+            with channel:
+                decision = route(stub, "u")
+                assert not stub.ReportOutcome(
+                    pb.OutcomeRequest(decision_id=decision.decision_id, reward=1.0), timeout=5
+                ).duplicate
+            wait_until(lambda: books_of(redis_server).trials == 1, 5, what="a trial over TLS")
+            assert books_of(redis_server).counts == Counter({decision.arm: 1})
+            wait_until(lambda: "certificate verify failed" in untrusted.output(), 10, what="a TLS refusal")
+            assert health_status(untrusted.address) == NOT_SERVING
+        finally:
+            router.kill()
+            untrusted.kill()

@@ -12,8 +12,6 @@ secret could send them.
 
 from __future__ import annotations
 
-import base64
-import hmac
 import math
 import time
 from collections import Counter
@@ -32,16 +30,8 @@ from hypothesis import strategies as st
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from support import (
-    DECISION_SECRET,
-    InProcessRouter,
-    RedisServer,
-    RouterProcess,
-    cli,
-    router_settings,
-    wait_until,
-)
-from wire import field, nested_struct
+from support import InProcessRouter, RedisServer, RouterProcess, cli, router_settings, wait_until
+from wire import b64, field, nested_struct, resign
 
 DEFINED = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -215,26 +205,6 @@ def _mutate(decision_id: str, position: int, char: str) -> str:
     return decision_id[:position] + char + decision_id[position + 1 :]
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def resign(decision_id: str, replacements: list[bytes | None]) -> str:
-    """`decision_id` with payload field i replaced by replacements[i] (None keeps it; fields past the end
-    are appended), signed again with the routers' secret: its signature verifies, its fields must not."""
-    text = decision_id.partition(".")[0]
-    fields = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).split(b"|")
-    for index, value in enumerate(replacements):
-        if value is None:
-            continue
-        if index < len(fields):
-            fields[index] = value
-        else:
-            fields.append(value)
-    payload = b"|".join(fields)
-    return f"{_b64(payload)}.{_b64(hmac.digest(DECISION_SECRET.encode(), payload, 'sha256')[:16])}"
-
-
 FIELD_VALUES = st.one_of(
     st.sampled_from(
         [b"", b"0", b"-1", b"1e3", b"1_000", b" 7", b"x", b"2", b"3", b"255", b"9" * 19, b"\xff", b"\xc3("]
@@ -253,17 +223,17 @@ def resigned_ids(pool: list[str]) -> st.SearchStrategy[str]:
 
 
 def decision_ids(pool: list[str]) -> st.SearchStrategy[str]:
-    b64 = st.binary(max_size=120).map(_b64)
+    b64_text = st.binary(max_size=120).map(b64)
     return mostly(
         st.sampled_from(pool),
         st.one_of(
             resigned_ids(pool),
             st.builds(_mutate, st.sampled_from(pool), st.integers(0, 200), st.characters(codec="utf-8")),
-            st.builds(lambda a, b: f"{a}.{b}", b64, b64),
+            st.builds(lambda a, b: f"{a}.{b}", b64_text, b64_text),
             st.builds(
-                lambda payload, mac: _b64(payload.encode()) + "." + mac,
+                lambda payload, mac: b64(payload.encode()) + "." + mac,
                 st.text(max_size=80).map(lambda t: "1|" + t),
-                b64,
+                b64_text,
             ),
             st.text(max_size=60),
             LONG,

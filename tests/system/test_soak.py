@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_reliability import AOF, LedgerRun, apply_ranker
 
-from support import running_redis
+from faults import AOF
+from ledger import LedgerRun
+from support import apply_ranker, running_redis
 
 SECONDS = float(os.environ.get("MABROUTER_SOAK_SECONDS", "300"))
 SEED = int(os.environ.get("MABROUTER_SOAK_SEED", str(time.time_ns() % 1_000_000)))
