@@ -1,9 +1,10 @@
-# mabrouter: `make demo` runs the main job end to end; `make test` runs lint, types and the test suite.
+# mabrouter: `make demo` runs the main job end to end; `make test` runs lint, types and the test suite;
+# `make test-fast` only the unit tests (no Redis, no processes: seconds).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest bench protos system-deps clean
+.PHONY: demo test test-fast lint typecheck pytest bench protos system-deps clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mabrouter needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -29,6 +30,10 @@ pytest: $(BIN)/.installed system-deps
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# tests/unit only: no redis-server, no sockets, no subprocesses (tests/README.md).
+test-fast: $(BIN)/.installed
+	$(BIN)/pytest -q tests/unit
 
 # ~8 minutes: decision cost, router vs the bare gRPC floor (h2load), outcomes/s, regret vs MABWiser.
 bench: $(BIN)/.installed

@@ -1,10 +1,19 @@
+"""Fixtures every folder shares: one private redis-server per session (never the shared 6379), emptied for
+each test; the example experiment applied to it; a router serving it in this process.
+
+The helper modules beside this file (support, faults, ledger, wire, core_fixtures, hostile_stored,
+tcp_proxy, redis_topologies) import as top-level names from any folder: pytest puts this directory on
+sys.path when it loads this conftest (the default "prepend" import mode). Test file names are therefore
+unique across unit/, integration/ and system/.
+"""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
 
-from support import InProcessRouter, RedisServer, apply_ranker, router_settings, running_redis
+from support import EXAMPLE, InProcessRouter, RedisServer, cli_in_process, router_settings, running_redis
 
 
 @pytest.fixture(scope="session")
@@ -24,14 +33,13 @@ def redis_server(redis_session: RedisServer) -> RedisServer:
 
 @pytest.fixture
 def applied_ranker(redis_server: RedisServer) -> RedisServer:
-    apply_ranker(redis_server.url)
+    """The example experiment ("ranker"), applied by the CLI's own code in this process (no interpreter
+    start-up: tests of the CLI as a process call support.cli)."""
+    cli_in_process("experiment", "apply", str(EXAMPLE), redis_url=redis_server.url)
     return redis_server
 
 
 @pytest.fixture
 def router(applied_ranker: RedisServer) -> Iterator[InProcessRouter]:
-    instance = InProcessRouter(router_settings(applied_ranker.url)).start()
-    try:
+    with InProcessRouter(router_settings(applied_ranker.url)).start() as instance:
         yield instance
-    finally:
-        instance.stop()

@@ -25,15 +25,14 @@ import redis
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from support import RedisServer, open_stub, scrape
+from support import RedisServer, RouterProcess, apply_ranker, open_stub, running_redis, scrape
 
 if TYPE_CHECKING:
     from ledger import Issued
 
 
+# redis-server with every write fsync'd to its append-only file: a SIGKILL loses nothing acknowledged.
 AOF = ("--appendonly", "yes", "--appendfsync", "always")
-
-
 # Generous bound on Route latency while Redis is dead, hung or slow: a Route that waited for Redis would
 # take the 2 s socket timeout (or 400+ ms of round trips through the slow proxy), far above it.
 ROUTE_P99_BOUND = 0.050
@@ -110,6 +109,23 @@ def stopped(redis_server: RedisServer) -> Iterator[None]:
         yield
     finally:
         redis_server.process.send_signal(signal.SIGCONT)
+
+
+@contextmanager
+def ranker_process(
+    *redis_args: str, **env: str
+) -> Iterator[tuple[RedisServer, RouterProcess, router_pb2_grpc.RouterStub]]:
+    """A private redis-server (started with `redis_args`) holding the example experiment, one `mabrouter
+    serve` on it (with `env`) and a stub to it. The router is killed on the way out; its log stays."""
+    with running_redis(*redis_args) as redis_server:
+        apply_ranker(redis_server.url)
+        router = RouterProcess(redis_server.url, **env).wait_serving()
+        try:
+            channel, stub = open_stub(router.address)
+            with channel:
+                yield redis_server, router, stub
+        finally:
+            router.kill()
 
 
 # -- latency ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Hypothesis strategies for what anyone may write by hand into the keys a router reads (issue 11).
 
-Shared by the pure builder test (test_snapshot_builder_hostile.py) and the real-router test
-(test_stored_values_fuzz.py): documents, statistics, switches and global switches, with field names
+Shared by the pure builder test (unit/test_snapshot_builder_hostile.py) and the real-router test
+(system/test_stored_values_fuzz.py): documents, statistics, switches and global switches, with field names
 the router knows (so values reach every decoder) and arbitrary ones, and values that are extreme
 numbers, numbers a float cannot hold, text and JSON of the wrong shape.
 """

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -544,6 +544,48 @@ def running_sentinel(replicas: int = 1, sentinels: int = 3) -> Iterator[Sentinel
 
 
 # --- Live traffic against a router ----------------------------------------------------------------------
+
+
+def stat_totals(client: redis.Redis | redis.RedisCluster, experiment: str = "ranker") -> dict[str, float]:
+    """The experiment's statistics summed over its arms: trials, count (outcomes), sum (rewards). Closes
+    `client` (a node's, a cluster's: whichever holds the keys to read)."""
+    try:
+        raw = client.hgetall(f"mabrouter:{{{experiment}}}:stats")
+    finally:
+        client.close()
+    totals = {"trials": 0.0, "count": 0.0, "sum": 0.0}
+    for field_name, value in raw.items():
+        stat = field_name.rsplit(":", 1)[1]
+        if stat in totals:
+            totals[stat] += float(value)
+    return totals
+
+
+def seen_nonces(client: redis.Redis | redis.RedisCluster, experiment: str, acks: Sequence[Ack]) -> set[str]:
+    """The nonces among `acks` whose `seen` marker (the proof an outcome was applied) `client` finds.
+    Closes `client`."""
+    try:
+        found: set[str] = set()
+        for start in range(0, len(acks), 500):
+            chunk = acks[start : start + 500]
+            with client.pipeline(transaction=False) as pipe:
+                for ack in chunk:
+                    pipe.exists(f"mabrouter:{{{experiment}}}:seen:{ack.nonce}")
+                found |= {ack.nonce for ack, n in zip(chunk, pipe.execute(), strict=True) if n}
+        return found
+    finally:
+        client.close()
+
+
+def killed_within(stub: router_pb2_grpc.RouterStub, experiment: str, seconds: float) -> float | None:
+    """How long until Route answers KILLED for `experiment` (None if not within `seconds`)."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if stub.Route(pb.RouteRequest(experiment=experiment, unit_id="k"), timeout=5).reason == pb.KILLED:
+            return time.monotonic() - started
+        time.sleep(0.005)
+    return None
+
 
 SECRET = DECISION_SECRET.encode()  # the decision secret support.RouterProcess gives every router
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import shutil
 import socket
@@ -12,19 +13,21 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import redis
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from mabrouter.app import RouterApp
+from mabrouter.cli import main as cli_main
 from mabrouter.config import Settings
 from mabrouter.v1 import router_pb2_grpc
 
@@ -143,6 +146,17 @@ def running_redis(*extra_args: str) -> Iterator[RedisServer]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def stats_hash(redis_server: RedisServer, experiment: str = "ranker") -> dict[str, str]:
+    """An experiment's statistics hash as Redis holds it (field -> value)."""
+    client = redis_server.client()
+    try:
+        return {
+            str(key): str(value) for key, value in client.hgetall(f"mabrouter:{{{experiment}}}:stats").items()
+        }
+    finally:
+        client.close()
+
+
 class InProcessRouter:
     """A real RouterApp serving gRPC on a free port from a background thread's event loop."""
 
@@ -183,6 +197,12 @@ class InProcessRouter:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+    def __enter__(self) -> InProcessRouter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 def router_settings(redis_url: str, **overrides: Any) -> Settings:
@@ -226,6 +246,39 @@ def cli(*args: str, redis_url: str, check: bool = True, **env: str) -> subproces
             f"mabrouter {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+def redis_cli(redis_server: RedisServer, *args: str) -> str:
+    """One command through the real `redis-cli`, as an operator types it; its reply (an error reply fails)."""
+    result = subprocess.run(
+        ["redis-cli", "-p", str(redis_server.port), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    )
+    assert not result.stdout.startswith(("ERR", "WRONGTYPE", "(error)")), result.stdout
+    return result.stdout.strip()
+
+
+def cli_in_process(*args: str, redis_url: str) -> str:
+    """The real CLI (`mabrouter.cli.main`) run in this process, without an interpreter start-up; its stdout.
+    Asserts it exits 0 (`cli` runs it as a process)."""
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = cli_main([*args, "--redis-url", redis_url])
+    assert code == 0, f"mabrouter {' '.join(args)} exited {code}:\n{out.getvalue()}"
+    return out.getvalue()
+
+
+def apply_experiments(redis_url: str, directory: Path, *documents: Mapping[str, Any] | str) -> None:
+    """Write each experiment (a document, or its YAML text) to DIRECTORY/NAME.yaml and apply it with the
+    CLI's own code, in this process."""
+    for document in documents:
+        text = document if isinstance(document, str) else yaml.safe_dump(dict(document))
+        path = directory / f"{yaml.safe_load(text)['name']}.yaml"
+        path.write_text(text)
+        cli_in_process("experiment", "apply", str(path), redis_url=redis_url)
 
 
 def cli_parallel(redis_url: str, *commands: Sequence[str]) -> list[str]:

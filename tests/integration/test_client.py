@@ -30,7 +30,6 @@ from mabrouter.client import (
 )
 from mabrouter.v1 import router_pb2
 
-import support
 from support import ROOT, InProcessRouter, RedisServer, RouterProcess, free_port, router_settings, wait_until
 
 ARMS = {"ranker-v1", "ranker-v2", "ranker-v3"}
@@ -335,15 +334,6 @@ def test_full_buffer_refuses_outcomes_and_close_reports_the_loss() -> None:
     assert (stats.pending, stats.sent, stats.ignored) == (5, 0, 1)
 
 
-def router_process_on_port(redis_url: str, port: int) -> RouterProcess:
-    """support.RouterProcess always picks a free port; a restart must reuse the old one."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(support, "free_port", lambda: port)
-        process = RouterProcess(redis_url)
-    assert process.address == f"127.0.0.1:{port}"
-    return process
-
-
 def test_reporter_loses_nothing_across_a_sidecar_restart(applied_ranker: RedisServer) -> None:
     first = RouterProcess(applied_ranker.url).wait_serving()
     second: RouterProcess | None = None
@@ -371,7 +361,7 @@ def test_reporter_loses_nothing_across_a_sidecar_restart(applied_ranker: RedisSe
             reporting.join(30)
             pending_at_restart = reporter.pending
             assert pending_at_restart > 0  # the outage really left outcomes buffered
-            second = router_process_on_port(applied_ranker.url, first.port).wait_serving()
+            second = RouterProcess(applied_ranker.url, port=first.port).wait_serving()
             assert reporter.flush(30.0), f"{reporter.pending} outcomes still pending"
             reporter.close(5.0)
         stats = reporter.stats()

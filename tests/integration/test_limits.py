@@ -21,6 +21,7 @@ from mabrouter.v1 import router_pb2 as pb
 from faults import (
     AOF,
     books_of,
+    ranker_process,
     report_until_acknowledged,
     route,
     route_many,
@@ -120,40 +121,33 @@ def test_a_2mb_message_is_resource_exhausted(router: InProcessRouter) -> None:
 
 
 def test_max_concurrent_rpcs_sheds_load_instead_of_queueing() -> None:
-    with running_redis() as redis_server:
-        apply_ranker(redis_server.url)
-        router = RouterProcess(redis_server.url, MABROUTER_MAX_CONCURRENT_RPCS="2").wait_serving()
-        try:
-            channel, stub = open_stub(router.address)
-            with channel:
-                decisions = [route(stub, f"u{i}") for i in range(8)]
-                with stopped(redis_server), ThreadPoolExecutor(9) as pool:
-                    slow = [
-                        pool.submit(
-                            timed,
-                            lambda d=d: stub.ReportOutcome(
-                                pb.OutcomeRequest(decision_id=d.decision_id, reward=1.0), timeout=15
-                            ),
-                        )
-                        for d in decisions
-                    ]
-                    time.sleep(0.3)  # the one admitted outcome call holds its slot, waiting on Redis
-                    during, route_error, _, route_seconds = timed(lambda: route(stub, "during"))
-                    results = [future.result() for future in slow]
-                codes = Counter(code for _, code, _, _ in results)
-                shed = [r for r in results if r[1] == grpc.StatusCode.RESOURCE_EXHAUSTED]
-                assert shed
-                assert all(seconds < 1.0 and details for _, _, details, seconds in shed)  # refused at once
-                assert any("outcome calls already in flight" in details for _, _, details, _ in shed)
-                assert codes[grpc.StatusCode.UNAVAILABLE] <= 2  # only the admitted ones waited for Redis
-                assert set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
-                # Outcome calls may take only half the slots: Route keeps the rest and is answered.
-                assert route_error is None, route_error
-                assert during.reason == pb.SAMPLED
-                assert route_seconds < 1.0
-                assert route(stub, "after").reason == pb.SAMPLED
-        finally:
-            router.kill()
+    with ranker_process(MABROUTER_MAX_CONCURRENT_RPCS="2") as (redis_server, _router, stub):
+        decisions = [route(stub, f"u{i}") for i in range(8)]
+        with stopped(redis_server), ThreadPoolExecutor(9) as pool:
+            slow = [
+                pool.submit(
+                    timed,
+                    lambda d=d: stub.ReportOutcome(
+                        pb.OutcomeRequest(decision_id=d.decision_id, reward=1.0), timeout=15
+                    ),
+                )
+                for d in decisions
+            ]
+            time.sleep(0.3)  # the one admitted outcome call holds its slot, waiting on Redis
+            during, route_error, _, route_seconds = timed(lambda: route(stub, "during"))
+            results = [future.result() for future in slow]
+        codes = Counter(code for _, code, _, _ in results)
+        shed = [r for r in results if r[1] == grpc.StatusCode.RESOURCE_EXHAUSTED]
+        assert shed
+        assert all(seconds < 1.0 and details for _, _, details, seconds in shed)  # refused at once
+        assert any("outcome calls already in flight" in details for _, _, details, _ in shed)
+        assert codes[grpc.StatusCode.UNAVAILABLE] <= 2  # only the admitted ones waited for Redis
+        assert set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
+        # Outcome calls may take only half the slots: Route keeps the rest and is answered.
+        assert route_error is None, route_error
+        assert during.reason == pb.SAMPLED
+        assert route_seconds < 1.0
+        assert route(stub, "after").reason == pb.SAMPLED
     print(
         f"\nmax_concurrent_rpcs=2 with Redis hung: { {c.name: n for c, n in codes.items()} }; "
         f"shed in <= {max(r[3] for r in shed) * 1000:.1f} ms; Route answered in {route_seconds * 1000:.1f} ms"
@@ -161,31 +155,24 @@ def test_max_concurrent_rpcs_sheds_load_instead_of_queueing() -> None:
 
 
 def test_a_caller_deadline_shorter_than_a_redis_stall_is_honoured_promptly() -> None:
-    with running_redis() as redis_server:
-        apply_ranker(redis_server.url)
-        router = RouterProcess(redis_server.url).wait_serving()
-        try:
-            channel, stub = open_stub(router.address)
-            with channel:
-                decisions = [route(stub, f"u{i}") for i in range(21)]
-                with stopped(redis_server):
-                    _, code, _, seconds = timed(
-                        lambda: stub.ReportOutcome(
-                            pb.OutcomeRequest(decision_id=decisions[0].decision_id, reward=1.0), timeout=0.3
-                        )
-                    )
-                    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-                    assert seconds < 1.0
-                    assert route(stub, "during").reason == pb.SAMPLED
-                    time.sleep(2.5)  # let the server-side call hit its Redis timeout after the caller left
-                # The cancelled call left no poisoned connection: every later outcome lands on its own arm.
-                replies = [report_until_acknowledged(stub, d, 1.0)[0] for d in decisions[1:]]
-                assert [r.arm for r in replies] == [d.arm for d in decisions[1:]]
-                retried, _ = report_until_acknowledged(stub, decisions[0], 1.0)
-                assert books_of(redis_server).counts == Counter(d.arm for d in decisions)
-        finally:
-            router.kill()
-        log = router.output()
+    with ranker_process() as (redis_server, router, stub):
+        decisions = [route(stub, f"u{i}") for i in range(21)]
+        with stopped(redis_server):
+            _, code, _, seconds = timed(
+                lambda: stub.ReportOutcome(
+                    pb.OutcomeRequest(decision_id=decisions[0].decision_id, reward=1.0), timeout=0.3
+                )
+            )
+            assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert seconds < 1.0
+            assert route(stub, "during").reason == pb.SAMPLED
+            time.sleep(2.5)  # let the server-side call hit its Redis timeout after the caller left
+        # The cancelled call left no poisoned connection: every later outcome lands on its own arm.
+        replies = [report_until_acknowledged(stub, d, 1.0)[0] for d in decisions[1:]]
+        assert [r.arm for r in replies] == [d.arm for d in decisions[1:]]
+        retried, _ = report_until_acknowledged(stub, decisions[0], 1.0)
+        assert books_of(redis_server).counts == Counter(d.arm for d in decisions)
+    log = router.output()
     assert "Traceback" not in log, log
     print(
         f"\ndeadline 0.3 s during a Redis stall: DEADLINE_EXCEEDED after {seconds * 1000:.0f} ms; "
@@ -247,20 +234,13 @@ def test_fallback_answers_do_not_create_a_metric_series_per_caller_supplied_name
 
 
 def test_a_redis_outage_is_logged_once_not_once_per_retry() -> None:
-    with running_redis() as redis_server:
-        apply_ranker(redis_server.url)
-        router = RouterProcess(redis_server.url).wait_serving()
-        try:
-            channel, stub = open_stub(router.address)
-            with channel:
-                route(stub, "u")
-                redis_server.stop(kill=True)
-                deadline = time.monotonic() + 2.0
-                while time.monotonic() < deadline:  # traffic keeps a trial batch waiting to be flushed
-                    route(stub, "u")
-                    time.sleep(0.01)
-        finally:
-            router.kill()
+    with ranker_process() as (redis_server, router, stub):
+        route(stub, "u")
+        redis_server.stop(kill=True)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # traffic keeps a trial batch waiting to be flushed
+            route(stub, "u")
+            time.sleep(0.01)
     warnings = [line for line in router.output().splitlines() if " WARNING " in line]
     per_logger = Counter(line.split(" WARNING ", 1)[1].split(":", 1)[0] for line in warnings)
     print(f"\n2 s outage: {len(warnings)} WARNING lines: {dict(per_logger)}")

@@ -25,22 +25,25 @@ import grpc
 import pytest
 import yaml
 from google.protobuf import struct_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from mabrouter.cli import main as cli_main
 from mabrouter.config import Settings
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
 from support import (
     EXAMPLE,
+    NOT_SERVING,
+    SERVING,
     InProcessRouter,
     RedisServer,
+    apply_experiments,
     cli,
+    cli_in_process,
+    health_status,
     open_stub,
     router_settings,
     running_redis,
@@ -55,8 +58,6 @@ OUTCOMES = f"mabrouter:{{{EXPERIMENT}}}:outcomes"
 ROUTE_SPAN = "mabrouter.v1.Router/Route"
 OUTCOME_SPAN = "mabrouter.v1.Router/ReportOutcome"
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -113,41 +114,12 @@ def wait_for_stream(redis_server: RedisServer, key: str, count: int) -> list[dic
     return stream(redis_server, key)
 
 
-def health_status(address: str, service: str = "") -> int:
-    with grpc.insecure_channel(address) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=2
-        )
-    return int(reply.status)
-
-
-def apply(redis_server: RedisServer, path: Path) -> None:
-    """`mabrouter experiment apply`, run in this process: the CLI's own code without an interpreter start
-    (the subprocess path is exercised by the export tests below)."""
-    assert cli_main(["experiment", "apply", str(path), "--redis-url", redis_server.url]) == 0
-
-
 @pytest.fixture
-def ranker(redis_server: RedisServer) -> RedisServer:
-    apply(redis_server, EXAMPLE)
-    return redis_server
-
-
-@pytest.fixture
-def ranker_router(ranker: RedisServer) -> Iterator[InProcessRouter]:
-    router = InProcessRouter(router_settings(ranker.url)).start()
-    try:
-        yield router
-    finally:
-        router.stop()
-
-
-@pytest.fixture
-def traced(ranker: RedisServer) -> Iterator[tuple[InProcessRouter, InMemorySpanExporter]]:
+def traced(applied_ranker: RedisServer) -> Iterator[tuple[InProcessRouter, InMemorySpanExporter]]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    router = InProcessRouter(router_settings(ranker.url), tracer=provider.get_tracer("test")).start()
+    router = InProcessRouter(router_settings(applied_ranker.url), tracer=provider.get_tracer("test")).start()
     try:
         yield router, exporter
     finally:
@@ -160,19 +132,14 @@ def segmented(redis_server: RedisServer, tmp_path: Path) -> RedisServer:
     """The example experiment, plus `segments: [country]` (logged with each decision)."""
     doc = yaml.safe_load(EXAMPLE.read_text())
     doc["segments"] = ["country"]
-    path = tmp_path / "ranker-segmented.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    apply(redis_server, path)
+    apply_experiments(redis_server.url, tmp_path, doc)
     return redis_server
 
 
 @pytest.fixture
 def segmented_router(segmented: RedisServer) -> Iterator[InProcessRouter]:
-    router = InProcessRouter(router_settings(segmented.url)).start()
-    try:
+    with InProcessRouter(router_settings(segmented.url)).start() as router:
         yield router
-    finally:
-        router.stop()
 
 
 # --- spans -----------------------------------------------------------------------------------------------
@@ -251,19 +218,19 @@ def test_a_decision_in_an_unsampled_trace_is_not_recorded_and_its_outcome_has_no
 
 
 def test_hashed_unit_ids_are_stable_keyed_pseudonyms_in_spans_and_the_exposure_log(
-    ranker: RedisServer,
+    applied_ranker: RedisServer,
 ) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    settings = router_settings(ranker.url, unit_id_privacy="hash")
+    settings = router_settings(applied_ranker.url, unit_id_privacy="hash")
     router = InProcessRouter(settings, tracer=provider.get_tracer("test")).start()
     try:
         channel, router_stub = open_stub(router.address)
         with channel:
             for unit in ("alice@example.com", "alice@example.com", "bob@example.com"):
                 router_stub.Route(pb.RouteRequest(experiment=EXPERIMENT, unit_id=unit))
-        logged = wait_for_stream(ranker, DECISIONS, 3)
+        logged = wait_for_stream(applied_ranker, DECISIONS, 3)
     finally:
         router.stop()
         provider.shutdown()
@@ -285,9 +252,8 @@ def test_hashed_unit_ids_are_stable_keyed_pseudonyms_in_spans_and_the_exposure_l
 
 
 def test_prometheus_metrics_count_decisions_outcomes_and_describe_the_snapshot(
-    ranker_router: InProcessRouter,
+    router: InProcessRouter,
 ) -> None:
-    router = ranker_router
     routes = 30
     channel, router_stub = open_stub(router.address)
     with channel:
@@ -330,9 +296,8 @@ def test_prometheus_metrics_count_decisions_outcomes_and_describe_the_snapshot(
 
 
 def test_metrics_listen_on_loopback_by_default(
-    ranker_router: InProcessRouter, monkeypatch: pytest.MonkeyPatch
+    router: InProcessRouter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    router = ranker_router
     monkeypatch.delenv("MABROUTER_METRICS_LISTEN", raising=False)
     assert Settings().metrics_listen.startswith("127.0.0.1:")
     # The test router asked for 127.0.0.1:0: its listening socket is bound to loopback only.
@@ -522,17 +487,17 @@ def test_health_is_not_serving_until_the_first_snapshot_then_serving() -> None:
         try:
             time.sleep(0.3)  # several refresh attempts against the dead port
             for service in ("", "mabrouter.v1.Router", "mabrouter.snapshot"):
-                assert health_status(router.address, service) == NOT_SERVING, service
+                assert health_status(router.address, service, timeout=2) == NOT_SERVING, service
             channel, router_stub = open_stub(router.address)
             with channel, pytest.raises(grpc.RpcError) as info:
                 router_stub.Route(pb.RouteRequest(experiment=EXPERIMENT, unit_id="u"), timeout=2)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
             redis_server.start()
-            apply(redis_server, EXAMPLE)
+            cli_in_process("experiment", "apply", str(EXAMPLE), redis_url=redis_server.url)
             for service in ("", "mabrouter.v1.Router", "mabrouter.snapshot"):
                 wait_until(
-                    lambda s=service: health_status(router.address, s) == SERVING,
+                    lambda s=service: health_status(router.address, s, timeout=2) == SERVING,
                     15,
                     what=f"{service!r} SERVING",
                 )
@@ -560,25 +525,25 @@ def _answers(route: Any, request: pb.RouteRequest) -> bool:
 
 def test_snapshot_health_turns_not_serving_when_the_snapshot_goes_stale() -> None:
     with running_redis() as redis_server:
-        apply(redis_server, EXAMPLE)
+        cli_in_process("experiment", "apply", str(EXAMPLE), redis_url=redis_server.url)
         router = InProcessRouter(router_settings(redis_server.url, max_staleness_seconds=0.5)).start()
         try:
-            assert health_status(router.address, "mabrouter.snapshot") == SERVING
+            assert health_status(router.address, "mabrouter.snapshot", timeout=2) == SERVING
             redis_server.stop(kill=True)
             started = time.monotonic()
             wait_until(
-                lambda: health_status(router.address, "mabrouter.snapshot") == NOT_SERVING,
+                lambda: health_status(router.address, "mabrouter.snapshot", timeout=2) == NOT_SERVING,
                 10,
                 what="mabrouter.snapshot NOT_SERVING",
             )
             assert time.monotonic() - started >= 0.3  # not before the snapshot could be 0.5 s old
             # Still answering from its last snapshot: readiness stays SERVING, only the alert target flips.
-            assert health_status(router.address) == SERVING
-            assert health_status(router.address, "mabrouter.v1.Router") == SERVING
+            assert health_status(router.address, timeout=2) == SERVING
+            assert health_status(router.address, "mabrouter.v1.Router", timeout=2) == SERVING
 
             redis_server.start()
             wait_until(
-                lambda: health_status(router.address, "mabrouter.snapshot") == SERVING,
+                lambda: health_status(router.address, "mabrouter.snapshot", timeout=2) == SERVING,
                 15,
                 what="mabrouter.snapshot SERVING again after Redis returns",
             )

@@ -26,11 +26,20 @@ from mabrouter.client import OutcomeReporter, RouterClient
 from mabrouter.openfeature import MabrouterProvider
 from mabrouter.openfeature._mapping import route_attributes
 
-from support import EXAMPLE, ROOT, InProcessRouter, RedisServer, cli, free_port, router_settings, wait_until
+from support import (
+    EXAMPLE,
+    ROOT,
+    InProcessRouter,
+    RedisServer,
+    cli,
+    free_port,
+    router_settings,
+    stats_hash,
+    wait_until,
+)
 
 ARMS = {"ranker-v1", "ranker-v2", "ranker-v3"}
 CONTROL_ARM = "ranker-v1"
-STATS = "mabrouter:{ranker}:stats"
 FAIL_OPEN_BOUND = 1.0  # generous wall-clock bound for a 50 ms fail-open
 
 
@@ -58,14 +67,6 @@ def flags(router: InProcessRouter) -> OpenFeatureClient:
 
 def context(unit: str = "user-1", **attributes: object) -> EvaluationContext:
     return EvaluationContext(targeting_key=unit, attributes=attributes)  # type: ignore[arg-type]
-
-
-def stats(redis_server: RedisServer) -> dict[str, str]:
-    client = redis_server.client()
-    try:
-        return {str(key): str(value) for key, value in client.hgetall(STATS).items()}
-    finally:
-        client.close()
 
 
 def reward(decision_id: object, value: float | None = 1.0) -> TrackingEventDetails:
@@ -248,8 +249,8 @@ def test_track_reports_the_reward_exactly_once(flags: OpenFeatureClient, applied
     flags.track("reward", context(), reward(decision_id, 0.75))
     flags.track("reward", context(), reward(decision_id, 0.75))  # a retry: counted once by the router
     api.shutdown()  # the provider's shutdown flushes its reporter before closing
-    assert stats(applied_ranker)[f"{arm}:count"] == "1"
-    assert float(stats(applied_ranker)[f"{arm}:sum"]) == pytest.approx(0.75)
+    assert stats_hash(applied_ranker)[f"{arm}:count"] == "1"
+    assert float(stats_hash(applied_ranker)[f"{arm}:sum"]) == pytest.approx(0.75)
 
 
 def test_track_with_a_shared_client_and_reporter(
@@ -269,8 +270,8 @@ def test_track_with_a_shared_client_and_reporter(
         api.shutdown()  # flushes the caller's reporter, closes neither it nor the client
         assert reporter.stats().sent == 1
         assert reporter.stats().pending == 0
-        assert stats(applied_ranker)[f"{arm}:count"] == "1"
-        assert float(stats(applied_ranker)[f"{arm}:sum"]) == 1.0  # no value: a conversion, reward 1
+        assert stats_hash(applied_ranker)[f"{arm}:count"] == "1"
+        assert float(stats_hash(applied_ranker)[f"{arm}:sum"]) == 1.0  # no value: a conversion, reward 1
         assert client.route("ranker", "user-2", default_arm="ranker-v1").decision_id  # still open
 
 
@@ -305,4 +306,4 @@ def test_openfeature_example_evaluates_and_tracks(
     assert evaluation["arm"] in ARMS
     assert evaluation["reason"] == "SPLIT"
     assert evaluation["metadata"]["decision_id"]
-    assert stats(applied_ranker)[f"{evaluation['arm']}:count"] == "1"  # shutdown flushed the reward
+    assert stats_hash(applied_ranker)[f"{evaluation['arm']}:count"] == "1"  # shutdown flushed the reward

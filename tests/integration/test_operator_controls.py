@@ -29,7 +29,7 @@ from mabrouter.core.hashing import bucket_of
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from support import EXAMPLE, RedisServer, RouterProcess, cli, wait_until
+from support import EXAMPLE, RedisServer, RouterProcess, cli, redis_cli, wait_until
 
 CONTROL = "mabrouter:{ranker}:control"
 CONFIG = "mabrouter:{ranker}:config"
@@ -126,18 +126,6 @@ def printed_version(result: subprocess.CompletedProcess[str]) -> int:
 def at_version(version: int) -> Callable[[Replica], bool]:
     """True once the replica answers from config version `version` or later."""
     return lambda replica: replica.route().config_version >= version
-
-
-def redis_cli(redis_server: RedisServer, *args: str) -> str:
-    result = subprocess.run(
-        ["redis-cli", "-p", str(redis_server.port), *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=10,
-    )
-    assert not result.stdout.startswith(("ERR", "WRONGTYPE", "(error)")), result.stdout
-    return result.stdout.strip()
 
 
 def audit(redis_server: RedisServer, scope: str | None = None) -> list[dict[str, str]]:

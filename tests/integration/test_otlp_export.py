@@ -21,20 +21,12 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
 
-from mabrouter.cli import main as cli_main
 from mabrouter.v1 import router_pb2 as pb
 
-from support import EXAMPLE, RedisServer, RouterProcess, free_port, open_stub, wait_until
+from support import RedisServer, RouterProcess, free_port, open_stub, wait_until
 
 ROUTE_SPAN = "mabrouter.v1.Router/Route"
 OUTCOME_SPAN = "mabrouter.v1.Router/ReportOutcome"
-
-
-@pytest.fixture
-def ranker(redis_server: RedisServer) -> RedisServer:
-    """The example experiment, applied by the CLI's own code in this process (no interpreter start)."""
-    assert cli_main(["experiment", "apply", str(EXAMPLE), "--redis-url", redis_server.url]) == 0
-    return redis_server
 
 
 @dataclass
@@ -126,10 +118,10 @@ def traceparent(trace_id: bytes, span_id: bytes) -> tuple[tuple[str, str], ...]:
 
 
 def test_route_and_outcome_spans_reach_an_otlp_receiver_with_the_link(
-    ranker: RedisServer, receiver: tuple[Receiver, int]
+    applied_ranker: RedisServer, receiver: tuple[Receiver, int]
 ) -> None:
     collector, port = receiver
-    router = RouterProcess(ranker.url, **otlp_env(port, 100)).wait_serving()
+    router = RouterProcess(applied_ranker.url, **otlp_env(port, 100)).wait_serving()
     try:
         caller_trace, caller_span = secrets.token_bytes(16), secrets.token_bytes(8)
         later_trace, later_span = secrets.token_bytes(16), secrets.token_bytes(8)
@@ -171,11 +163,11 @@ def test_route_and_outcome_spans_reach_an_otlp_receiver_with_the_link(
 
 
 def test_sigterm_flushes_spans_still_waiting_in_the_batch_processor(
-    ranker: RedisServer, receiver: tuple[Receiver, int]
+    applied_ranker: RedisServer, receiver: tuple[Receiver, int]
 ) -> None:
     collector, port = receiver
     # A schedule delay far longer than the test: only the shutdown flush can export these spans.
-    router = RouterProcess(ranker.url, **otlp_env(port, 600_000)).wait_serving()
+    router = RouterProcess(applied_ranker.url, **otlp_env(port, 600_000)).wait_serving()
     try:
         trace_id = secrets.token_bytes(16)
         channel, router_stub = open_stub(router.address)

@@ -25,7 +25,6 @@ from typing import Any
 import grpc
 import pytest
 import redis
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -46,6 +45,7 @@ from support import (
     InProcessRouter,
     RedisServer,
     RouterProcess,
+    apply_experiments,
     cli,
     open_stub,
     router_settings,
@@ -73,16 +73,9 @@ BEYOND = [1e200, -1e101, math.nextafter(LIMIT, math.inf), math.inf, -math.inf, m
 OUTCOME_FIELDS = (":count", ":sum", ":sumsq", ":n")
 
 
-def apply(url: str, tmp_path: Path, *docs: dict[str, Any]) -> None:
-    for doc in docs:
-        path = tmp_path / f"{doc['name']}.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        cli("experiment", "apply", str(path), redis_url=url)
-
-
 @pytest.fixture
 def rig(redis_server: RedisServer, tmp_path: Path) -> Iterator[Rig]:
-    apply(redis_server.url, tmp_path, GAUSS, FADING)
+    apply_experiments(redis_server.url, tmp_path, GAUSS, FADING)
     router = InProcessRouter(router_settings(redis_server.url)).start()
     channel, client = open_stub(router.address)
     try:
@@ -469,7 +462,7 @@ def test_with_a_spool_the_same_input_gets_the_same_answer_as_live(tmp_path: Path
     """The spool used to acknowledge (OK) what the live path refused: ReportOutcome(reward=1e200)."""
     spool_dir = tmp_path / "spool"
     with running_redis(*AOF) as server:
-        apply(server.url, tmp_path, GAUSS)
+        apply_experiments(server.url, tmp_path, GAUSS)
         router = InProcessRouter(router_settings(server.url, spool_dir=spool_dir)).start()
         channel, client = open_stub(router.address)
         rig = Rig(router, client, server.client())
@@ -507,7 +500,7 @@ def test_a_router_killed_during_spool_replay_loses_no_outcome_log_entry(tmp_path
     statistics kept the outcomes (observation 5: 150 acknowledged, counted outcomes missing from the log)."""
     spool_dir, total = tmp_path / "spool", 6000
     with running_redis(*AOF) as server:
-        apply(server.url, tmp_path, GAUSS)
+        apply_experiments(server.url, tmp_path, GAUSS)
         first = RouterProcess(server.url, MABROUTER_SPOOL_DIR=str(spool_dir))
         try:
             first.wait_serving()

@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import io
 import json
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +26,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
 
-from mabrouter.cli import main
 from mabrouter.core.evidence import sample_ratio_check
 from mabrouter.core.model import ArmStats, Controls, ExperimentSpec, MetricStats
 from mabrouter.core.snapshot import Snapshot, build_experiment_state
@@ -44,7 +39,15 @@ from mabrouter.store.router_store import RouterStore
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from support import InProcessRouter, RedisServer, router_settings, wait_until
+from support import (
+    InProcessRouter,
+    RedisServer,
+    apply_experiments,
+    cli_in_process,
+    redis_cli,
+    router_settings,
+    wait_until,
+)
 
 SAMPLED = pb.Reason.Value("SAMPLED")
 HOLDOUT = pb.Reason.Value("HOLDOUT")
@@ -163,28 +166,17 @@ def routers(redis_server: RedisServer) -> Iterator[Callable[[int], list[router_p
             router.stop()
 
 
-def mabrouter(redis_server: RedisServer, *args: str) -> str:
-    """Run the real `mabrouter` command line in this process (a subprocess would only add start-up time)."""
-    out = io.StringIO()
-    with redirect_stdout(out):
-        code = main([*args, "--redis-url", redis_server.url])
-    assert code == 0, f"mabrouter {' '.join(args)} exited {code}:\n{out.getvalue()}"
-    return out.getvalue()
-
-
-def apply(redis_server: RedisServer, tmp_path: Path, document: dict[str, Any]) -> None:
-    path = tmp_path / f"{document['name']}.yaml"
-    path.write_text(yaml.safe_dump(document))
-    mabrouter(redis_server, "experiment", "apply", str(path))
-
-
 def status(redis_server: RedisServer, experiment: str) -> dict[str, Any]:
-    report: dict[str, Any] = json.loads(mabrouter(redis_server, "status", experiment, "--json"))
+    report: dict[str, Any] = json.loads(
+        cli_in_process("status", experiment, "--json", redis_url=redis_server.url)
+    )
     return report
 
 
 def audit(redis_server: RedisServer, experiment: str) -> list[dict[str, str]]:
-    lines = mabrouter(redis_server, "audit", experiment, "--json", "--limit", "1000").splitlines()
+    lines = cli_in_process(
+        "audit", experiment, "--json", "--limit", "1000", redis_url=redis_server.url
+    ).splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 
 
@@ -195,17 +187,6 @@ def control_field(redis_server: RedisServer, experiment: str, name: str) -> str 
     finally:
         client.close()
     return None if value is None else str(value)
-
-
-def redis_cli(redis_server: RedisServer, *args: str) -> str:
-    result = subprocess.run(
-        ["redis-cli", "-p", str(redis_server.port), *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=10,
-    )
-    return result.stdout.strip()
 
 
 def arm_share(served: list[Served], arm: str) -> float:
@@ -261,7 +242,7 @@ def run_until_killed(
 def test_a_harmful_arm_is_auto_killed_once_by_one_of_two_replicas_and_stays_killed(
     redis_server: RedisServer, routers: Callable[[int], list[router_pb2_grpc.RouterStub]], tmp_path: Path
 ) -> None:
-    apply(redis_server, tmp_path, harmful_experiment("guarded"))
+    apply_experiments(redis_server.url, tmp_path, harmful_experiment("guarded"))
     stubs = routers(2)
     sim = Simulation("guarded", HARMFUL_TRUTH, stubs, seed=1, batched=False)
     trials_at_kill, seconds = run_until_killed(redis_server, sim, "harmful")
@@ -317,7 +298,7 @@ def test_a_harmful_arm_is_auto_killed_once_by_one_of_two_replicas_and_stays_kill
 def test_only_an_operator_unkill_brings_an_auto_killed_arm_back_and_it_sticks(
     redis_server: RedisServer, routers: Callable[[int], list[router_pb2_grpc.RouterStub]], tmp_path: Path
 ) -> None:
-    apply(redis_server, tmp_path, harmful_experiment("revived"))
+    apply_experiments(redis_server.url, tmp_path, harmful_experiment("revived"))
     (stub,) = routers(1)
     # Decisive evidence (30% errors vs 1%): the verdict at the kill is not a coin flip.
     sim = Simulation("revived", {**HARMFUL_TRUTH, "harmful": Truth(0.10, 0.30)}, [stub], seed=2)
@@ -325,8 +306,16 @@ def test_only_an_operator_unkill_brings_an_auto_killed_arm_back_and_it_sticks(
     sim.run(2.5)
     assert control_field(redis_server, "revived", "kill:harmful") == KILLED_ARM
 
-    mabrouter(
-        redis_server, "unkill", "revived", "--arm", "harmful", "--actor", "alice", "--reason", "false alarm"
+    cli_in_process(
+        "unkill",
+        "revived",
+        "--arm",
+        "harmful",
+        "--actor",
+        "alice",
+        "--reason",
+        "false alarm",
+        redis_url=redis_server.url,
     )
     mark = len(sim.served)
     # It is healthy now, so no new evidence against it arrives: through three guardian periods the
@@ -360,8 +349,8 @@ def test_a_good_arm_ramps_through_its_capped_steps_and_ends_uncapped(
     redis_server: RedisServer, routers: Callable[[int], list[router_pb2_grpc.RouterStub]], tmp_path: Path
 ) -> None:
     ramp = [{"share": 0.05, "min_seconds": 1}, {"share": 0.25, "min_seconds": 1}]
-    apply(
-        redis_server,
+    apply_experiments(
+        redis_server.url,
         tmp_path,
         {"name": "ramped", "control": "control", "arms": [arm("control"), arm("candidate", ramp=ramp)]},
     )
@@ -416,8 +405,8 @@ def test_a_ramping_arm_that_breaches_a_guardrail_halts_and_is_killed(
         {"share": 0.6, "min_seconds": 1},
     ]
     guardrail = {**ERROR_GUARDRAIL, "min_samples": 30}
-    apply(
-        redis_server,
+    apply_experiments(
+        redis_server.url,
         tmp_path,
         {
             "name": "regress",
@@ -459,8 +448,8 @@ def test_a_ramping_arm_that_breaches_a_guardrail_halts_and_is_killed(
 def test_holdout_split_holds_and_status_catches_broken_splits(
     redis_server: RedisServer, routers: Callable[[int], list[router_pb2_grpc.RouterStub]], tmp_path: Path
 ) -> None:
-    apply(
-        redis_server,
+    apply_experiments(
+        redis_server.url,
         tmp_path,
         {
             "name": "held",
@@ -538,8 +527,8 @@ DIVERGENT_TRUTH = {"control": Truth(0.10), "steady": Truth(0.10), "drifted": Tru
 def test_divergence_is_reported_and_with_the_guardrail_the_arm_is_killed(
     redis_server: RedisServer, routers: Callable[[int], list[router_pb2_grpc.RouterStub]], tmp_path: Path
 ) -> None:
-    apply(redis_server, tmp_path, divergent_experiment("watched", guardrail=False))
-    apply(redis_server, tmp_path, divergent_experiment("enforced", guardrail=True))
+    apply_experiments(redis_server.url, tmp_path, divergent_experiment("watched", guardrail=False))
+    apply_experiments(redis_server.url, tmp_path, divergent_experiment("enforced", guardrail=True))
     (stub,) = routers(1)
     watched = Simulation("watched", DIVERGENT_TRUTH, [stub], seed=6)
     enforced = Simulation("enforced", DIVERGENT_TRUTH, [stub], seed=7)
@@ -577,13 +566,13 @@ def test_divergence_is_reported_and_with_the_guardrail_the_arm_is_killed(
 def test_caps_and_floors_hold_on_live_traffic_and_propensities_show_them(
     redis_server: RedisServer, routers: Callable[[int], list[router_pb2_grpc.RouterStub]], tmp_path: Path
 ) -> None:
-    apply(
-        redis_server,
+    apply_experiments(
+        redis_server.url,
         tmp_path,
         {"name": "capped", "control": "control", "arms": [arm("control"), arm("star", max_share=0.1)]},
     )
-    apply(
-        redis_server,
+    apply_experiments(
+        redis_server.url,
         tmp_path,
         {
             "name": "floored",
@@ -655,8 +644,8 @@ def test_caps_and_floors_hold_on_live_traffic_and_propensities_show_them(
 def test_a_shadow_arm_is_never_served_and_its_pick_is_reported(
     redis_server: RedisServer, routers: Callable[[int], list[router_pb2_grpc.RouterStub]], tmp_path: Path
 ) -> None:
-    apply(
-        redis_server,
+    apply_experiments(
+        redis_server.url,
         tmp_path,
         {
             "name": "shadowed",
@@ -725,7 +714,7 @@ def test_the_guardian_judges_every_new_state(
     redis_server: RedisServer, rig: GuardianRig, tmp_path: Path
 ) -> None:
     document = harmful_experiment("judged")
-    apply(redis_server, tmp_path, document)
+    apply_experiments(redis_server.url, tmp_path, document)
     spec = parse_experiment(document, "test").to_spec()
 
     def publish(harmful_errors: int) -> int:
@@ -755,7 +744,7 @@ def test_a_ramp_step_waits_for_its_minimum_trials_not_only_for_time(
 ) -> None:
     ramp = [{"share": 0.05, "min_seconds": 0, "min_trials": 50}, {"share": 0.25, "min_seconds": 0}]
     document = {"name": "patient", "control": "control", "arms": [arm("control"), arm("new", ramp=ramp)]}
-    apply(redis_server, tmp_path, document)
+    apply_experiments(redis_server.url, tmp_path, document)
     spec = parse_experiment(document, "test").to_spec()
     began_long_ago = Controls(ramp_since_ms={"new": 0})  # time is not the limit
 
@@ -773,8 +762,18 @@ def test_after_an_operator_unkill_only_fresh_evidence_kills_the_arm_again(
     redis_server: RedisServer, rig: GuardianRig, tmp_path: Path
 ) -> None:
     document = harmful_experiment("rearmed")
-    apply(redis_server, tmp_path, document)
-    mabrouter(redis_server, "unkill", "rearmed", "--arm", "harmful", "--actor", "alice", "--reason", "fixed")
+    apply_experiments(redis_server.url, tmp_path, document)
+    cli_in_process(
+        "unkill",
+        "rearmed",
+        "--arm",
+        "harmful",
+        "--actor",
+        "alice",
+        "--reason",
+        "fixed",
+        redis_url=redis_server.url,
+    )
     assert control_field(redis_server, "rearmed", "kill:harmful") == "0"
     spec = parse_experiment(document, "test").to_spec()
     unkilled = Controls(operator_cleared=frozenset({"harmful"}))

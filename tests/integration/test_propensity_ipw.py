@@ -30,14 +30,13 @@ import numpy.typing as npt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mabrouter.cli import main as cli_main
 from mabrouter.core.decide import RouteInput, decide
 from mabrouter.core.model import ArmSpec, ArmStats, BetaPrior, ExperimentSpec, Reason, RewardKind
 from mabrouter.core.snapshot import Snapshot, build_experiment_state
 from mabrouter.core.thompson import PROPENSITY_DRAWS
 from mabrouter.v1 import router_pb2 as pb
 
-from support import EXAMPLE, RedisServer, RouterProcess, cli, free_port, open_stub, wait_until
+from support import RedisServer, RouterProcess, cli, free_port, open_stub, wait_until
 from wire import nonce_of
 
 ALPHA = 1e-4
@@ -48,13 +47,6 @@ STATS_KEY = f"mabrouter:{{{EXPERIMENT}}}:stats"
 DECISIONS_KEY = f"mabrouter:{{{EXPERIMENT}}}:decisions"
 OUTCOMES_KEY = f"mabrouter:{{{EXPERIMENT}}}:outcomes"
 FloatArray = npt.NDArray[np.float64]
-
-
-@pytest.fixture
-def ranker(redis_server: RedisServer) -> RedisServer:
-    """The example experiment, applied by the CLI's own code in this process (no interpreter start)."""
-    assert cli_main(["experiment", "apply", str(EXAMPLE), "--redis-url", redis_server.url]) == 0
-    return redis_server
 
 
 # --- statistics ------------------------------------------------------------------------------------------
@@ -229,13 +221,13 @@ def stream_length(redis_server: RedisServer, key: str) -> int:
 # --- 2. the real router, frozen posteriors ---------------------------------------------------------------
 
 
-def test_router_traffic_shares_match_the_mean_logged_propensity(ranker: RedisServer) -> None:
+def test_router_traffic_shares_match_the_mean_logged_propensity(applied_ranker: RedisServer) -> None:
     """Posteriors frozen with 10^9 seeded trials per arm: a posterior's sd is ~9.5e-6, and the ~1,000 extra
     failures each arm gets here move its mean by ~1e-7 (0.01 sd), so every snapshot the router builds while
     the trial counts flush has (almost exactly) the same win probabilities, each estimated afresh."""
     seeded_trials = 10**9
     seeded_successes = {"ranker-v1": 10**8, "ranker-v2": 10**8 + 6_000, "ranker-v3": 10**8 + 12_000}
-    client = ranker.client()
+    client = applied_ranker.client()
     try:
         for arm, successes in seeded_successes.items():
             client.hset(
@@ -244,14 +236,16 @@ def test_router_traffic_shares_match_the_mean_logged_propensity(ranker: RedisSer
             )
     finally:
         client.close()
-    router = RouterProcess(ranker.url).wait_serving()
+    router = RouterProcess(applied_ranker.url).wait_serving()
     try:
         n = 3_000
         replies = route_many(router.address, [f"u{i}" for i in range(n)])
-        wait_until(lambda: stream_length(ranker, DECISIONS_KEY) >= n, 10, what=f"{n} decisions logged")
+        wait_until(
+            lambda: stream_length(applied_ranker, DECISIONS_KEY) >= n, 10, what=f"{n} decisions logged"
+        )
     finally:
         router.kill()
-    client = ranker.client()
+    client = applied_ranker.client()
     try:
         entries = [fields for _, fields in client.xrange(DECISIONS_KEY)]
     finally:
@@ -300,7 +294,7 @@ def scrape_arms(metrics_port: int) -> tuple[dict[str, float], float]:
     return shares, trials
 
 
-def test_ipw_estimates_from_the_exposure_log_recover_the_true_arm_means(ranker: RedisServer) -> None:
+def test_ipw_estimates_from_the_exposure_log_recover_the_true_arm_means(applied_ranker: RedisServer) -> None:
     """Adaptive Thompson sampling in 20 rounds of 250 decisions, every outcome drawn from known truths and
     reported; the policy is updated between rounds (batched Thompson sampling).
 
@@ -330,7 +324,7 @@ def test_ipw_estimates_from_the_exposure_log_recover_the_true_arm_means(ranker: 
     rng = np.random.default_rng()
     metrics_port = free_port()
     router = RouterProcess(
-        ranker.url,
+        applied_ranker.url,
         MABROUTER_REFRESH_INTERVAL_MS="60000",
         MABROUTER_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
     ).wait_serving()
@@ -360,8 +354,8 @@ def test_ipw_estimates_from_the_exposure_log_recover_the_true_arm_means(ranker: 
                 )
                 assert [(x.code, x.duplicate) for x in result.results] == [(0, False)] * per_round
                 done = (r + 1) * per_round
-                wait_until(lambda d=done: flushed_trials(ranker) == d, 10, what=f"{done} trials")
-                client = ranker.client()
+                wait_until(lambda d=done: flushed_trials(applied_ranker) == d, 10, what=f"{done} trials")
+                client = applied_ranker.client()
                 try:
                     client.publish("mabrouter:changes", EXPERIMENT)  # what the CLI sends after a change
                 finally:
@@ -372,12 +366,12 @@ def test_ipw_estimates_from_the_exposure_log_recover_the_true_arm_means(ranker: 
                     interval=0.02,
                     what="the new snapshot",
                 )
-        wait_until(lambda: stream_length(ranker, DECISIONS_KEY) >= n, 10, what="decisions logged")
-        wait_until(lambda: stream_length(ranker, OUTCOMES_KEY) >= n, 10, what="outcomes logged")
+        wait_until(lambda: stream_length(applied_ranker, DECISIONS_KEY) >= n, 10, what="decisions logged")
+        wait_until(lambda: stream_length(applied_ranker, OUTCOMES_KEY) >= n, 10, what="outcomes logged")
     finally:
         router.kill()
 
-    exported = cli("export", EXPERIMENT, "--since", "1h", "--format", "jsonl", redis_url=ranker.url)
+    exported = cli("export", EXPERIMENT, "--since", "1h", "--format", "jsonl", redis_url=applied_ranker.url)
     rows = [json.loads(line) for line in exported.stdout.splitlines()]
     rows = [row for row in rows if row["counted"] == "1"]
     assert len(rows) == n

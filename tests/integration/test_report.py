@@ -18,7 +18,15 @@ from PIL import Image
 from mabrouter.cli import main
 from mabrouter.v1 import router_pb2 as pb
 
-from support import InProcessRouter, RedisServer, cli, open_stub, router_settings, wait_until
+from support import (
+    InProcessRouter,
+    RedisServer,
+    apply_experiments,
+    cli,
+    open_stub,
+    router_settings,
+    wait_until,
+)
 
 EXPERIMENT = """
 name: shop
@@ -75,19 +83,14 @@ def assert_self_contained(page: str) -> None:
 
 @pytest.fixture
 def shop(redis_server: RedisServer, tmp_path: Path) -> RedisServer:
-    path = tmp_path / "shop.yaml"
-    path.write_text(EXPERIMENT)
-    cli("experiment", "apply", str(path), redis_url=redis_server.url)
+    apply_experiments(redis_server.url, tmp_path, EXPERIMENT)
     return redis_server
 
 
 @pytest.fixture
 def shop_router(shop: RedisServer) -> Iterator[InProcessRouter]:
-    router = InProcessRouter(router_settings(shop.url)).start()
-    try:
+    with InProcessRouter(router_settings(shop.url)).start() as router:
         yield router
-    finally:
-        router.stop()
 
 
 def drive_traffic(router: InProcessRouter, rng: np.random.Generator) -> tuple[int, int]:

@@ -21,11 +21,8 @@ from support import InProcessRouter, RedisServer, router_settings
 @pytest.fixture
 def slow_flushing_router(applied_ranker: RedisServer) -> Iterator[InProcessRouter]:
     """A router whose periodic flush never runs during a test: only the recording timer records."""
-    instance = InProcessRouter(router_settings(applied_ranker.url, flush_interval_ms=60_000)).start()
-    try:
+    with InProcessRouter(router_settings(applied_ranker.url, flush_interval_ms=60_000)).start() as instance:
         yield instance
-    finally:
-        instance.stop()
 
 
 def trials_in_redis(server: RedisServer) -> float:

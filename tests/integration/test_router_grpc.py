@@ -11,18 +11,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mabrouter.v1 import router_pb2 as pb
 
-from support import InProcessRouter, RedisServer, open_stub, wait_until
+from support import InProcessRouter, RedisServer, open_stub, stats_hash, wait_until
 from wire import b64, unb64
 
 ARMS = {"ranker-v1", "ranker-v2", "ranker-v3"}
-
-
-def stats(redis_server: RedisServer) -> dict[str, str]:
-    client = redis_server.client()
-    try:
-        return client.hgetall("mabrouter:{ranker}:stats")
-    finally:
-        client.close()
 
 
 def test_route_answers_with_a_signed_decision(router: InProcessRouter) -> None:
@@ -51,11 +43,11 @@ def test_trials_are_flushed_and_an_outcome_counts_exactly_once(
     assert (reply.duplicate, reply.arm, reply.experiment) == (False, first.arm, "ranker")
     assert again.duplicate
     wait_until(
-        lambda: sum(int(v) for k, v in stats(applied_ranker).items() if k.endswith(":trials")) == 20,
+        lambda: sum(int(v) for k, v in stats_hash(applied_ranker).items() if k.endswith(":trials")) == 20,
         5,
         what="20 trials flushed",
     )
-    saved = stats(applied_ranker)
+    saved = stats_hash(applied_ranker)
     assert saved[f"{first.arm}:count"] == "1"
     assert float(saved[f"{first.arm}:sum"]) == 1.0
 
@@ -84,7 +76,7 @@ def test_outcomes_in_a_batch_get_results_in_order(
         (grpc.StatusCode.INVALID_ARGUMENT.value[0], False),
     ]
     assert "outside [0, 1]" in reply.results[3].message
-    assert float(stats(applied_ranker)[f"{good.arm}:sum"]) == 0.5
+    assert float(stats_hash(applied_ranker)[f"{good.arm}:sum"]) == 0.5
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,15 @@ import pytest
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from support import InProcessRouter, RedisServer, cli, router_settings, running_redis, wait_until
+from support import (
+    InProcessRouter,
+    RedisServer,
+    apply_experiments,
+    cli,
+    router_settings,
+    running_redis,
+    wait_until,
+)
 
 STICKY_DOC = """
 name: homepage
@@ -23,9 +31,7 @@ arms: [{name: v1}, {name: v2}, {name: v3}]
 
 @pytest.fixture
 def sticky_redis(redis_server: RedisServer, tmp_path: Path) -> RedisServer:
-    path = tmp_path / "homepage.yaml"
-    path.write_text(STICKY_DOC)
-    cli("experiment", "apply", str(path), redis_url=redis_server.url)
+    apply_experiments(redis_server.url, tmp_path, STICKY_DOC)
     return redis_server
 
 
@@ -102,9 +108,7 @@ def test_killing_its_arm_moves_the_unit_and_it_sticks_to_the_new_one(
 
 def test_without_redis_units_get_stable_hash_seeded_arms(tmp_path: Path) -> None:
     with running_redis() as redis_server:
-        path = tmp_path / "homepage.yaml"
-        path.write_text(STICKY_DOC)
-        cli("experiment", "apply", str(path), redis_url=redis_server.url)
+        apply_experiments(redis_server.url, tmp_path, STICKY_DOC)
         router = InProcessRouter(router_settings(redis_server.url)).start()
         try:
             redis_server.stop(kill=True)  # the snapshot stays; sticky lookups now fail

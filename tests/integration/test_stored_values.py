@@ -16,14 +16,23 @@ import grpc
 import numpy as np
 import pytest
 import redis
-import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mabrouter.core.thompson import win_probabilities
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from support import InProcessRouter, RedisServer, RouterProcess, cli, router_settings, wait_until
+from support import (
+    NOT_SERVING,
+    SERVING,
+    InProcessRouter,
+    RedisServer,
+    RouterProcess,
+    apply_experiments,
+    cli,
+    health_status,
+    router_settings,
+    wait_until,
+)
 
 GAUSS: dict[str, Any] = {
     "name": "gauss",
@@ -37,12 +46,6 @@ PLAIN: dict[str, Any] = {"name": "plain", "control": "p-a", "arms": [{"name": "p
 OVERFLOWING = {"g-b:count": "2", "g-b:sum": "1e200", "g-b:sumsq": "1e300"}
 
 
-def apply(url: str, tmp_path: Path, doc: dict[str, Any]) -> None:
-    path = tmp_path / f"{doc['name']}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    cli("experiment", "apply", str(path), redis_url=url)
-
-
 def route(address: str, experiment: str, unit: str = "u1", default_arm: str = "") -> pb.RouteResponse:
     with grpc.insecure_channel(address) as channel:
         stub = router_pb2_grpc.RouterStub(channel)
@@ -50,14 +53,6 @@ def route(address: str, experiment: str, unit: str = "u1", default_arm: str = ""
             pb.RouteRequest(experiment=experiment, unit_id=unit, default_arm=default_arm), timeout=5
         )
         return reply
-
-
-def health(address: str, service: str) -> int:
-    with grpc.insecure_channel(address) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=2
-        )
-    return int(reply.status)
 
 
 def reason(address: str, experiment: str) -> str:
@@ -71,15 +66,11 @@ def killed_within(address: str, experiment: str, seconds: float = 1.0) -> float:
     return time.monotonic() - started
 
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
 def test_one_extreme_reward_cannot_disable_any_kill_switch(redis_server: RedisServer, tmp_path: Path) -> None:
     """Observation 1: a reward of 1e200 (or statistics that overflow, however they got there) used to
     stop every refresh on every replica: kills ignored, health SERVING, a new replica never serving."""
-    apply(redis_server.url, tmp_path, GAUSS)
-    apply(redis_server.url, tmp_path, PLAIN)
+    apply_experiments(redis_server.url, tmp_path, GAUSS)
+    apply_experiments(redis_server.url, tmp_path, PLAIN)
     first = RouterProcess(redis_server.url).wait_serving()
     second: RouterProcess | None = None
     client = redis_server.client()
@@ -92,8 +83,13 @@ def test_one_extreme_reward_cannot_disable_any_kill_switch(redis_server: RedisSe
         # refused at the edge now that rewards are bounded; the statistics written below break it anyway
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
         client.hset("mabrouter:{gauss}:stats", mapping=OVERFLOWING)
-        wait_until(lambda: health(first.address, "mabrouter.snapshot") == NOT_SERVING, 5, 0.05, "degraded")
-        assert health(first.address, "") == SERVING  # still answering: readiness holds
+        wait_until(
+            lambda: health_status(first.address, "mabrouter.snapshot", timeout=2) == NOT_SERVING,
+            5,
+            0.05,
+            "degraded",
+        )
+        assert health_status(first.address, "", timeout=2) == SERVING  # still answering: readiness holds
         assert reason(first.address, "gauss") == "SAMPLED"  # from its last good state
 
         cli("kill", "gauss", "--arm", "g-b", "--reason", "test", redis_url=redis_server.url)
@@ -136,7 +132,7 @@ def test_one_extreme_reward_cannot_disable_any_kill_switch(redis_server: RedisSe
 
 
 def test_a_degraded_experiment_is_visible_and_recovers(redis_server: RedisServer, tmp_path: Path) -> None:
-    apply(redis_server.url, tmp_path, GAUSS)
+    apply_experiments(redis_server.url, tmp_path, GAUSS)
     router = InProcessRouter(router_settings(redis_server.url)).start()
     client = redis_server.client()
     try:
@@ -147,17 +143,23 @@ def test_a_degraded_experiment_is_visible_and_recovers(redis_server: RedisServer
             with urllib.request.urlopen(url, timeout=5) as reply:
                 return str(reply.read().decode())
 
-        wait_until(lambda: health(router.address, "mabrouter.snapshot") == SERVING, 5, what="fresh")
+        wait_until(
+            lambda: health_status(router.address, "mabrouter.snapshot", timeout=2) == SERVING, 5, what="fresh"
+        )
         client.hset("mabrouter:{gauss}:stats", "g-a:sum", "not a number")
         wait_until(lambda: 'mabrouter_experiment_degraded{experiment="gauss"} 1.0' in metrics(), 5)
-        assert health(router.address, "mabrouter.snapshot") == NOT_SERVING
+        assert health_status(router.address, "mabrouter.snapshot", timeout=2) == NOT_SERVING
         failures = [
             line for line in metrics().splitlines() if line.startswith("mabrouter_state_build_failures_total")
         ]
         assert failures
         assert float(failures[0].split()[-1]) >= 1, failures
         client.hdel("mabrouter:{gauss}:stats", "g-a:sum")
-        wait_until(lambda: health(router.address, "mabrouter.snapshot") == SERVING, 5, what="recovered")
+        wait_until(
+            lambda: health_status(router.address, "mabrouter.snapshot", timeout=2) == SERVING,
+            5,
+            what="recovered",
+        )
         assert "mabrouter_experiment_degraded{" not in metrics()
     finally:
         client.close()
@@ -167,7 +169,7 @@ def test_a_degraded_experiment_is_visible_and_recovers(redis_server: RedisServer
 def test_operators_can_kill_an_experiment_whose_document_is_broken(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    apply(redis_server.url, tmp_path, PLAIN)
+    apply_experiments(redis_server.url, tmp_path, PLAIN)
     router = InProcessRouter(router_settings(redis_server.url)).start()
     client = redis_server.client()
     try:
@@ -228,7 +230,7 @@ def _plain(client: redis.Redis) -> None:
 def test_status_shows_the_state_routers_decide_from(
     redis_server: RedisServer, tmp_path: Path, extra: dict[str, Any], write_stats: Any
 ) -> None:
-    apply(redis_server.url, tmp_path, PLAIN | extra)
+    apply_experiments(redis_server.url, tmp_path, PLAIN | extra)
     client = redis_server.client()
     write_stats(client)
     client.close()

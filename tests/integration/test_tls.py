@@ -108,11 +108,8 @@ def tls_router(
         tls_key_file=pki / "server.key",
         tls_client_ca_file=pki / "ca.pem" if mutual else None,
     )
-    router = InProcessRouter(settings).start()
-    try:
+    with InProcessRouter(settings).start() as router:
         yield router
-    finally:
-        router.stop()
 
 
 @pytest.mark.parametrize("tls_router", ["tls"], indirect=True)

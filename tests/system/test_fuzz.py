@@ -21,7 +21,6 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError, Message
 from hypothesis import HealthCheck, given, settings
@@ -30,7 +29,14 @@ from hypothesis import strategies as st
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from support import InProcessRouter, RedisServer, RouterProcess, cli, router_settings, wait_until
+from support import (
+    InProcessRouter,
+    RedisServer,
+    RouterProcess,
+    apply_experiments,
+    router_settings,
+    wait_until,
+)
 from wire import b64, field, nested_struct, resign
 
 DEFINED = {
@@ -77,15 +83,9 @@ BYSTANDER: dict[str, Any] = {
 @pytest.fixture
 def fuzzed(applied_ranker: RedisServer, tmp_path: Path) -> Iterator[tuple[InProcessRouter, RedisServer]]:
     """A real router serving ranker (bernoulli), gauss (gaussian, guardrails) and bystander."""
-    for doc in (GAUSS, BYSTANDER):
-        path = tmp_path / f"{doc['name']}.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        cli("experiment", "apply", str(path), redis_url=applied_ranker.url)
-    router = InProcessRouter(router_settings(applied_ranker.url)).start()
-    try:
+    apply_experiments(applied_ranker.url, tmp_path, GAUSS, BYSTANDER)
+    with InProcessRouter(router_settings(applied_ranker.url)).start() as router:
         yield router, applied_ranker
-    finally:
-        router.stop()
 
 
 def kill_of_another_experiment_is_obeyed_within_1s(router: InProcessRouter, redis: RedisServer) -> float:

@@ -12,21 +12,24 @@ Nodes run without persistence, with cluster-node-timeout 1000 ms (a failover tak
 from __future__ import annotations
 
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from mabrouter.cli import main as mabrouter_main
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from redis_topologies import Ack, RedisClusterTopology, Traffic, running_cluster
-from support import EXAMPLE, RouterProcess, cli, free_port, wait_until
+from redis_topologies import (
+    RedisClusterTopology,
+    Traffic,
+    killed_within,
+    running_cluster,
+    seen_nonces,
+    stat_totals,
+)
+from support import EXAMPLE, RouterProcess, cli, cli_in_process, cli_parallel, free_port, scrape, wait_until
 
 # An OK already on its way from the router when the master is killed arrives a little after the kill.
 REPLY_SLACK = 0.5
@@ -64,19 +67,8 @@ def experiment_file(directory: Path, name: str) -> Path:
     return path
 
 
-def cli_here(*args: str, redis_url: str) -> None:
-    """The real CLI (`mabrouter.cli.main`) run in this process: no interpreter start-up per command."""
-    assert mabrouter_main([*args, "--redis-url", redis_url]) == 0, args
-
-
-def in_parallel(url: str, *commands: Sequence[str]) -> None:
-    """Run several CLI commands at once (each is a process of its own)."""
-    with ThreadPoolExecutor(len(commands)) as pool:
-        list(pool.map(lambda args: cli(*args, redis_url=url), commands))
-
-
 def apply_all(url: str, directory: Path, names: Sequence[str]) -> None:
-    in_parallel(url, *(("experiment", "apply", str(experiment_file(directory, n))) for n in names))
+    cli_parallel(url, *(("experiment", "apply", str(experiment_file(directory, n))) for n in names))
 
 
 def route(stub: router_pb2_grpc.RouterStub, experiment: str, unit: str = "k") -> pb.RouteResponse:
@@ -85,59 +77,6 @@ def route(stub: router_pb2_grpc.RouterStub, experiment: str, unit: str = "k") ->
 
 def report(stub: router_pb2_grpc.RouterStub, decision_id: str, reward: float = 1.0) -> pb.OutcomeResponse:
     return stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision_id, reward=reward), timeout=5)
-
-
-def scrape(port: int) -> dict[str, float]:
-    """The router's Prometheus metrics as `name{label=value,...}` -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
-        text = reply.read().decode()
-    values = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}"] = sample.value
-    return values
-
-
-def stats(cluster: RedisClusterTopology, experiment: str) -> dict[str, float]:
-    """The experiment's statistics summed over its arms: trials, count (outcomes), sum (rewards)."""
-    client = cluster.client()
-    try:
-        raw = client.hgetall(f"mabrouter:{{{experiment}}}:stats")
-    finally:
-        client.close()
-    totals = {"trials": 0.0, "count": 0.0, "sum": 0.0}
-    for field, value in raw.items():
-        stat = field.rsplit(":", 1)[1]
-        if stat in totals:
-            totals[stat] += float(value)
-    return totals
-
-
-def seen_markers(cluster: RedisClusterTopology, experiment: str, acks: Sequence[Ack]) -> set[str]:
-    """The nonces among `acks` whose `seen` marker (the proof an outcome was applied) is in Redis."""
-    client = cluster.client()
-    try:
-        found: set[str] = set()
-        for start in range(0, len(acks), 500):
-            chunk = acks[start : start + 500]
-            with client.pipeline(transaction=False) as pipe:
-                for ack in chunk:
-                    pipe.exists(f"mabrouter:{{{experiment}}}:seen:{ack.nonce}")
-                found |= {ack.nonce for ack, n in zip(chunk, pipe.execute(), strict=True) if n}
-        return found
-    finally:
-        client.close()
-
-
-def killed_within(stub: router_pb2_grpc.RouterStub, experiment: str, seconds: float) -> float | None:
-    """How long until Route answers KILLED for `experiment` (None if not within `seconds`)."""
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        if route(stub, experiment).reason == pb.KILLED:
-            return time.monotonic() - started
-        time.sleep(0.005)
-    return None
 
 
 # --- the key schema on a cluster ------------------------------------------------------------------------
@@ -163,7 +102,7 @@ def test_experiments_spread_over_masters_and_each_keeps_every_key_in_its_slot(
                     assert decision.reason == pb.SAMPLED
                     assert not report(stub, decision.decision_id).duplicate
         for name in EXPERIMENTS:
-            cli_here("kill", name, "--reason", "schema check", redis_url=url)
+            cli_in_process("kill", name, "--reason", "schema check", redis_url=url)
         assert router.terminate() == 0, router.output()  # the shutdown flush writes trials and logs
     finally:
         router.kill()
@@ -193,7 +132,7 @@ def test_router_routes_counts_applies_once_and_obeys_a_kill_by_pubsub(
 ) -> None:
     url = cluster.url
     for name in EXPERIMENTS:  # in process: the previous test applies through `mabrouter` processes
-        cli_here("experiment", "apply", str(experiment_file(tmp_path, name)), redis_url=url)
+        cli_in_process("experiment", "apply", str(experiment_file(tmp_path, name)), redis_url=url)
     # The router polls every 5 s, so a kill obeyed in well under that came by the change notice.
     router = RouterProcess(url, MABROUTER_REFRESH_INTERVAL_MS="5000").wait_serving()
     try:
@@ -206,7 +145,7 @@ def test_router_routes_counts_applies_once_and_obeys_a_kill_by_pubsub(
                 assert {d.arm for d in decisions} <= set(ARMS.get(name, (f"{name}-a", f"{name}-b")))
                 ids[name] = [d.decision_id for d in decisions]
             wait_until(
-                lambda: all(stats(cluster, name)["trials"] == 40 for name in EXPERIMENTS),
+                lambda: all(stat_totals(cluster.client(), name)["trials"] == 40 for name in EXPERIMENTS),
                 10,
                 what="40 trials of every experiment in Redis",
             )
@@ -215,7 +154,7 @@ def test_router_routes_counts_applies_once_and_obeys_a_kill_by_pubsub(
                     first = report(stub, decision_id, reward=float(i % 2))
                     assert (first.duplicate, first.experiment) == (False, name)
                     assert report(stub, decision_id, reward=float(i % 2)).duplicate  # counts nothing
-                assert stats(cluster, name) == {"trials": 40.0, "count": 40.0, "sum": 20.0}
+                assert stat_totals(cluster.client(), name) == {"trials": 40.0, "count": 40.0, "sum": 20.0}
 
             # Kill one experiment on each master: each notice is published on that master, and the
             # cluster bus must carry it to the one node the router subscribes on.
@@ -257,12 +196,12 @@ def test_slot_migration_under_traffic_keeps_routing_and_counts_exact(cluster: Re
         assert traffic.route_errors == []
         assert traffic.outcome_errors == []
         acks = traffic.acks
-        assert stats(cluster, "ranker") == {
+        assert stat_totals(cluster.client(), "ranker") == {
             "trials": traffic.counted,
             "count": len(acks),
             "sum": sum(ack.reward for ack in acks),
         }
-        assert seen_markers(cluster, "ranker", acks) == {ack.nonce for ack in acks}
+        assert seen_nonces(cluster.client(), "ranker", acks) == {ack.nonce for ack in acks}
     finally:
         traffic.close()
         router.kill()
@@ -303,8 +242,12 @@ def test_master_failover_under_traffic_loses_no_route_and_doubles_no_outcome(
         assert cluster.wait_failover(slot, victim) == heir
         promoted_after = time.monotonic() - killed_at
         traffic.wait_acks(500)  # outcomes flow again
-        before = stats(cluster, "ranker")["trials"]
-        wait_until(lambda: stats(cluster, "ranker")["trials"] > before, 10, what="trial counts to flow")
+        before = stat_totals(cluster.client(), "ranker")["trials"]
+        wait_until(
+            lambda: stat_totals(cluster.client(), "ranker")["trials"] > before,
+            10,
+            what="trial counts to flow",
+        )
         traffic.stop()
         wait_until(
             lambda: scrape(metrics_port)["mabrouter_pending_writes{buffer=outcome_spool}"] == 0,
@@ -317,7 +260,7 @@ def test_master_failover_under_traffic_loses_no_route_and_doubles_no_outcome(
         acks = traffic.acks
         assert len({ack.nonce for ack in acks}) == len(acks)
 
-        kept = seen_markers(cluster, "ranker", acks)
+        kept = seen_nonces(cluster.client(), "ranker", acks)
         lost = [ack for ack in acks if ack.nonce not in kept]
         print(
             f"\nfailover: slot {slot} {victim} -> {heir}, promoted {promoted_after:.1f} s after the kill; "
@@ -330,7 +273,7 @@ def test_master_failover_under_traffic_loses_no_route_and_doubles_no_outcome(
             )
         )
         # Nothing doubled, nothing invented: Redis holds exactly the acknowledged outcomes it kept...
-        totals = stats(cluster, "ranker")
+        totals = stat_totals(cluster.client(), "ranker")
         assert totals["count"] == len(acks) - len(lost)
         assert totals["sum"] == sum(a.reward for a in acks) - sum(a.reward for a in lost)
         # ... and what asynchronous replication lost was acknowledged by the old master just before it died.
@@ -341,10 +284,10 @@ def test_master_failover_under_traffic_loses_no_route_and_doubles_no_outcome(
             stub = router_pb2_grpc.RouterStub(channel)
             duplicates = [report(stub, ack.decision_id, ack.reward).duplicate for ack in acks]
         assert duplicates == [ack.nonce in kept for ack in acks]
-        assert stats(cluster, "ranker")["count"] == len(acks)
+        assert stat_totals(cluster.client(), "ranker")["count"] == len(acks)
 
         assert router.terminate() == 0, router.output()  # the shutdown flush writes the last trials
-        trials = stats(cluster, "ranker")["trials"]
+        trials = stat_totals(cluster.client(), "ranker")["trials"]
         last_second = sum(1 for at in traffic.route_times if killed_at - 1.0 <= at <= killed_at)
         print(f"trials: {traffic.counted} counted decisions, {trials:.0f} in Redis")
         assert traffic.counted - last_second <= trials <= traffic.counted
@@ -358,7 +301,7 @@ def test_change_feed_survives_losing_the_node_it_listens_on(
 ) -> None:
     cluster = fresh_cluster
     for name in ("ranker", "search", "ads"):
-        cli_here("experiment", "apply", str(experiment_file(tmp_path, name)), redis_url=cluster.url)
+        cli_in_process("experiment", "apply", str(experiment_file(tmp_path, name)), redis_url=cluster.url)
     victim = cluster.master_for_key("{ranker}")
     url = cluster.url_starting_with(victim)  # the router subscribes on the node about to die
     # Polling every 20 s: a kill obeyed within seconds came by the change notice (and one poll can
@@ -369,7 +312,7 @@ def test_change_feed_survives_losing_the_node_it_listens_on(
     try:
         with grpc.insecure_channel(router.address) as channel:
             stub = router_pb2_grpc.RouterStub(channel)
-            cli_here("kill", "ads", "--reason", "before", redis_url=url)
+            cli_in_process("kill", "ads", "--reason", "before", redis_url=url)
             assert killed_within(stub, "ads", 1.0) is not None  # the change feed works
 
             slot = cluster.keyslot("{ranker}")
@@ -377,7 +320,7 @@ def test_change_feed_survives_losing_the_node_it_listens_on(
             cluster.wait_failover(slot, victim)
             timings = {}
             for name in ("ranker", "search"):
-                cli_here("kill", name, "--reason", "after the failover", redis_url=url)
+                cli_in_process("kill", name, "--reason", "after the failover", redis_url=url)
                 timings[name] = killed_within(stub, name, 3.0)
             assert all(t is not None for t in timings.values()), f"kill not obeyed within 3 s: {timings}"
     finally:
@@ -394,7 +337,7 @@ def test_router_recovers_from_a_whole_cluster_outage(
         "name: sticky\ncontrol: a\narms:\n  - name: a\n  - name: b\nsticky: {ttl_seconds: 3600}\n"
     )
     cli("experiment", "apply", str(EXAMPLE), redis_url=url)
-    cli_here("experiment", "apply", str(sticky), redis_url=url)
+    cli_in_process("experiment", "apply", str(sticky), redis_url=url)
     router = RouterProcess(url).wait_serving()
     problems = []
     try:
@@ -420,14 +363,16 @@ def test_router_recovers_from_a_whole_cluster_outage(
             for port in cluster.ports:
                 cluster.restart(port)
             cluster.wait_healthy()
-            cli_here("experiment", "apply", str(EXAMPLE), redis_url=url)  # the data went with the nodes
+            cli_in_process("experiment", "apply", str(EXAMPLE), redis_url=url)  # the data went with the nodes
             for i in range(20):
                 route(stub, "ranker", f"back-{i}")
             try:
-                wait_until(lambda: stats(cluster, "ranker")["trials"] >= 20, 2, what="trials")
+                wait_until(lambda: stat_totals(cluster.client(), "ranker")["trials"] >= 20, 2, what="trials")
             except TimeoutError:
-                problems.append(f"trials not written after the outage: {stats(cluster, 'ranker')}")
-            cli_here("kill", "ranker", "--reason", "after the outage", redis_url=url)
+                problems.append(
+                    f"trials not written after the outage: {stat_totals(cluster.client(), 'ranker')}"
+                )
+            cli_in_process("kill", "ranker", "--reason", "after the outage", redis_url=url)
             if killed_within(stub, "ranker", 2.0) is None:
                 problems.append("a kill made after the outage was not obeyed within 2 s")
         assert problems == []

@@ -16,45 +16,24 @@ import pytest
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from redis_topologies import Ack, SentinelTopology, Traffic, running_sentinel
+from redis_topologies import (
+    SentinelTopology,
+    Traffic,
+    killed_within,
+    running_sentinel,
+    seen_nonces,
+    stat_totals,
+)
 from support import EXAMPLE, RouterProcess, cli, wait_until
 
 # An OK already on its way from the router when the master is killed arrives a little after the kill.
 REPLY_SLACK = 0.5
-STATS = "mabrouter:{ranker}:stats"
 
 
 @pytest.fixture
 def sentinel() -> Iterator[SentinelTopology]:
     with running_sentinel() as topology:
         yield topology
-
-
-def totals(topology: SentinelTopology, port: int | None = None) -> dict[str, float]:
-    """Totals over arms of ranker's statistics on one data node (default: the current master)."""
-    client = topology.data[port if port is not None else topology.master_port()].client()
-    try:
-        raw = client.hgetall(STATS)
-    finally:
-        client.close()
-    result = {"trials": 0.0, "count": 0.0, "sum": 0.0}
-    for field, value in raw.items():
-        stat = field.rsplit(":", 1)[1]
-        if stat in result:
-            result[stat] += float(value)
-    return result
-
-
-def present(topology: SentinelTopology, port: int, acks: list[Ack]) -> set[str]:
-    """The nonces among `acks` whose `seen` marker exists on one data node."""
-    client = topology.data[port].client()
-    try:
-        with client.pipeline(transaction=False) as pipe:
-            for ack in acks:
-                pipe.exists(f"mabrouter:{{ranker}}:seen:{ack.nonce}")
-            return {ack.nonce for ack, n in zip(acks, pipe.execute(), strict=True) if n}
-    finally:
-        client.close()
 
 
 def test_cli_and_router_work_through_sentinel(sentinel: SentinelTopology) -> None:
@@ -72,11 +51,17 @@ def test_cli_and_router_work_through_sentinel(sentinel: SentinelTopology) -> Non
                 request = pb.OutcomeRequest(decision_id=decision.decision_id, reward=float(i % 2))
                 assert not stub.ReportOutcome(request, timeout=5).duplicate
                 assert stub.ReportOutcome(request, timeout=5).duplicate
-            wait_until(lambda: totals(sentinel)["trials"] == 50, 5, what="50 trials on the master")
-            assert totals(sentinel, master) == {"trials": 50.0, "count": 50.0, "sum": 25.0}
+            wait_until(
+                lambda: stat_totals(sentinel.master_client())["trials"] == 50,
+                5,
+                what="50 trials on the master",
+            )
+            assert stat_totals(sentinel.data[master].client()) == {"trials": 50.0, "count": 50.0, "sum": 25.0}
             # ... and the replica has them too (it is the master's copy, nothing is written there)
             (replica,) = sentinel.replica_ports()
-            wait_until(lambda: totals(sentinel, replica)["count"] == 50, 5, what="replication")
+            wait_until(
+                lambda: stat_totals(sentinel.data[replica].client())["count"] == 50, 5, what="replication"
+            )
 
             cli("kill", "ranker", "--reason", "through sentinel", redis_url=url)
             wait_until(
@@ -89,16 +74,6 @@ def test_cli_and_router_work_through_sentinel(sentinel: SentinelTopology) -> Non
             )
     finally:
         router.kill()
-
-
-def killed_within(stub: router_pb2_grpc.RouterStub, seconds: float) -> float | None:
-    """How long until Route answers KILLED for ranker (None if not within `seconds`)."""
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        if stub.Route(pb.RouteRequest(experiment="ranker", unit_id="k"), timeout=5).reason == pb.KILLED:
-            return time.monotonic() - started
-        time.sleep(0.005)
-    return None
 
 
 def test_master_killed_under_traffic_router_reconnects_through_sentinel(sentinel: SentinelTopology) -> None:
@@ -121,14 +96,14 @@ def test_master_killed_under_traffic_router_reconnects_through_sentinel(sentinel
         traffic.stop()
         with grpc.insecure_channel(router.address) as channel:  # config now comes from the new master
             cli("kill", "ranker", "--reason", "after the failover", redis_url=url)
-            assert killed_within(router_pb2_grpc.RouterStub(channel), 2.0) is not None
+            assert killed_within(router_pb2_grpc.RouterStub(channel), "ranker", 2.0) is not None
         assert router.terminate() == 0, router.output()  # the shutdown flush writes the last trials
         assert traffic.route_errors == []
         assert traffic.outcome_errors == []
         acks = traffic.acks
-        kept = present(sentinel, new, acks)
+        kept = seen_nonces(sentinel.data[new].client(), "ranker", acks)
         lost = [ack for ack in acks if ack.nonce not in kept]
-        result = totals(sentinel, new)
+        result = stat_totals(sentinel.data[new].client())
         print(
             f"\nsentinel, master killed: {old} -> {new} promoted {promoted_at - killed_at:.1f} s after the "
             f"kill; {traffic.summary()}; acknowledged outcomes lost by Redis: {len(lost)}; "
@@ -164,14 +139,14 @@ def test_sentinel_failover_command_under_traffic_moves_the_router_to_the_new_mas
         with grpc.insecure_channel(router.address) as channel:
             stub = router_pb2_grpc.RouterStub(channel)
             cli("kill", "ranker", "--reason", "after the failover", redis_url=url)
-            if killed_within(stub, 1.0) is None:
+            if killed_within(stub, "ranker", 1.0) is None:
                 problems.append("a kill made after the failover was not obeyed within 1 s")
         traffic.stop()
         assert traffic.route_errors == []
         assert traffic.outcome_errors == []
         acks = traffic.acks
-        on_new = present(sentinel, new, acks)
-        on_old = present(sentinel, old, acks)
+        on_new = seen_nonces(sentinel.data[new].client(), "ranker", acks)
+        on_old = seen_nonces(sentinel.data[old].client(), "ranker", acks)
         late = [ack for ack in acks if ack.at > promoted_at + 1.0]
         stranded = [ack for ack in late if ack.nonce not in on_new]
         lost = [ack for ack in acks if ack.nonce not in on_new]

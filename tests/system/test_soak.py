@@ -1,8 +1,8 @@
 """Soak: minutes of chaos (Redis and router killed, restarted, hung), traffic and outcomes throughout, then
 the ledger: every acknowledged outcome counted exactly once. Excluded from the default run (marker slow):
 
-    .venv/bin/pytest -m slow tests/test_soak.py -s
-    MABROUTER_SOAK_SECONDS=1800 MABROUTER_SOAK_SEED=7 .venv/bin/pytest -m slow tests/test_soak.py -s
+    .venv/bin/pytest -m slow tests/system/test_soak.py -s
+    MABROUTER_SOAK_SECONDS=1800 MABROUTER_SOAK_SEED=7 .venv/bin/pytest -m slow tests/system/test_soak.py -s
 """
 
 from __future__ import annotations
