@@ -34,6 +34,7 @@ from mabrouter.core.model import (
 )
 from mabrouter.errors import ConfigError
 from mabrouter.targeting_schema import TargetingDoc, to_rule
+from mabrouter.validation_messages import describe_validation_error
 
 MAX_ARMS = 100
 MAX_PAYLOAD_ENTRIES = 32
@@ -264,18 +265,6 @@ def _prior(kind: RewardKind, doc: BetaPriorDoc | NormalPriorDoc | None) -> BetaP
     return BetaPrior() if kind is RewardKind.BERNOULLI else NormalPrior()
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """One line per problem, each naming the field path, e.g. `arms.1.name: String should match...`."""
-    lines = []
-    for problem in error.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "(document)"
-        message = problem["msg"].removeprefix("Value error, ")
-        if problem["type"] == "extra_forbidden":
-            message = "unknown field (check the spelling; see README 'Experiment files')"
-        lines.append(f"{where}: {message}")
-    return "\n".join(lines)
-
-
 def parse_experiment(data: Any, source: str) -> ExperimentDoc:
     try:
         return ExperimentDoc.model_validate(data)
@@ -297,6 +286,8 @@ def load_experiment_file(path: Path) -> ExperimentDoc:
         raise ConfigError(
             f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
         ) from exc
+    if data is None:  # an empty file (or only comments) loads as None
+        raise ConfigError(f"{path} is empty: an experiment file needs name, control and arms")
     return parse_experiment(data, str(path))
 
 

@@ -100,7 +100,7 @@ def test_cli_refuses_a_bad_file_and_changes_nothing(applied_ranker: RedisServer,
     )
     result = cli("experiment", "apply", str(bad), redis_url=applied_ranker.url, check=False)
     assert result.returncode == 2
-    assert "arms.1.wieght: unknown field" in result.stderr
+    assert "arms[1].wieght: unknown field" in result.stderr
     client = applied_ranker.client()
     try:
         assert client.hget("mabrouter:{ranker}:config", "version") == "1"

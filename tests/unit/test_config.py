@@ -40,7 +40,7 @@ def test_gaussian_priors() -> None:
     ("change", "needle"),
     [
         ({"colour": "red"}, "colour: unknown field"),
-        ({"arms": [{"name": "a", "weight": 2}, {"name": "b"}]}, "arms.0.weight: unknown field"),
+        ({"arms": [{"name": "a", "weight": 2}, {"name": "b"}]}, "arms[0].weight: unknown field"),
         ({"control": "c"}, "control 'c' is not one of the arms"),
         ({"arms": [{"name": "a"}, {"name": "a"}]}, "repeated: a"),
         ({"arms": [{"name": "a"}]}, "arms: List should have at least 2 items"),

@@ -18,8 +18,8 @@ from mabrouter.core.targeting import (
     Operator,
     matches,
 )
-from mabrouter.schema import describe_validation_error
 from mabrouter.targeting_schema import NODE_SHAPES, TargetingDoc, to_rule
+from mabrouter.validation_messages import describe_validation_error
 
 
 class Experiment(BaseModel):
@@ -131,7 +131,7 @@ def test_conditions(node: dict[str, Any], rule: Condition) -> None:
 
 def test_unknown_operator_lists_the_allowed_ones() -> None:
     message = refusal({"all": [{"attribute": "country", "op": "equals", "value": "US"}]})
-    assert message.startswith("targeting.all.0.op: unknown operator 'equals'; allowed operators:")
+    assert message.startswith("targeting.all[0].op: unknown operator 'equals'; allowed operators:")
     for operator in Operator:
         assert operator.value in message
 
@@ -164,7 +164,7 @@ def test_bad_conditions_are_refused_at_parse_time_naming_the_problem(
     node: dict[str, Any], needle: str
 ) -> None:
     message = refusal({"any": [{"attribute": "ok", "op": "exists"}, node]})
-    assert message.startswith("targeting.any.1: attribute ")
+    assert message.startswith("targeting.any[1]: attribute ")
     assert needle in message
 
 
@@ -182,8 +182,8 @@ def test_bad_conditions_are_refused_at_parse_time_naming_the_problem(
         ("country == US", "targeting"),
         ([{"attribute": "a", "op": "exists"}], "targeting"),
         ({"not": {"colour": "red"}}, "targeting.not"),
-        ({"all": [{"attribute": "a", "op": "exists"}, 7]}, "targeting.all.1"),
-        ({"any": [{"not": {"all": [{}]}}]}, "targeting.any.0.not.all.0"),
+        ({"all": [{"attribute": "a", "op": "exists"}, 7]}, "targeting.all[1]"),
+        ({"any": [{"not": {"all": [{}]}}]}, "targeting.any[0].not.all[0]"),
     ],
 )
 def test_a_node_is_exactly_one_shape(data: Any, where: str) -> None:
@@ -211,7 +211,7 @@ def test_a_node_is_exactly_one_shape(data: Any, where: str) -> None:
         ({"any": "a"}, "targeting.any: Input should be a valid list"),
         (
             {"any": [{"attribute": "a", "op": "exists"}, {"attribute": "b"}]},
-            "targeting.any.1: a condition needs",
+            "targeting.any[1]: a condition needs",
         ),
     ],
 )

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mabrouter.config import Settings
-from mabrouter.schema import describe_validation_error
+from mabrouter.validation_messages import describe_validation_error
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -105,7 +105,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument("--listen", help="host:port or unix:PATH (env MABROUTER_LISTEN)")
     serve.add_argument("--refresh-interval-ms", type=int, help="snapshot refresh period (default 200)")
     serve.add_argument("--flush-interval-ms", type=int, help="trial-count flush period (default 100)")
-    serve.add_argument("--log-format", choices=["json", "text"])
+    serve.add_argument(
+        "--log-format", choices=["json", "text"], help="log lines as text or JSON (default text)"
+    )
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     serve.add_argument(
         "--dev-insecure-secret",
@@ -119,12 +121,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     health = commands.add_parser("health", help="ask a router's gRPC health service; exit 0 when SERVING")
     health.add_argument("--address", default="127.0.0.1:50051", help="host:port or unix:PATH")
     health.add_argument("--service", default="", help="service name ('' = overall)")
-    health.add_argument("--timeout", type=float, default=2.0)
+    health.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
     health.add_argument("--tls-ca", help="CA bundle to verify a TLS router (enables TLS)")
     health.add_argument("--tls-cert", help="client certificate, for a router requiring mTLS")
     health.add_argument("--tls-key", help="client private key, for a router requiring mTLS")
     health.set_defaults(handler=cmd_health)
 
     demo = commands.add_parser("demo", help="private Redis + router + simulated traffic, end to end")
-    demo.add_argument("--decisions", type=int, default=6000)
+    demo.add_argument("--decisions", type=int, default=6000, help="requests to route (default 6000)")
     demo.set_defaults(handler=cmd_demo)
