@@ -91,7 +91,14 @@ def private_redis() -> Iterator[str]:
 @contextlib.contextmanager
 def router_process(redis_url: str) -> Iterator[str]:
     address = f"127.0.0.1:{_free_port()}"
-    env = {**os.environ, "MABROUTER_REDIS_URL": redis_url, "MABROUTER_DECISION_SECRET": secrets.token_hex(32)}
+    # Every port the demo opens is its own: the default metrics port (9464) is often held by a router
+    # already running on this machine, and the demo's router would exit on it.
+    env = {
+        **os.environ,
+        "MABROUTER_REDIS_URL": redis_url,
+        "MABROUTER_DECISION_SECRET": secrets.token_hex(32),
+        "MABROUTER_METRICS_LISTEN": f"127.0.0.1:{_free_port()}",
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "mabrouter", "serve", "--listen", address],
         env=env,
