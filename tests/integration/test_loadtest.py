@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from support import InProcessRouter, cli, free_port
+from support import InProcessRouter, RedisServer, cli, free_port
 
 ARMS = ("--arm-rate", "ranker-v1=0.1", "--arm-rate", "ranker-v2=0.12", "--arm-rate", "ranker-v3=0.3")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -33,7 +33,7 @@ def _run(tmp_path: Path, router: InProcessRouter, *args: str, name: str = "run")
         "--timeout",
         "5",  # generous: a loaded CI machine must not turn slow calls into errors
         *args,
-        redis_url="redis://127.0.0.1:1/0",
+        redis_url=router.settings.redis_url,  # the arms are checked against the stored experiment
     )
     report: dict[str, Any] = json.loads(json_out.read_text())
     return report
@@ -114,7 +114,7 @@ def test_closed_loop_with_drift_and_delayed_rewards(router: InProcessRouter, tmp
     assert regret == sorted(regret)
 
 
-def test_unreachable_router_exits_2_with_a_clear_message(tmp_path: Path) -> None:
+def test_unreachable_router_exits_2_with_a_clear_message(applied_ranker: RedisServer, tmp_path: Path) -> None:
     target = f"127.0.0.1:{free_port()}"
     result = cli(
         "loadtest",
@@ -131,7 +131,7 @@ def test_unreachable_router_exits_2_with_a_clear_message(tmp_path: Path) -> None
         "--json-out",
         str(tmp_path / "never.json"),
         *ARMS,
-        redis_url="redis://127.0.0.1:1/0",
+        redis_url=applied_ranker.url,
         check=False,
     )
     assert result.returncode == 2
@@ -141,18 +141,58 @@ def test_unreachable_router_exits_2_with_a_clear_message(tmp_path: Path) -> None
 
 def test_unknown_experiment_and_bad_flags_exit_2(router: InProcessRouter, tmp_path: Path) -> None:
     base = ("loadtest", "--target", router.address, "--duration", "1", "--rate", "10")
-    result = cli(*base, "--experiment", "nope", *ARMS, redis_url="redis://127.0.0.1:1/0", check=False)
+    url = router.settings.redis_url
+    result = cli(*base, "--experiment", "nope", *ARMS, redis_url=url, check=False)
     assert result.returncode == 2
-    assert "NOT_FOUND" in result.stderr
-    assert "'nope'" in result.stderr
+    assert "unknown experiment 'nope'" in result.stderr
     result = cli(
         *base,
         "--experiment",
         "ranker",
         "--arm-rate",
         "ranker-v1=2",
-        redis_url="redis://127.0.0.1:1/0",
+        redis_url=url,
         check=False,
     )
     assert result.returncode == 2
     assert "a rate must be in [0, 1]" in result.stderr
+
+
+def test_arms_the_experiment_does_not_have_are_refused(router: InProcessRouter, tmp_path: Path) -> None:
+    """Before: accepted, sending zero rewards to real arms and reporting zero regret."""
+    result = cli(
+        "loadtest",
+        "--target",
+        router.address,
+        "--experiment",
+        "ranker",
+        "--duration",
+        "1",
+        "--rate",
+        "10",
+        "--json-out",
+        str(tmp_path / "never.json"),
+        "--arm-rate",
+        "ranker-v1=0.1",
+        "--arm-rate",
+        "zz=0.5",
+        redis_url=router.settings.redis_url,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "experiment ranker has no arm 'zz' (arms: ranker-v1, ranker-v2, ranker-v3)" in result.stderr
+    assert not (tmp_path / "never.json").exists()
+    unreachable = cli(
+        "loadtest",
+        "--target",
+        router.address,
+        "--experiment",
+        "ranker",
+        "--rate",
+        "10",
+        *ARMS,
+        redis_url="redis://127.0.0.1:1/0",
+        check=False,
+    )
+    assert unreachable.returncode == 3
+    assert "cannot reach Redis" in unreachable.stderr

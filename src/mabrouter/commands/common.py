@@ -51,3 +51,8 @@ def add_redis_url(parser: argparse.ArgumentParser) -> None:
 def add_actor(parser: argparse.ArgumentParser, reason_required: bool = False) -> None:
     parser.add_argument("--actor", help="who makes the change (default: the OS user)")
     parser.add_argument("--reason", required=reason_required, help="why: recorded in the audit log")
+
+
+def unknown_experiment(name: str) -> str:
+    """The one wording of "no such experiment" (every command exits 2 with it, on stderr)."""
+    return f"unknown experiment {name!r} (see `mabrouter experiment list`)"

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from rich.console import Console
 from rich.table import Table
 
-from mabrouter.commands.common import add_actor, add_redis_url, admin_store, change
+from mabrouter.commands.common import add_actor, add_redis_url, admin_store, change, unknown_experiment
 from mabrouter.errors import ConfigError
 from mabrouter.store.controls_codec import parse_controls, parse_rollout
 from mabrouter.store.experiment_decoder import decode_document
@@ -25,7 +25,7 @@ def _check_target(store: OperatorStore, args: argparse.Namespace) -> str | None:
         return "pass either an experiment or --all, not both"
     stored = store.get(args.experiment)
     if stored is None:
-        return f"unknown experiment {args.experiment!r} (see `mabrouter experiment list`)"
+        return unknown_experiment(args.experiment)
     try:
         spec = decode_document(args.experiment, stored.config).spec
     except ConfigError as exc:
@@ -90,7 +90,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     percent = parse_rollout(args.percent)  # ValueError -> exit 2 with the message
     with admin_store(args) as store:
         if store.get(args.experiment) is None:
-            print(f"error: unknown experiment {args.experiment!r}", file=sys.stderr)
+            print(f"error: {unknown_experiment(args.experiment)}", file=sys.stderr)
             return 2
         version, before = store.set_rollout(args.experiment, percent, change(args, "rollout"))
     print(f"{args.experiment} rollout {before or 'from file'} -> {percent:g}% ({_version(version)})")
@@ -99,6 +99,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     with admin_store(args) as store:
+        if args.experiment and store.get(args.experiment) is None:
+            print(f"error: {unknown_experiment(args.experiment)}", file=sys.stderr)
+            return 2
         if args.experiment:
             entries = store.audit([args.experiment], args.limit)
         else:
@@ -132,28 +135,33 @@ def _short(text: str, limit: int = 40) -> str:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for name, handler, doc in (
-        ("kill", cmd_kill, "stop an experiment (serve control), one arm, or with --all every experiment"),
-        ("unkill", cmd_unkill, "undo a kill"),
+    for name, handler, doc, arm_help in (
+        (
+            "kill",
+            cmd_kill,
+            "stop an experiment (serve control), one arm, or with --all every experiment",
+            "kill only this arm (it drops out of sampling)",
+        ),
+        ("unkill", cmd_unkill, "undo a kill", "undo the kill of this arm (it is sampled again)"),
     ):
         sub = commands.add_parser(name, help=doc)
-        sub.add_argument("experiment", nargs="?")
-        sub.add_argument("--arm", help="kill only this arm (it drops out of sampling)")
+        sub.add_argument("experiment", nargs="?", help="the experiment's name (omit with --all)")
+        sub.add_argument("--arm", help=arm_help)
         sub.add_argument("--all", action="store_true", help="the global switch: every experiment")
         add_actor(sub, reason_required=name == "kill")
         add_redis_url(sub)
         sub.set_defaults(handler=handler)
 
     rollout = commands.add_parser("rollout", help="set the percent of units exposed (decimals allowed)")
-    rollout.add_argument("experiment")
-    rollout.add_argument("percent")
+    rollout.add_argument("experiment", help="the experiment's name")
+    rollout.add_argument("percent", help="0 to 100, e.g. 12.5")
     add_actor(rollout)
     add_redis_url(rollout)
     rollout.set_defaults(handler=cmd_rollout)
 
     audit = commands.add_parser("audit", help="the audit log: who changed what, when and why")
-    audit.add_argument("experiment", nargs="?")
-    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("experiment", nargs="?", help="one experiment (default: all, and the global switches)")
+    audit.add_argument("--limit", type=int, default=50, help="newest entries shown (default 50)")
     audit.add_argument("--json", action="store_true", help="one JSON object per line")
     add_redis_url(audit)
     audit.set_defaults(handler=cmd_audit)

@@ -12,7 +12,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from mabrouter.commands.common import add_actor, add_redis_url, admin_store, change
+from mabrouter.commands.common import add_actor, add_redis_url, admin_store, change, unknown_experiment
 from mabrouter.core.model import RewardKind
 from mabrouter.core.summary import EvidenceSummary, evidence, segment_shares, summarize
 from mabrouter.errors import ConfigError
@@ -42,8 +42,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         stored = store.get(args.experiment)
         global_control, global_problems = parse_global_controls(store.global_control())
     if stored is None:
-        print(f"unknown experiment {args.experiment!r} (see `mabrouter experiment list`)")
-        return 1
+        print(f"error: {unknown_experiment(args.experiment)}", file=sys.stderr)
+        return 2
     rng = np.random.default_rng()
     try:
         # The routers' own decoder and state: what is shown here is what they decide from.
@@ -131,12 +131,15 @@ def _print_evidence(console: Console, found: EvidenceSummary) -> None:
         console.print(f"[red]guardrail breach[/]: {b.arm}: {b.evidence}")
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """Add `experiment apply|list` and `status`; return the `experiment` subcommands for the others."""
     experiment = commands.add_parser("experiment", help="manage experiments").add_subparsers(
         dest="action", required=True
     )
     apply = experiment.add_parser("apply", help="validate an experiment file and store it in Redis")
-    apply.add_argument("file")
+    apply.add_argument("file", help="a YAML or JSON experiment file (see README 'Experiment files')")
     add_actor(apply)
     apply.set_defaults(handler=cmd_apply)
     listing = experiment.add_parser("list", help="list experiments and their versions")
@@ -145,7 +148,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         add_redis_url(sub)
 
     status = commands.add_parser("status", help="per-arm trials, mean, 95%% CI, P(best), traffic share")
-    status.add_argument("experiment")
+    status.add_argument("experiment", help="the experiment's name")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     add_redis_url(status)
     status.set_defaults(handler=cmd_status)
+    return experiment

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TextIO
 
-from mabrouter.commands.common import add_redis_url, admin_store
+from mabrouter.commands.common import add_redis_url, admin_store, unknown_experiment
 from mabrouter.errors import ConfigError
 from mabrouter.store.experiment_decoder import decode_document
 from mabrouter.store.ports import OperatorStore
@@ -98,7 +98,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     since_ms = parse_since(args.since, int(time.time() * 1000))
     with admin_store(args) as store:
         if store.get(args.experiment) is None:
-            print(f"error: unknown experiment {args.experiment!r}", file=sys.stderr)
+            print(f"error: {unknown_experiment(args.experiment)}", file=sys.stderr)
             return 2
         outcomes = {entry["d"]: entry for entry in store.read_outcomes(args.experiment, since_ms)}
         segments = _segments(store, args.experiment)
@@ -115,9 +115,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     export = commands.add_parser("export", help="decisions joined with outcomes (jsonl or csv)")
-    export.add_argument("experiment")
+    export.add_argument("experiment", help="the experiment's name")
     export.add_argument("--since", default="24h", help="24h, 30m, 7d, an ISO time or epoch ms (default 24h)")
-    export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    export.add_argument(
+        "--format", choices=["jsonl", "csv"], default="jsonl", help="one JSON object per line, or CSV"
+    )
     export.add_argument("--out", help="file to write (default: standard output)")
     add_redis_url(export)
     export.set_defaults(handler=cmd_export)

@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mabrouter.commands.common import add_redis_url, admin_store, unknown_experiment
+from mabrouter.store.experiment_decoder import decode_document
+
 EPILOG = """\
 examples:
   mabrouter loadtest --experiment ranker --duration 30 --rate 2000 \\
@@ -23,7 +26,10 @@ The run sends real decisions and outcomes: they update the experiment's statisti
 test experiment. Regret is expected-reward regret against the best arm at the true rates at decision time.
 The sample-ratio check compares served counts (SAMPLED decisions) with the counts expected from the
 median propensity the router reported per arm and time bucket: an approximation, see the report.
-Exit status: 0 when the run happened (look at the report), 2 when it could not start.
+The arms named by --arm-rate/--arm-mean are checked against the experiment stored in Redis
+(--redis-url, env MABROUTER_REDIS_URL) before anything is sent.
+Exit status: 0 when the run happened (look at the report), 2 when it could not start, 3 when Redis
+cannot be reached.
 """
 
 
@@ -85,6 +91,22 @@ def _config(args: argparse.Namespace) -> Any:
     )
 
 
+def _check_arms(args: argparse.Namespace, modelled: tuple[str, ...]) -> None:
+    """ValueError when the simulated arms do not fit the stored experiment. An arm the experiment does not
+    have would never be served, so its rate would silently not matter: refuse it."""
+    with admin_store(args) as store:
+        stored = store.get(args.experiment)
+    if stored is None:
+        raise ValueError(unknown_experiment(args.experiment))
+    arms = [arm.name for arm in decode_document(args.experiment, stored.config).spec.arms]
+    unknown = [arm for arm in modelled if arm not in arms]
+    if unknown:
+        raise ValueError(
+            f"experiment {args.experiment} has no arm {', '.join(map(repr, unknown))} "
+            f"(arms: {', '.join(arms)})"
+        )
+
+
 def cmd_loadtest(args: argparse.Namespace) -> int:
     missing = _missing_dependencies()
     if missing:
@@ -102,6 +124,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
     try:
         config = _config(args)
+        _check_arms(args, config.environment.arms)  # ConfigError (a broken stored document) exits 2 too
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -143,6 +166,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--target", default="127.0.0.1:50051", help="host:port or unix:PATH (default %(default)s)"
     )
     sub.add_argument("--experiment", required=True, help="the experiment to route")
+    add_redis_url(sub)
     sub.add_argument(
         "--duration",
         type=_positive(float),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mabrouter.commands.common import add_redis_url, admin_store
+from mabrouter.commands.common import add_redis_url, admin_store, unknown_experiment
 from mabrouter.commands.export import parse_since
 from mabrouter.reporting.data import gather
 from mabrouter.reporting.html import render
@@ -47,8 +47,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             audit_limit=args.audit_limit,
         )
     if data is None:
-        listing = "see `mabrouter experiment list`"
-        print(f"error: unknown experiment {args.experiment!r} ({listing})", file=sys.stderr)
+        print(f"error: {unknown_experiment(args.experiment)}", file=sys.stderr)
         return 2
     page = render(data, render_charts(data))
     out = Path(args.out or f"{args.experiment}-report.html")
@@ -66,7 +65,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     report = commands.add_parser("report", help="self-contained HTML report: charts first, then numbers")
-    report.add_argument("experiment")
+    report.add_argument("experiment", help="the experiment's name")
     report.add_argument("--out", help="HTML file to write (default: EXPERIMENT-report.html)")
     window = "exposure log window: 24h, 30m, 7d, an ISO time or epoch ms (default 24h)"
     report.add_argument("--since", default="24h", help=window)

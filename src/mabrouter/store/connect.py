@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 SENTINEL_SCHEME = "redis+sentinel"
+SINGLE_SCHEMES = ("redis", "rediss", "unix")
 # How soon after a failed command a cluster client may re-read the slot map. redis-py versions that
 # throttle these refreshes default to 1 s, so after a failover every read and write kept going to the
 # dead master for up to a second more (kills obeyed late, outcomes refused). CLUSTER SLOTS is cheap,
@@ -56,8 +57,14 @@ class RedisTarget:
 
 def parse_target(url: str) -> RedisTarget:
     parts = urlsplit(url)
-    if parts.scheme not in (*CLUSTER_SCHEMES, SENTINEL_SCHEME):
+    if parts.scheme in SINGLE_SCHEMES:
         return RedisTarget("single", url)
+    if parts.scheme not in (*CLUSTER_SCHEMES, SENTINEL_SCHEME):
+        # said here rather than by redis-py, whose message lists only the single-server schemes
+        supported = ", ".join(
+            f"{scheme}://" for scheme in (*SINGLE_SCHEMES, *CLUSTER_SCHEMES, SENTINEL_SCHEME)
+        )
+        raise ValueError(f"redis URL {redact(url)!r}: unsupported scheme; use one of {supported}")
     netloc = parts.netloc.rsplit("@", 1)
     credentials, hostlist = (netloc[0], netloc[1]) if len(netloc) == 2 else ("", netloc[0])
     username, _, password = credentials.partition(":")
