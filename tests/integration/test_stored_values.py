@@ -258,6 +258,12 @@ def test_status_shows_the_state_routers_decide_from(
             assert arm["share"] == pytest.approx(float(state.shares[i]), abs=0.05), arm
             assert arm["p_best"] == pytest.approx(float(p_best[i]), abs=0.05), arm
         served = {arm["arm"]: arm["share"] for arm in status["arms"]}
+        control, challenger = status["arms"]  # p-a is the control
+        assert control["lift_vs_control"] is None
+        assert control["p_beats_control"] is None
+        mean_a, mean_b = (float(m) for m in state.posteriors.mean())
+        assert challenger["lift_vs_control"] == pytest.approx(mean_b / mean_a - 1, abs=0.02)
+        assert challenger["lift_ci_low"] < challenger["lift_vs_control"] < challenger["lift_ci_high"]
         if write_stats is _discounted:
             assert served["p-b"] > 0.95  # the recent evidence, as the routers see it
         if write_stats is _segmented:

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from mabrouter.commands.common import add_actor, add_redis_url, admin_store, change, unknown_experiment
 from mabrouter.core.model import RewardKind
-from mabrouter.core.summary import EvidenceSummary, evidence, segment_shares, summarize
+from mabrouter.core.summary import ControlComparison, EvidenceSummary, evidence, segment_shares, summarize
 from mabrouter.errors import ConfigError
 from mabrouter.schema import experiment_to_json, load_experiment_file
 from mabrouter.store.controls_codec import parse_global_controls
@@ -99,8 +99,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{s.p_best:.3f}",
             f"{s.share:.1%}",
         )
+    # A second table, so each fits an 80-column terminal (or a pipe, which rich treats as one).
+    against = Table(title=f"against the control {spec.control}")
+    for column in ("arm", "lift (mean)", "95% CI", "P(> control)"):
+        against.add_column(column, justify="left" if column == "arm" else "right")
+    for s in summaries:
+        if s.lift is not None:
+            against.add_row(s.arm, *_against_control(s.lift))
     console = Console()
     console.print(table)
+    console.print(against)
     if spec.half_life_seconds:
         console.print(
             f"mean, CI and P(best) weigh evidence with a half-life of {spec.half_life_seconds:g} s "
@@ -111,6 +119,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print(f"segment {spec.segment_attribute}={segment} decides on its own data: {split}")
     _print_evidence(console, found)
     return 0
+
+
+def _against_control(lift: ControlComparison) -> tuple[str, str, str]:
+    p_beats = f"{lift.p_beats_control:.3f}"
+    if lift.lift is None or lift.ci_low is None or lift.ci_high is None:
+        return "n/a (control mean may be <= 0)", "", p_beats
+    return f"{lift.lift:+.1%}", f"[{lift.ci_low:+.1%}, {lift.ci_high:+.1%}]", p_beats
 
 
 def _print_evidence(console: Console, found: EvidenceSummary) -> None:

@@ -1,4 +1,5 @@
-"""Per-arm summaries for `mabrouter status`: posterior mean, 95% credible interval, P(best), share."""
+"""Per-arm summaries for `mabrouter status`: posterior mean, 95% credible interval, P(best), share, and
+the comparison a product owner reads: lift against the control arm and the probability of beating it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from mabrouter.core.evidence import (
     sample_ratio_check,
 )
 from mabrouter.core.model import RewardKind
+from mabrouter.core.posterior import FloatArray
 from mabrouter.core.snapshot import ExperimentState
 from mabrouter.core.thompson import win_probabilities
 
@@ -32,6 +34,7 @@ class ArmSummary:
     ci_high: float
     p_best: float
     share: float
+    lift: ControlComparison | None = None  # None for the control arm itself
 
     def as_json(self, reward: RewardKind) -> dict[str, object]:
         total_key = "successes" if reward is RewardKind.BERNOULLI else "reward_sum"
@@ -45,7 +48,33 @@ class ArmSummary:
             "ci_high": self.ci_high,
             "p_best": self.p_best,
             "share": self.share,
+            "lift_vs_control": self.lift.lift if self.lift else None,
+            "lift_ci_low": self.lift.ci_low if self.lift else None,
+            "lift_ci_high": self.lift.ci_high if self.lift else None,
+            "p_beats_control": self.lift.p_beats_control if self.lift else None,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ControlComparison:
+    """An arm against the control, from joint posterior draws: the relative lift of the mean
+    ((arm - control) / control) with its 95% credible interval, and P(arm > control). The lift is None
+    (the interval too) when the control's mean can be zero or negative (a gaussian reward around 0):
+    a relative difference means nothing there, while P(arm > control) still does."""
+
+    lift: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_beats_control: float
+
+
+def compare_with_control(arm: FloatArray, control: FloatArray) -> ControlComparison:
+    """`arm` and `control`: draws of the two means, paired (drawn together)."""
+    p_beats = float(np.mean(arm > control))
+    if not np.all(control > 0):
+        return ControlComparison(None, None, None, p_beats)
+    low, high = np.percentile(arm / control - 1.0, [2.5, 97.5])
+    return ControlComparison(float(np.mean(arm) / np.mean(control) - 1.0), float(low), float(high), p_beats)
 
 
 def summarize(state: ExperimentState, rng: np.random.Generator) -> list[ArmSummary]:
@@ -57,6 +86,7 @@ def summarize(state: ExperimentState, rng: np.random.Generator) -> list[ArmSumma
     low, high = np.percentile(draws, [2.5, 97.5], axis=0)
     p_best = win_probabilities(posteriors, tuple(range(len(state.spec.arms))), rng, SUMMARY_DRAWS)
     means = posteriors.mean()
+    control = state.control_index
     return [
         ArmSummary(
             arm=arm.name,
@@ -68,6 +98,7 @@ def summarize(state: ExperimentState, rng: np.random.Generator) -> list[ArmSumma
             ci_high=float(high[i]),
             p_best=float(p_best[i]),
             share=float(state.shares[i]),
+            lift=None if i == control else compare_with_control(draws[:, i], draws[:, control]),
         )
         for i, (arm, s) in enumerate(zip(state.spec.arms, state.stats, strict=True))
     ]
