@@ -50,7 +50,7 @@ TARGET_DECIDE_US = 20.0  # the project's stated budget for one decision
 TARGET_DECIDE_ISSUE6_US = 15.0  # the tighter budget asked for in issue 6
 
 
-def build_snapshot(rng: np.random.Generator) -> Snapshot:
+def build_snapshot() -> Snapshot:
     """A 10-arm Bernoulli experiment whose posteriors differ: click rates 4%..8.5%, 2k..11k trials each."""
     spec = ExperimentSpec(
         name=EXPERIMENT,
@@ -66,12 +66,12 @@ def build_snapshot(rng: np.random.Generator) -> Snapshot:
         trials = 2_000 + 1_000 * i
         successes = round(trials * (0.04 + 0.005 * i))
         stats.append(ArmStats(trials=trials, reward_count=successes, reward_sum=float(successes)))
-    state = build_experiment_state(spec, version=7, stats=tuple(stats), rng=rng)
+    state = build_experiment_state(spec, version=7, stats=tuple(stats))
     return Snapshot(experiments={EXPERIMENT: state}, loaded_at=0.0)
 
 
 def cases(rng: np.random.Generator) -> dict[str, Callable[[], object]]:
-    snapshot = build_snapshot(rng)
+    snapshot = build_snapshot()
     state = snapshot.experiments[EXPERIMENT]
     assert isinstance(state.posteriors, BetaPosteriors)
     alpha, beta = state.posteriors.alpha, state.posteriors.beta

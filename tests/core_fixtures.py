@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from mabrouter.core.model import ArmSpec, ArmStats, BetaPrior, ExperimentSpec, NormalPrior, RewardKind
 from mabrouter.core.snapshot import ExperimentState, Snapshot, build_experiment_state
 
@@ -19,10 +17,10 @@ def gaussian_spec(n_arms: int = 3, name: str = "g") -> ExperimentSpec:
 
 
 def state(
-    spec: ExperimentSpec, stats: tuple[ArmStats, ...] | None = None, seed: int = 0, version: int = 1
+    spec: ExperimentSpec, stats: tuple[ArmStats, ...] | None = None, version: int = 1
 ) -> ExperimentState:
     stats = stats or tuple(ArmStats() for _ in spec.arms)
-    return build_experiment_state(spec, version, stats, np.random.default_rng(seed))
+    return build_experiment_state(spec, version, stats)
 
 
 def snapshot(*states: ExperimentState) -> Snapshot:

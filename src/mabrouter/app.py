@@ -95,8 +95,7 @@ class RouterApp:
             on_drop=lambda n: self.metrics.add(self.metrics.dropped, "exposure_log", amount=n),
         )
         rng = np.random.default_rng()
-        self.builder = SnapshotBuilder(  # its own generator: it runs in a worker thread
-            np.random.default_rng(),
+        self.builder = SnapshotBuilder(
             on_failure=lambda name: self.metrics.add(self.metrics.build_failures, name),
         )
         self.refresher = Refresher(self.store, self.holder, self.builder)

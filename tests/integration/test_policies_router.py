@@ -687,7 +687,7 @@ class GuardianRig:
         self, name: str, spec: ExperimentSpec, stats: tuple[ArmStats, ...], controls: Controls
     ) -> int:
         """Make a state from `stats` the current snapshot; its id()."""
-        state = build_experiment_state(spec, 1, stats, np.random.default_rng(0), controls)
+        state = build_experiment_state(spec, 1, stats, controls)
         self.holder.current = Snapshot({name: state}, loaded_at=time.monotonic())
         return id(state)
 

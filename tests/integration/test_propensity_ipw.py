@@ -144,7 +144,7 @@ def test_a_frozen_snapshot_serves_each_arm_as_often_as_its_logged_propensity() -
     )
     stats = tuple(ArmStats(t, s, float(s), float(s)) for t, s in zip(trials, successes, strict=True))
     rng = np.random.default_rng(20_240_601)  # seeded: the test is reproducible; the thresholds stay honest
-    state = build_experiment_state(spec, 1, stats, rng)
+    state = build_experiment_state(spec, 1, stats)
     snapshot = Snapshot(experiments={"frozen": state}, loaded_at=0.0)
     n = 50_000
     decisions = [decide(RouteInput("frozen", f"unit-{i}"), snapshot, rng) for i in range(n)]

@@ -169,7 +169,7 @@ def make_state(
         deny=frozenset({unit}) if deny else frozenset(),
     )
     controls = Controls(killed=experiment_kill, killed_arms=killed, rollout=controls_rollout)
-    return build_experiment_state(spec, VERSION, stats, np.random.default_rng(0), controls)
+    return build_experiment_state(spec, VERSION, stats, controls)
 
 
 cached_state = functools.cache(make_state)  # building one estimates shares by Monte Carlo (~3 ms)

@@ -20,7 +20,7 @@ def test_same_seed_replays_the_same_decisions() -> None:
     stats = tuple(ArmStats(trials=100, reward_count=10 * i, reward_sum=10.0 * i) for i in range(5))
 
     def run(seed: int) -> list[str]:
-        snap = snapshot(state(spec, stats, seed=1))
+        snap = snapshot(state(spec, stats))
         rng = np.random.default_rng(seed)
         return [decide(RouteInput("exp", f"u{i}"), snap, rng).arm for i in range(500)]
 
@@ -67,7 +67,7 @@ def test_sampler_never_yields_a_non_live_arm() -> None:
 def test_win_probabilities_match_sampled_shares() -> None:
     spec = bernoulli_spec(3)
     stats = (ArmStats(200, 200, 20.0), ArmStats(200, 200, 30.0), ArmStats(200, 200, 34.0))
-    st = state(spec, stats, seed=5)
+    st = state(spec, stats)
     assert st.shares.sum() == pytest.approx(1.0)
     rng = np.random.default_rng(11)
     n = 40_000
@@ -90,7 +90,7 @@ def test_three_arm_bernoulli_simulation_finds_the_best_arm() -> None:
     wins = [0.0, 0.0, 0.0]
     last: list[int] = []
     for batch in range(60):
-        st = state(spec, tuple(ArmStats(trials[i], int(wins[i]), wins[i]) for i in range(3)), seed=batch)
+        st = state(spec, tuple(ArmStats(trials[i], int(wins[i]), wins[i]) for i in range(3)))
         snap = snapshot(st)
         for _ in range(50):
             decision = decide(RouteInput("exp", "u"), snap, rng)

@@ -57,7 +57,7 @@ def guarded(name: str = "exp") -> ExperimentSpec:
 def make(
     spec: ExperimentSpec, stats: tuple[ArmStats, ...], controls: Controls = NO_CONTROLS
 ) -> ExperimentState:
-    return build_experiment_state(spec, 1, stats, np.random.default_rng(0), controls)
+    return build_experiment_state(spec, 1, stats, controls)
 
 
 HARMFUL = (error_stats(2000, 20), error_stats(400, 80), error_stats(2000, 20))  # arm-1: 20% vs 1%

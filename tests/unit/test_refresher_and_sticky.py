@@ -8,7 +8,6 @@ import json
 import logging
 from dataclasses import replace
 
-import numpy as np
 import pytest
 
 from mabrouter.core.decide import Decision, RouteInput
@@ -33,7 +32,7 @@ def stored(version: int = 1, doc: str = DOC, control: dict[str, str] | None = No
 
 def refresher(store: fakes.FakeStore) -> tuple[Refresher, SnapshotHolder]:
     holder = SnapshotHolder()
-    return Refresher(store, holder, SnapshotBuilder(np.random.default_rng(0))), holder
+    return Refresher(store, holder, SnapshotBuilder()), holder
 
 
 def test_a_failing_store_keeps_the_last_snapshot_and_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:

@@ -33,9 +33,7 @@ def test_a_segment_uses_the_pooled_posterior_until_it_has_enough_trials() -> Non
     pooled = tuple(ArmStats(300, 300, 90.0 if i == 0 else 10.0) for i in range(3))  # pooled: arm-0 best
     young = tuple(ArmStats(20, 20, 10.0 if i == 2 else 0.0) for i in range(3))  # 60 trials < 100
     grown = tuple(ArmStats(200, 200, 100.0 if i == 2 else 5.0) for i in range(3))  # its own best: arm-2
-    state = build_experiment_state(
-        spec, 1, pooled, np.random.default_rng(0), segments={"FR": young, "DE": grown}
-    )
+    state = build_experiment_state(spec, 1, pooled, segments={"FR": young, "DE": grown})
     assert set(state.segments) == {"DE"}
     rng = np.random.default_rng(1)
     snap = snapshot(state)

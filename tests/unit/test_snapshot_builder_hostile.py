@@ -62,7 +62,7 @@ def route_all(snapshot: Snapshot, rng: np.random.Generator) -> dict[str, Reason 
 @HOSTILE
 @given(edits=hostile_state())
 def test_nothing_stored_stops_the_builder_or_a_kill(edits: dict[str, Any]) -> None:
-    builder = SnapshotBuilder(np.random.default_rng(0))
+    builder = SnapshotBuilder()
     rng = np.random.default_rng(1)
     good = builder.build(as_state(good_raw()), None, 0.0)
     assert set(good.experiments) == set(DOCS)
@@ -94,7 +94,7 @@ def test_nothing_stored_stops_the_builder_or_a_kill(edits: dict[str, Any]) -> No
 def test_an_experiment_never_good_answers_its_default_arm(edits: dict[str, Any]) -> None:
     """A replica that starts on garbage: the experiments it cannot use are refused (UNAVAILABLE) or get
     the caller's default arm; the others are served."""
-    builder = SnapshotBuilder(np.random.default_rng(0))
+    builder = SnapshotBuilder()
     snapshot = builder.build(as_state(with_edits(good_raw(), edits)), None, 0.0)
     for name in DOCS:
         if name in snapshot.experiments:

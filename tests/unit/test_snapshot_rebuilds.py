@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import yaml
 
 from mabrouter.core.snapshot import Snapshot
@@ -37,7 +36,7 @@ def raw(trials: int, *, version: int = 1, control: dict[str, str] | None = None)
 
 class Builder:
     def __init__(self) -> None:
-        self.builder = SnapshotBuilder(np.random.default_rng(0))
+        self.builder = SnapshotBuilder()
         self.snapshot: Snapshot | None = None
 
     def build(self, state: RawState, at: float) -> bool:

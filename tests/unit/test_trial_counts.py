@@ -6,14 +6,19 @@ import asyncio
 import logging
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
+from mabrouter.core.decide import RouteInput, decide
 from mabrouter.core.discount import weight
+from mabrouter.core.evidence import sample_ratio_check
+from mabrouter.core.model import ArmStats
+from mabrouter.core.snapshot import build_experiment_state
 from mabrouter.runtime.trials import TrialBuffer, TrialFlusher
 from mabrouter.store.records import Refused
 
 import fakes
-from core_fixtures import bernoulli_spec, state
+from core_fixtures import bernoulli_spec, snapshot, state
 
 NOW_MS = 1_700_000_000_000
 
@@ -100,3 +105,31 @@ def test_a_refused_experiment_is_dropped_and_the_others_are_written(caplog: pyte
     assert sum("dropped" in message for message in messages) == 1  # logged when it starts, not per flush
     assert "holds 'abc' (not a finite number)" in messages[0]
     assert any("written again" in message for message in messages)
+
+
+def test_expected_counts_come_from_the_allocation_each_decision_was_drawn_from() -> None:
+    """A segment deciding on its own posteriors: its decisions expect the segment's shares, not the
+    pooled ones (issue 17: the pooled shares made every healthy segmented experiment 'mismatch')."""
+    spec = replace(bernoulli_spec(2, name="exp"), segment_attribute="country", segment_min_trials=10)
+    pooled = (ArmStats(400, 400, 200.0), ArmStats(400, 400, 200.0))  # pooled: a coin flip
+    own = (ArmStats(200, 200, 20.0), ArmStats(200, 200, 160.0))  # DE: arm-1 clearly best
+    sampled_from = build_experiment_state(spec, 1, pooled, segments={"DE": own})
+    snap = snapshot(sampled_from)
+    buffer, rng = TrialBuffer(), np.random.default_rng(3)
+    for i in range(2000):
+        attributes = {"country": "DE"} if i % 2 else {"country": "FR"}  # FR: no own posterior yet
+        decision = decide(RouteInput("exp", f"u{i}", attributes), snap, rng)
+        buffer.add("exp", decision.arm, sampled_from, decision.segment)
+
+    counts = buffer.drain(NOW_MS)["exp"]
+
+    de, shared = sampled_from.segments["DE"].shares, sampled_from.shares
+    assert de[1] > 0.99  # the two allocations differ a lot
+    assert 0.3 < shared[1] < 0.7
+    assert counts.expected == pytest.approx({f"arm-{i}": 1000 * (de[i] + shared[i]) for i in range(2)})
+    check = sample_ratio_check(
+        [counts.sampled.get(f"arm-{i}", 0.0) for i in range(2)],
+        [counts.expected[f"arm-{i}"] for i in range(2)],
+    )
+    assert check is not None
+    assert not check.mismatch, check

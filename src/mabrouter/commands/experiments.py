@@ -48,7 +48,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         # The routers' own decoder and state: what is shown here is what they decide from.
         decoded = decode_experiment(stored.raw, int(time.time() * 1000))
-        state = experiment_state(decoded, rng)
+        state = experiment_state(decoded)
     except (ConfigError, ValueError) as exc:
         print(
             f"error: experiment {args.experiment} as stored cannot be used: {exc}\n"

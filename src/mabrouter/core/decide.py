@@ -110,12 +110,10 @@ def _sampled(
     state: ExperimentState, index: int, reason: Reason, rng: np.random.Generator, *, segment: str = ""
 ) -> Decision:
     shadow = state.shadow_sampler
-    policy = state.segments.get(segment) if segment else None
-    shares = policy.shares if policy is not None else state.shares
     return Decision(
         arm=state.spec.arms[index].name,
         reason=reason,
-        propensity=float(shares[index]),
+        propensity=float(state.allocation(segment)[index]),
         config_version=state.version,
         payload=state.payloads[index],
         counted=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -15,7 +16,13 @@ from mabrouter.core.allocation import (
     thompson_allocation,
 )
 from mabrouter.core.model import ArmStats, Controls, ExperimentSpec, GlobalControls
-from mabrouter.core.posterior import FloatArray, Posteriors, check_usable, posteriors_for
+from mabrouter.core.posterior import (
+    BetaPosteriors,
+    FloatArray,
+    Posteriors,
+    check_usable,
+    posteriors_for,
+)
 from mabrouter.core.thompson import ThompsonSampler, win_probabilities
 
 NO_CONTROLS = Controls()
@@ -28,7 +35,7 @@ class SegmentPolicy:
 
     stats: tuple[ArmStats, ...]
     shares: FloatArray
-    sampler: ThompsonSampler | CategoricalSampler
+    sampler: CategoricalSampler
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +49,8 @@ class ExperimentState:
     live: tuple[int, ...]
     # Probability each arm has of being served by sampling (the policy's traffic share now).
     shares: npt.NDArray[np.float64]
-    # None when only the control arm is live (every experimenting arm killed).
-    sampler: ThompsonSampler | CategoricalSampler | None
+    # Draws from `shares`; None when only the control arm is live (every experimenting arm killed).
+    sampler: CategoricalSampler | None
     # Thompson sampling over the live and the shadow arms; None without shadow arms.
     shadow_sampler: ThompsonSampler | None
     control_index: int
@@ -55,6 +62,13 @@ class ExperimentState:
     # The epoch discounted statistics are scaled to (0: none yet); see core/discount.py.
     discount_epoch_ms: int = 0
 
+    def allocation(self, segment: str = "") -> FloatArray:
+        """The shares a sampled decision in `segment` is drawn from: the segment's own once it decides
+        on its own posteriors, else the whole experiment's. Its propensity and the expected counts of
+        the sample-ratio check both come from here, so they describe the draw that was made."""
+        policy = self.segments.get(segment) if segment else None
+        return policy.shares if policy is not None else self.shares
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -63,6 +77,21 @@ class Snapshot:
     loaded_at: float
     global_controls: GlobalControls = NO_GLOBAL_CONTROLS
     errors: Mapping[str, str] = field(default_factory=dict)
+
+
+def _generator_for(posteriors: Posteriors) -> np.random.Generator:
+    """The generator an allocation is estimated with, seeded by the posteriors' parameters: every
+    replica that loaded the same statistics computes the same shares, bit for bit, and so does
+    `mabrouter status`. A hash-seeded draw (a sticky unit while the store is unreachable) then picks
+    the same arm on every replica, and what operators read is what the routers sample from."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (
+        (posteriors.alpha, posteriors.beta)
+        if isinstance(posteriors, BetaPosteriors)
+        else (posteriors.location, posteriors.scale, posteriors.df)
+    ):
+        digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    return np.random.default_rng(int.from_bytes(digest.digest(), "little"))
 
 
 def _limits(spec: ExperimentSpec, controls: Controls) -> tuple[FloatArray, FloatArray]:
@@ -89,14 +118,20 @@ def _allocation(
     *,
     live: tuple[int, ...],
     controls: Controls,
-    rng: np.random.Generator,
-) -> tuple[FloatArray, ThompsonSampler | CategoricalSampler]:
-    """The policy's shares of sampled traffic and the sampler that realises them."""
+) -> tuple[FloatArray, CategoricalSampler]:
+    """The policy's shares of sampled traffic and the sampler that draws from exactly those shares.
+
+    Without limits the shares are Thompson's allocation (each live arm's P(best), by Monte Carlo), and
+    sampling draws from them rather than from fresh posterior draws: the propensity logged with every
+    decision and the counts the sample-ratio check expects are then the probabilities the draw was made
+    with, not an estimate of them (decision 0019)."""
     floors, caps = _limits(spec, controls)
+    rng = _generator_for(posteriors)
     burning_in = spec.burn_in_trials > 0 and any(stats[i].trials < spec.burn_in_trials for i in live)
     limited = burning_in or any(floors[i] > 0 or caps[i] < 1 for i in live)
     if not limited:
-        return win_probabilities(posteriors, live, rng), ThompsonSampler(posteriors, live)
+        shares = win_probabilities(posteriors, live, rng)
+        return shares, CategoricalSampler(shares)
     if burning_in:
         p = np.zeros(len(spec.arms), dtype=np.float64)
         p[list(live)] = 1.0 / len(live)
@@ -113,7 +148,6 @@ def _segment_policies(
     segments: Mapping[str, tuple[ArmStats, ...]],
     live: tuple[int, ...],
     controls: Controls,
-    rng: np.random.Generator,
 ) -> dict[str, SegmentPolicy]:
     policies = {}
     for segment, stats in segments.items():
@@ -121,7 +155,7 @@ def _segment_policies(
             continue  # too little data: the pooled posterior decides
         posteriors = posteriors_for(spec, stats)
         check_usable(spec, posteriors)
-        shares, sampler = _allocation(spec, stats, posteriors, live=live, controls=controls, rng=rng)
+        shares, sampler = _allocation(spec, stats, posteriors, live=live, controls=controls)
         policies[segment] = SegmentPolicy(stats, shares, sampler)
     return policies
 
@@ -130,7 +164,6 @@ def build_experiment_state(  # noqa: PLR0913 - the decoded pieces of one experim
     spec: ExperimentSpec,
     version: int,
     stats: tuple[ArmStats, ...],
-    rng: np.random.Generator,
     controls: Controls = NO_CONTROLS,
     *,
     segments: Mapping[str, tuple[ArmStats, ...]] | None = None,
@@ -153,16 +186,16 @@ def build_experiment_state(  # noqa: PLR0913 - the decoded pieces of one experim
     shadows = tuple(
         i for i, arm in enumerate(spec.arms) if arm.shadow and arm.name not in controls.killed_arms
     )
-    sampler: ThompsonSampler | CategoricalSampler | None
+    sampler: CategoricalSampler | None
     policies: dict[str, SegmentPolicy] = {}
     if live == (control_index,):
         shares = np.zeros(len(spec.arms), dtype=np.float64)
         shares[control_index] = 1.0
         sampler = None
     else:
-        shares, sampler = _allocation(spec, stats, posteriors, live=live, controls=controls, rng=rng)
+        shares, sampler = _allocation(spec, stats, posteriors, live=live, controls=controls)
         if spec.segment_attribute and segments:
-            policies = _segment_policies(spec, segments, live, controls, rng)
+            policies = _segment_policies(spec, segments, live, controls)
     return ExperimentState(
         spec=spec,
         version=version,

@@ -54,7 +54,7 @@ def estimate(decoded: DecodedReport, rng: np.random.Generator) -> Estimates:
     experiment, exposure = decoded.experiment, decoded.exposure
     spec = experiment.spec
     # The routers' own state: the shares and posteriors they sample from.
-    state = experiment_state(experiment, rng)
+    state = experiment_state(experiment)
     found = evidence(state, experiment.holdout_split, rng)
     summaries = summarize(state, rng)
     guardrails = _guardrail_rows(spec, experiment.stats, decoded.guardrail_kills, rng)

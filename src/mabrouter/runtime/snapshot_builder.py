@@ -85,10 +85,7 @@ class SnapshotBuilder:
     `on_failure(experiment)` is called for every refresh that could not build that experiment from
     what Redis holds now (a metric)."""
 
-    def __init__(
-        self, rng: np.random.Generator, on_failure: Callable[[str], None] = lambda _name: None
-    ) -> None:
-        self._rng = rng
+    def __init__(self, on_failure: Callable[[str], None] = lambda _name: None) -> None:
         self._on_failure = on_failure
         self._documents: dict[str, tuple[str, StoredDocument]] = {}
         self._built: dict[str, _Built] = {}
@@ -145,7 +142,7 @@ class SnapshotBuilder:
         built = self._built.get(item.name)
         if built is not None and built.decoded.spec is old.spec:
             try:
-                return experiment_state(built.decoded, self._rng, controls)
+                return experiment_state(built.decoded, controls)
             except Exception:
                 log.exception("cannot apply the new switches of %s: serving control", item.name)
         return _serving_control(old, controls)
@@ -183,7 +180,7 @@ class SnapshotBuilder:
             self._report_once(
                 item.name, repr(sorted(item.control.items())), "; ".join(decoded.control_problems)
             )
-        state = experiment_state(decoded, self._rng)
+        state = experiment_state(decoded)
         self._built[item.name] = _Built(inputs, now, _observations(decoded.stats), decoded)
         return state
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from mabrouter.core.discount import weight
+from mabrouter.core.posterior import FloatArray
 from mabrouter.core.snapshot import ExperimentState
 from mabrouter.errors import StoreUnavailableError
 from mabrouter.store.ports import TrialStore
@@ -30,8 +31,9 @@ class TrialBuffer:
     def __init__(self) -> None:
         self._counts: dict[tuple[str, str], int] = {}  # (experiment, arm)
         self._segments: dict[tuple[str, str, str], int] = {}  # (experiment, segment, arm)
-        # Decisions sampled under each allocation (keyed by the state object that holds it).
-        self._allocations: dict[int, tuple[ExperimentState, int]] = {}
+        # Decisions sampled under each allocation, keyed by the id() of its shares array (kept alive by
+        # the entry, so the id cannot be reused meanwhile): experiment, arms, shares, decisions.
+        self._allocations: dict[int, tuple[str, tuple[str, ...], FloatArray, int]] = {}
         self._bandit: dict[str, int] = {}
         self._holdout: dict[str, int] = {}
         self._sampled: dict[tuple[str, str], int] = {}
@@ -41,7 +43,8 @@ class TrialBuffer:
     def add(
         self, experiment: str, arm: str, sampled_from: ExperimentState | None = None, segment: str = ""
     ) -> None:
-        """A trial of `arm` (in `segment`, if any); `sampled_from`: the state whose allocation sampled it."""
+        """A trial of `arm` (in `segment`, if any); `sampled_from`: the state it was sampled from, whose
+        allocation for `segment` (the segment's own or the pooled one) is what the draw used."""
         key = (experiment, arm)
         self._counts[key] = self._counts.get(key, 0) + 1
         if sampled_from is not None and sampled_from.spec.half_life_seconds:
@@ -55,8 +58,13 @@ class TrialBuffer:
         self._bandit[experiment] = self._bandit.get(experiment, 0) + 1
         if sampled_from is not None:
             self._sampled[key] = self._sampled.get(key, 0) + 1
-            entry = self._allocations.get(id(sampled_from))
-            self._allocations[id(sampled_from)] = (sampled_from, entry[1] + 1 if entry else 1)
+            shares = sampled_from.allocation(segment)
+            entry = self._allocations.get(id(shares))
+            if entry is None:
+                names = tuple(arm_spec.name for arm_spec in sampled_from.spec.arms)
+                self._allocations[id(shares)] = (experiment, names, shares, 1)
+            else:
+                self._allocations[id(shares)] = (*entry[:3], entry[3] + 1)
 
     def add_holdout(self, experiment: str) -> None:
         """A decision that served the holdout (not a trial: it only counts toward the split)."""
@@ -85,12 +93,11 @@ class TrialBuffer:
             of(experiment).segment_trials[segment, arm] = float(count)
         for (experiment, arm), count in sampled.items():
             of(experiment).sampled[arm] = float(count)
-        for state, decisions in allocations.values():
-            expected = of(state.spec.name).expected
-            for index, arm_spec in enumerate(state.spec.arms):
-                share = float(state.shares[index])
+        for experiment, names, shares, decisions in allocations.values():
+            expected = of(experiment).expected
+            for name, share in zip(names, shares.tolist(), strict=True):
                 if share > 0:
-                    expected[arm_spec.name] = expected.get(arm_spec.name, 0.0) + decisions * share
+                    expected[name] = expected.get(name, 0.0) + decisions * share
         for experiment, count in bandit.items():
             of(experiment).bandit = float(count)
         for experiment, count in holdout.items():

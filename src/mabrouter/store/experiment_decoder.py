@@ -20,8 +20,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
-
 from mabrouter.core.model import ArmStats, Controls, ExperimentSpec
 from mabrouter.core.snapshot import ExperimentState, build_experiment_state
 from mabrouter.errors import ConfigError
@@ -119,9 +117,7 @@ def decode_experiment(
     )
 
 
-def experiment_state(
-    decoded: DecodedExperiment, rng: np.random.Generator, controls: Controls | None = None
-) -> ExperimentState:
+def experiment_state(decoded: DecodedExperiment, controls: Controls | None = None) -> ExperimentState:
     """The state routers decide from (posteriors, allocation, samplers). `controls` overrides the decoded
     switches (a router applying a new kill over its last good statistics). Raises ValueError when the
     statistics cannot give usable posteriors (numbers a float cannot carry through the formulas)."""
@@ -130,7 +126,6 @@ def experiment_state(
         spec,
         decoded.version,
         decoded.stats,
-        rng,
         decoded.controls if controls is None else controls,
         segments=decoded.segments,
         posterior_stats=decoded.posterior_stats,
