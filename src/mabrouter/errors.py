@@ -13,6 +13,7 @@ code too, so every project exception can be handled as a `MabrouterError`.
         ├── ConfigError                 INVALID_ARGUMENT     invalid experiment document
         ├── UnknownExperimentError      NOT_FOUND
         ├── ExpiredDecisionIdError      FAILED_PRECONDITION
+        ├── ExperimentArchivedError     FAILED_PRECONDITION  an operator archived the experiment
         ├── UnknownArmError             FAILED_PRECONDITION
         ├── UnabsorbableOutcomeError    FAILED_PRECONDITION  stored statistics refuse the outcome
         ├── NoSnapshotError             UNAVAILABLE
@@ -33,6 +34,7 @@ from enum import Enum
 __all__ = [
     "ConfigError",
     "ErrorCode",
+    "ExperimentArchivedError",
     "ExperimentUnavailableError",
     "ExpiredDecisionIdError",
     "InvalidDecisionIdError",
@@ -103,6 +105,23 @@ class UnabsorbableOutcomeError(MabrouterError):
     not be one); nothing of it was written, not even its seen marker, so a retry after the repair counts."""
 
     code = ErrorCode.FAILED_PRECONDITION
+
+
+class ExperimentArchivedError(MabrouterError):
+    """An operator archived the experiment: routers no longer serve it (its statistics and logs are kept).
+
+    FAILED_PRECONDITION rather than NOT_FOUND or UNAVAILABLE: the name is right (not a caller's typo), and
+    retrying will not help until an operator unarchives it. Callers that pass default_arm get that arm."""
+
+    code = ErrorCode.FAILED_PRECONDITION
+
+    def __init__(self, experiment: str) -> None:
+        super().__init__(
+            f"experiment {experiment!r} is archived: routers no longer serve it "
+            f"(`mabrouter experiment unarchive {experiment}` restores it); "
+            "pass default_arm to get an answer anyway"
+        )
+        self.experiment = experiment
 
 
 class NoSnapshotError(MabrouterError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from rich.console import Console
@@ -13,7 +14,7 @@ from rich.table import Table
 from mabrouter.commands.common import add_actor, add_redis_url, admin_store, change, unknown_experiment
 from mabrouter.errors import ConfigError
 from mabrouter.store.controls_codec import parse_controls, parse_rollout
-from mabrouter.store.experiment_decoder import decode_document
+from mabrouter.store.experiment_decoder import decode_document, is_archived, switches
 from mabrouter.store.ports import OperatorStore
 
 
@@ -26,6 +27,7 @@ def _check_target(store: OperatorStore, args: argparse.Namespace) -> str | None:
     stored = store.get(args.experiment)
     if stored is None:
         return unknown_experiment(args.experiment)
+    _warn_if_archived(args.experiment, stored.control)
     try:
         spec = decode_document(args.experiment, stored.config).spec
     except ConfigError as exc:
@@ -33,7 +35,7 @@ def _check_target(store: OperatorStore, args: argparse.Namespace) -> str | None:
         # over the experiment's last good state. Arm names cannot be checked against it, though.
         print(f"warning: {exc}; the switch is written anyway (routers obey it)", file=sys.stderr)
         return None
-    for problem in parse_controls(stored.control, spec)[1]:
+    for problem in parse_controls(switches(stored.control), spec)[1]:
         print(
             f"warning: {problem} (routers ignore this field; remove it with redis-cli HDEL)", file=sys.stderr
         )
@@ -44,6 +46,15 @@ def _check_target(store: OperatorStore, args: argparse.Namespace) -> str | None:
         if args.arm == spec.control:
             return f"{args.arm} is the control arm (served when nothing else may be): kill the experiment"
     return None
+
+
+def _warn_if_archived(name: str, control: Mapping[str, str]) -> None:
+    if is_archived(control):
+        print(
+            f"warning: {name} is archived: routers do not serve it; the switch is kept for when it is "
+            "unarchived",
+            file=sys.stderr,
+        )
 
 
 def _switch(args: argparse.Namespace, on: bool) -> int:
@@ -89,9 +100,11 @@ def cmd_unkill(args: argparse.Namespace) -> int:
 def cmd_rollout(args: argparse.Namespace) -> int:
     percent = parse_rollout(args.percent)  # ValueError -> exit 2 with the message
     with admin_store(args) as store:
-        if store.get(args.experiment) is None:
+        stored = store.get(args.experiment)
+        if stored is None:
             print(f"error: {unknown_experiment(args.experiment)}", file=sys.stderr)
             return 2
+        _warn_if_archived(args.experiment, stored.control)
         version, before = store.set_rollout(args.experiment, percent, change(args, "rollout"))
     print(f"{args.experiment} rollout {before or 'from file'} -> {percent:g}% ({_version(version)})")
     return 0

@@ -1,4 +1,4 @@
-"""`mabrouter experiment apply|list` and `mabrouter status`."""
+"""`mabrouter experiment apply|list` and `mabrouter status` (one experiment; without a name, fleet.py)."""
 
 from __future__ import annotations
 
@@ -12,32 +12,64 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from mabrouter.commands import archive
+from mabrouter.commands.apply_dir import cmd_apply_directory
 from mabrouter.commands.common import add_actor, add_redis_url, admin_store, change, unknown_experiment
+from mabrouter.commands.fleet import COLUMNS_HELP, cmd_fleet_status, fleet_rows, state_label
+from mabrouter.commands.lifecycle import Plan, plan_apply
 from mabrouter.core.model import RewardKind
 from mabrouter.core.summary import ControlComparison, EvidenceSummary, evidence, segment_shares, summarize
 from mabrouter.errors import ConfigError
 from mabrouter.schema import experiment_to_json, load_experiment_file
 from mabrouter.store.controls_codec import parse_global_controls
-from mabrouter.store.experiment_decoder import decode_experiment, experiment_state
+from mabrouter.store.experiment_decoder import decode_experiment, experiment_state, is_archived
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    doc = load_experiment_file(Path(args.file))  # ConfigError names the field; nothing is written
+    path = Path(args.path)
+    if path.is_dir():
+        return cmd_apply_directory(args, path)
+    if args.prune:
+        print(f"error: --prune takes a directory; {path} is not one", file=sys.stderr)
+        return 2
+    doc = load_experiment_file(path)  # ConfigError names the field; nothing is written
     with admin_store(args) as store:
+        stored = store.get(doc.name)
+        if args.dry_run:
+            return _dry_run(plan_apply(doc, stored))
         version = store.apply(doc.name, experiment_to_json(doc), change(args, "apply"))
     print(f"applied experiment {doc.name} (version {version}, {len(doc.arms)} arms, reward {doc.reward})")
+    if stored is not None and is_archived(stored.control):
+        print(f"{doc.name} stays archived: `mabrouter experiment unarchive {doc.name}` serves it again")
+    return 0
+
+
+def _dry_run(plan: Plan) -> int:
+    name = plan.doc.name
+    if not plan.stored:
+        print(f"experiment {name} would be created")
+    elif plan.changes:
+        print(f"experiment {name} version {plan.version} would change")
+    else:
+        print(f"experiment {name} version {plan.version}: no changes (apply would still store a new version)")
+    for line in plan.changes:
+        print(line)
+    print("dry run: nothing written")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """One line per experiment: name, version, state (live, killed, archived, or unusable)."""
     with admin_store(args) as store:
-        for name in store.names():
-            stored = store.get(name)
-            print(f"{name}\tversion {stored.version_text if stored else '?'}")
+        rows, _ = fleet_rows(store, int(time.time() * 1000))
+    for row in rows:
+        print(f"{row.experiment}\tversion {row.version if row.version is not None else '?'}\t{row.state}")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.experiment is None:
+        return cmd_fleet_status(args)
     with admin_store(args) as store:
         stored = store.get(args.experiment)
         global_control, global_problems = parse_global_controls(store.global_control())
@@ -63,11 +95,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     summaries = summarize(state, rng)
     found = evidence(state, decoded.holdout_split, rng)
     killed = global_control.killed or controls.killed
+    archived = is_archived(stored.control)
     reward = spec.reward.value
     if args.json:
         report = {
             "experiment": spec.name,
             "version": decoded.version,
+            "state": state_label(archived, killed),
+            "archived": archived,
             "reward": reward,
             "control": spec.control,
             "killed": killed,
@@ -84,7 +119,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     total = "successes" if spec.reward is RewardKind.BERNOULLI else "reward sum"
-    flags = f", rollout {state.rollout:g}%" + (", KILLED" if killed else "")
+    flags = (
+        f", rollout {state.rollout:g}%" + (", KILLED" if killed else "") + (", ARCHIVED" if archived else "")
+    )
     table = Table(title=f"{spec.name} (version {decoded.version}, {reward}, control {spec.control}{flags})")
     for column in ("arm", "trials", total, "mean", "95% CI", "P(best)", "share"):
         table.add_column(column, justify="left" if column == "arm" else "right")
@@ -153,17 +190,37 @@ def register(
     experiment = commands.add_parser("experiment", help="manage experiments").add_subparsers(
         dest="action", required=True
     )
-    apply = experiment.add_parser("apply", help="validate an experiment file and store it in Redis")
-    apply.add_argument("file", help="a YAML or JSON experiment file (see README 'Experiment files')")
+    apply = experiment.add_parser(
+        "apply",
+        help="validate experiment files and store them in Redis: one file, or every file in a directory",
+    )
+    apply.add_argument(
+        "path",
+        metavar="FILE|DIR",
+        help="a YAML or JSON experiment file (see README 'Experiment files'), or a directory of them: "
+        "every file is validated before anything is written, and only files that change something are",
+    )
+    apply.add_argument(
+        "--prune", action="store_true", help="with a directory: archive stored experiments it has no file for"
+    )
+    apply.add_argument(
+        "--dry-run", action="store_true", help="print what would change, field by field; write nothing"
+    )
     add_actor(apply)
     apply.set_defaults(handler=cmd_apply)
-    listing = experiment.add_parser("list", help="list experiments and their versions")
+    listing = experiment.add_parser("list", help="list experiments: name, version, live/killed/archived")
     listing.set_defaults(handler=cmd_list)
     for sub in (apply, listing):
         add_redis_url(sub)
+    archive.register(experiment)
 
-    status = commands.add_parser("status", help="per-arm trials, mean, 95%% CI, P(best), traffic share")
-    status.add_argument("experiment", help="the experiment's name")
+    status = commands.add_parser(
+        "status",
+        help="every experiment in one table, or one experiment's arms: trials, mean, 95%% CI, P(best)",
+        description=COLUMNS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument("experiment", nargs="?", help="the experiment's name (omit it: every experiment)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     add_redis_url(status)
     status.set_defaults(handler=cmd_status)

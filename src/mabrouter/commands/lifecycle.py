@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from mabrouter.errors import ConfigError
 from mabrouter.schema import ExperimentDoc, experiment_to_json, load_experiment_file, parse_experiment
 from mabrouter.store.experiment_decoder import DOC, decode_document, stored_version
 from mabrouter.store.ports import OperatorStore
+from mabrouter.store.records import StoredExperiment
 
 # How far back `show` looks for the last apply: an experiment rarely has more switch changes than this.
 AUDIT_LOOKBACK = 1000
@@ -75,29 +77,45 @@ def _last_apply(store: OperatorStore, name: str) -> dict[str, str] | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What applying one document would do to what is stored: `experiment diff` and `apply --dry-run`."""
+
+    doc: ExperimentDoc
+    stored: bool
+    version: str  # the stored version ('?' when unreadable, '' when not stored)
+    changes: tuple[str, ...]  # field by field: "  ~ path: before -> after", "  + path: value", "  - ..."
+    unreadable: str = ""  # why the stored document cannot be read (apply replaces it)
+
+
+def plan_apply(doc: ExperimentDoc, stored: StoredExperiment | None) -> Plan:
+    if stored is None:
+        return Plan(doc, stored=False, version="", changes=tuple(_lines({}, _fields(doc))))
+    try:
+        version = str(stored_version(doc.name, stored.config))
+        decode_document(doc.name, stored.config)  # what the routers read
+        before = _fields(parse_experiment(json.loads(stored.config[DOC]), f"experiment {doc.name}"))
+    except ConfigError as exc:
+        changes = tuple(_lines({}, _fields(doc)))
+        return Plan(doc, stored=True, version="?", changes=changes, unreadable=str(exc))
+    return Plan(doc, stored=True, version=version, changes=tuple(_lines(before, _fields(doc))))
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     """Exit as diff(1) does: 0 no changes, 1 changes, 2 trouble."""
     doc = load_experiment_file(Path(args.file))  # ConfigError names the field: exit 2
     with admin_store(args) as store:
-        stored = store.get(doc.name)
-    if stored is None:
+        plan = plan_apply(doc, store.get(doc.name))
+    if plan.unreadable:
+        print(f"warning: {plan.unreadable}\n(apply would replace it)", file=sys.stderr)
+    if not plan.stored:
         print(f"experiment {doc.name} is not stored: apply would create it")
-        for line in _lines({}, _fields(doc)):
-            print(line)
-        return 1
-    version = stored_version(doc.name, stored.config)
-    try:
-        decode_document(doc.name, stored.config)  # what the routers read
-        before = _fields(parse_experiment(json.loads(stored.config[DOC]), f"experiment {doc.name}"))
-    except ConfigError as exc:
-        print(f"warning: {exc}\n(apply would replace it)", file=sys.stderr)
-        before = {}
-    changes = list(_lines(before, _fields(doc)))
-    if not changes:
-        print(f"experiment {doc.name} version {version}: no changes")
+    elif not plan.changes:
+        print(f"experiment {doc.name} version {plan.version}: no changes")
         return 0
-    print(f"experiment {doc.name} version {version}: apply would change")
-    for line in changes:
+    else:
+        print(f"experiment {doc.name} version {plan.version}: apply would change")
+    for line in plan.changes:
         print(line)
     return 1
 

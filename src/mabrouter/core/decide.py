@@ -18,6 +18,7 @@ from mabrouter.core.model import NAME_PATTERN, NAME_RULE, AttributeValue, Experi
 from mabrouter.core.snapshot import ExperimentState, Snapshot
 from mabrouter.core.targeting import matches
 from mabrouter.errors import (
+    ExperimentArchivedError,
     ExperimentUnavailableError,
     InvalidRequestError,
     NoSnapshotError,
@@ -136,6 +137,11 @@ def decide(  # noqa: PLR0911, PLR0912 - the precedence chain reads top-down as e
     state = snapshot.experiments.get(request.experiment)
     if state is None:
         validate(request)
+        if request.experiment in snapshot.archived:
+            # Archived on purpose: the caller's default when it gave one, as when nothing is loaded.
+            if request.default_arm:
+                return Decision(request.default_arm, Reason.FALLBACK_DEFAULT, 1.0, 0, {}, counted=False)
+            raise ExperimentArchivedError(request.experiment)
         problem = snapshot.errors.get(request.experiment)
         if problem is None:
             raise UnknownExperimentError(request.experiment)

@@ -77,6 +77,8 @@ class Snapshot:
     loaded_at: float
     global_controls: GlobalControls = NO_GLOBAL_CONTROLS
     errors: Mapping[str, str] = field(default_factory=dict)
+    # Experiments an operator archived: stored, deliberately not served (decide() answers for them).
+    archived: frozenset[str] = frozenset()
 
 
 def _generator_for(posteriors: Posteriors) -> np.random.Generator:

@@ -6,6 +6,10 @@ and never stops the other experiments or the global switches. The experiment's k
 read from its control hash and applied over that last good state: an operator must be able to stop an
 experiment whose statistics someone (or one extreme reward) broke.
 
+An archived experiment (an operator's deliberate act, `mabrouter experiment archive`) is neither built
+nor an error: it is listed in `Snapshot.archived`, whatever its document or statistics hold, so decide()
+gives its defined answer and the `mabrouter.snapshot` health stays SERVING.
+
 It also reports edits made outside the CLI (plain redis-cli during an incident; store/raw_edits.py tells
 them): each is logged, counted, and handed to the refresher, which records its audit entry.
 """
@@ -29,7 +33,9 @@ from mabrouter.store.experiment_decoder import (
     decode_document,
     decode_experiment,
     experiment_state,
+    is_archived,
     stored_version,
+    switches,
 )
 from mabrouter.store.raw_edits import RawEditWatcher
 from mabrouter.store.records import GLOBAL_SWITCHES, RawExperiment, RawState, UnattributedEdit
@@ -100,9 +106,14 @@ class SnapshotBuilder:
         old = previous.experiments if previous else {}
         states: dict[str, ExperimentState] = {}
         errors: dict[str, str] = {}
+        archived: set[str] = set()
         for item in raw.experiments:
             for edit in self._edits.experiment(item):
                 self._unattributed(edit)
+            if is_archived(item.control):
+                archived.add(item.name)
+                self._forget(item.name)
+                continue
             state, problem = self._state_or_last_good(item, old.get(item.name), loaded_at)
             if problem:
                 errors[item.name] = problem
@@ -113,7 +124,19 @@ class SnapshotBuilder:
             self._unattributed(edit)
         if problems:
             self._report_once(GLOBAL_SWITCHES, "; ".join(problems), "ignoring " + "; ".join(problems))
-        return Snapshot(experiments=states, loaded_at=loaded_at, global_controls=self._global, errors=errors)
+        return Snapshot(
+            experiments=states,
+            loaded_at=loaded_at,
+            global_controls=self._global,
+            errors=errors,
+            archived=frozenset(archived),
+        )
+
+    def _forget(self, name: str) -> None:
+        """Drop what was cached for an experiment that is no longer served: an archive may last for
+        months, and an unarchive rebuilds it from what is stored then."""
+        self._built.pop(name, None)
+        self._documents.pop(name, None)
 
     def take_unattributed(self) -> list[UnattributedEdit]:
         edits, self.unattributed = self.unattributed, []
@@ -136,7 +159,7 @@ class SnapshotBuilder:
 
     def _under_current_switches(self, item: RawExperiment, old: ExperimentState) -> ExperimentState:
         """`old` with the kill switches (and rollout) stored now, rebuilt over the last good data."""
-        controls, _ = parse_controls(item.control, old.spec, old.controls)
+        controls, _ = parse_controls(switches(item.control), old.spec, old.controls)
         if controls == old.controls:
             return old
         built = self._built.get(item.name)

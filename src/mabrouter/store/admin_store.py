@@ -7,15 +7,17 @@ change itself. Every Redis failure leaves as StoreUnavailableError (store/errors
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
 
-from mabrouter.store import keys, scripts
+from mabrouter.store import keys, lifecycle_scripts, scripts
 from mabrouter.store.connect import sync_client
 from mabrouter.store.errors import STORE_ERRORS, translated
+from mabrouter.store.experiment_decoder import is_archived
 from mabrouter.store.records import AuditEntry, Change, StoredExperiment
 
 
@@ -24,6 +26,8 @@ class AdminStore:
         self._redis: Any = client  # redis-py's cluster and single clients share no typed protocol
         self._apply_config = client.register_script(scripts.APPLY_CONFIG)
         self._change_control = client.register_script(scripts.CHANGE_CONTROL)
+        self._delete_definition = client.register_script(lifecycle_scripts.DELETE_DEFINITION)
+        self._count_entries = client.register_script(lifecycle_scripts.COUNT_ENTRIES)
 
     @classmethod
     def from_url(cls, url: str) -> AdminStore:
@@ -95,6 +99,12 @@ class AdminStore:
         """Set the percent of units exposed; return the new version and the rollout stored before."""
         return self._set_control(experiment, keys.ROLLOUT, f"{percent:g}", change)
 
+    def set_archived(self, experiment: str, archived: bool, change: Change) -> tuple[int | None, str]:
+        """Archive (store the time) or unarchive (delete the field); the new version and the value before.
+        Only the lifecycle field changes: statistics, logs and switches stay as they are."""
+        value = str(change.now_ms) if archived else ""
+        return self._set_control(experiment, keys.ARCHIVED, value, change)
+
     def _set_control(self, scope: str, field: str, value: str, change: Change) -> tuple[int | None, str]:
         """Set (or with value '' delete) one switch; return (new version, previous value). The version is
         None when the stored one is not a number (edited by hand): the switch is written anyway."""
@@ -106,6 +116,83 @@ class AdminStore:
                 args=[field, value, *self._audit_args(change, target, scope)],
             )
         return (int(version) if str(version).isdigit() else None), str(before)
+
+    def key_families(self, experiment: str) -> dict[str, int]:
+        """How many keys of each family the experiment has, found by SCAN: family pattern -> count."""
+        return dict(Counter(keys.family_of(experiment, key) for key in self._scan(experiment)))
+
+    def delete(self, experiment: str, change: Change) -> int | None:
+        """Remove every key of an archived experiment and unlist it; the number of keys removed, or None
+        when it is not archived (then nothing of its definition is removed).
+
+        In three steps, each safe to stop after (a rerun finishes the job): first the keys outside its
+        definition (logs, audit, sticky units, seen and batch markers: there may be millions, unlinked in
+        chunks); then config, statistics and switches in one script, so it is never half defined, and
+        only if still archived as checked; last the listing, with the audit entry in the global audit log
+        (its own is gone). An experiment listed without a config (an interrupted delete) is finished."""
+        definition = [keys.config(experiment), keys.stats(experiment), keys.control(experiment)]
+        with translated, self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.config(experiment))
+            pipe.hget(keys.control(experiment), keys.ARCHIVED)
+            has_config, archived = pipe.execute()
+        checked = str(archived or "")
+        if has_config and not is_archived({keys.ARCHIVED: checked}):
+            return None
+        expected = checked if has_config else ""
+        removed = self._unlink(experiment, skip=frozenset(definition))
+        with translated:
+            deleted = int(self._delete_definition(keys=definition, args=[expected]))
+        if deleted < 0:
+            return None
+        # Keys a router wrote meanwhile (a flush of what it buffered before the archive) go too.
+        removed += deleted + self._unlink(experiment, skip=frozenset())
+        self._unlist(experiment, f"archived ({checked})", f"deleted ({removed} keys)", change)
+        return removed
+
+    def _scan(self, experiment: str) -> list[str]:
+        with translated:
+            return [str(key) for key in self._redis.scan_iter(keys.experiment_pattern(experiment), 1000)]
+
+    def _unlink(self, experiment: str, skip: frozenset[str], chunk: int = 1000) -> int:
+        """UNLINK (memory freed off Redis's main thread) every key of the experiment but `skip`."""
+        found = [key for key in self._scan(experiment) if key not in skip]
+        with translated:
+            for start in range(0, len(found), chunk):
+                self._redis.unlink(*found[start : start + chunk])
+        return len(found)
+
+    def _unlist(self, experiment: str, before: str, after: str, change: Change) -> None:
+        """Unlist a deleted experiment, audited in the global log, with a change notice: one transaction
+        on a single Redis. On a cluster the set and the global log live in other slots than each other,
+        where no transaction can span them: the same commands, in this order, as one pipeline."""
+        entry = {
+            "ts_ms": change.now_ms,
+            "actor": change.actor,
+            "action": change.action,
+            "target": experiment,
+            "before": before,
+            "after": after,
+            "reason": change.reason,
+            "version": "",
+        }
+        transaction = not isinstance(self._redis, RedisCluster)
+        with translated, self._redis.pipeline(transaction=transaction) as pipe:
+            pipe.srem(keys.EXPERIMENTS, experiment)
+            pipe.xadd(keys.audit(keys.GLOBAL_SCOPE), entry, maxlen=keys.AUDIT_MAXLEN, approximate=True)
+            pipe.publish(keys.CHANGES_CHANNEL, experiment)
+            pipe.execute()
+
+    def count_decisions(self, experiment: str, since_ms: int, page: int = 10_000) -> int:
+        """Entries of the decision log written at or after `since_ms` (its ids are the write times),
+        counted in Redis a page at a time."""
+        start, total = stream_id_at(since_ms), 0
+        while True:
+            with translated:
+                count, last = self._count_entries(keys=[keys.decisions_log(experiment)], args=[start, page])
+            total += int(count)
+            if int(count) < page:
+                return total
+            start = "(" + str(last)
 
     def names(self) -> list[str]:
         with translated:

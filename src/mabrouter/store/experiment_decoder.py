@@ -25,7 +25,7 @@ from mabrouter.core.snapshot import ExperimentState, build_experiment_state
 from mabrouter.errors import ConfigError
 from mabrouter.schema import parse_experiment
 from mabrouter.store.controls_codec import parse_controls
-from mabrouter.store.keys import VERSION
+from mabrouter.store.keys import ARCHIVED, VERSION
 from mabrouter.store.records import RawExperiment
 from mabrouter.store.stats_codec import (
     arm_stats,
@@ -36,6 +36,7 @@ from mabrouter.store.stats_codec import (
 )
 
 DOC = "doc"
+_NOT_ARCHIVED = frozenset({"", "0", "false", "no", "off"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,24 @@ class DecodedExperiment:
         return self.document.version
 
 
+def is_archived(control: Mapping[str, str]) -> bool:
+    """Whether an operator archived the experiment. Anything but an unset or "off" value counts: an
+    archive must hold even when written by hand as `archived 1` or `archived yes`."""
+    return control.get(ARCHIVED, "").strip().lower() not in _NOT_ARCHIVED
+
+
+def archived_at_ms(control: Mapping[str, str]) -> int | None:
+    """When the experiment was archived (the CLI stores the time), or None: not archived, or archived
+    by hand with a value that is not a time."""
+    text = control.get(ARCHIVED, "").strip()
+    return int(text) if is_archived(control) and text.isdigit() and len(text) <= 18 else None
+
+
+def switches(control: Mapping[str, str]) -> Mapping[str, str]:
+    """The control hash without the lifecycle field: the switches routers apply over a served state."""
+    return {field: value for field, value in control.items() if field != ARCHIVED}
+
+
 def stored_version(name: str, config: Mapping[str, str]) -> int:
     text = config.get(VERSION, "0")
     if not text.isdigit() or len(text) > 18:  # a version is a Redis integer counter
@@ -104,7 +123,7 @@ def decode_experiment(
     or keeps its last good one after a rewind); `previous_controls`: what a bad control field keeps."""
     document = document or decode_document(raw.name, raw.config)
     spec = document.spec
-    controls, problems = parse_controls(raw.control, spec, previous_controls)
+    controls, problems = parse_controls(switches(raw.control), spec, previous_controls)
     return DecodedExperiment(
         document=document,
         stats=arm_stats(spec, raw.stats),

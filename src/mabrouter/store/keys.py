@@ -24,8 +24,25 @@ def stats(experiment: str) -> str:
 
 
 def control(scope: str) -> str:
-    """HASH of operator switches: kill, kill:<arm>, rollout, reason, version (see controls_codec)."""
+    """HASH of operator switches: kill, kill:<arm>, rollout, reason, version (see controls_codec), and
+    the lifecycle field `archived` (experiment_decoder.is_archived)."""
     return f"{PREFIX}{{{scope}}}:control"
+
+
+def experiment_pattern(experiment: str) -> str:
+    """A SCAN pattern matching every key of one experiment, whatever its family: they all start with
+    `mabrouter:{name}:` (the hash tag), so a family added later is still found. Glob characters are
+    escaped, though names cannot hold them today."""
+    escaped = "".join(f"\\{char}" if char in "*?[]\\" else char for char in experiment)
+    return f"{PREFIX}{{{escaped}}}:*"
+
+
+def family_of(experiment: str, key: str) -> str:
+    """The family one of the experiment's keys belongs to, as a pattern an operator reads:
+    `mabrouter:{name}:stats`, `mabrouter:{name}:sticky:*`..."""
+    tag = f"{PREFIX}{{{experiment}}}:"
+    family, _, rest = key.removeprefix(tag).partition(":")
+    return f"{tag}{family}{':*' if rest else ''}"
 
 
 def audit(scope: str) -> str:
@@ -75,6 +92,9 @@ SAMPLED, EXPECTED = "sampled", "expected"
 SPLIT_HOLDOUT, SPLIT_BANDIT = "_split:holdout", "_split:bandit"
 METRIC_PREFIX = "m:"  # <arm>:m:<metric>:n|sum|sumsq: guardrail metrics of counted outcomes
 KILL, KILL_ARM_PREFIX, ROLLOUT, REASON, VERSION = "kill", "kill:", "rollout", "reason", "version"
+# In the control hash: when the experiment was archived (ms since the epoch). Routers serve no archived
+# experiment; any value but '', 0, false, no or off means archived (an operator may write 1 by hand).
+ARCHIVED = "archived"
 RAMP_PREFIX, RAMP_SINCE_PREFIX = "ramp:", "ramp_since:"  # ramp:<arm> = step index, ramp_since:<arm> = ms
 AUDIT_MAXLEN = 100_000
 

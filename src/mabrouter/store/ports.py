@@ -157,7 +157,28 @@ class OperatorStore(Protocol):
         """Set the share of units exposed; the new version and the rollout stored before ('' if none)."""
         ...
 
-    def names(self) -> list[str]: ...
+    def set_archived(self, experiment: str, archived: bool, change: Change) -> tuple[int | None, str]:
+        """Archive or unarchive an experiment (nothing else of it changes); the new version and the
+        `archived` value stored before ('' when it was not archived)."""
+        ...
+
+    def key_families(self, experiment: str) -> dict[str, int]:
+        """How many stored keys of each family the experiment has, by the family's key pattern
+        (`mabrouter:{name}:stats`, `mabrouter:{name}:sticky:*`...)."""
+        ...
+
+    def delete(self, experiment: str, change: Change) -> int | None:
+        """Remove every stored key of an archived experiment and unlist it (audited in the global log);
+        the number of keys removed, or None when it is not archived (its definition stays)."""
+        ...
+
+    def count_decisions(self, experiment: str, since_ms: int) -> int:
+        """How many decisions the experiment's decision log holds from `since_ms` on."""
+        ...
+
+    def names(self) -> list[str]:
+        """Every listed experiment, sorted (archived ones included)."""
+        ...
 
     def get(self, name: str) -> StoredExperiment | None: ...
 
