@@ -10,6 +10,7 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -69,6 +70,44 @@ def png_images(page: str) -> list[bytes]:
         with Image.open(io.BytesIO(image)) as opened:
             opened.verify()
     return images
+
+
+def figure_ids(page: str) -> set[str]:
+    return set(re.findall(r'<figure id="figure-([a-z]+)"', page))
+
+
+def section_ids(page: str) -> set[str]:
+    return set(re.findall(r'<section id="([a-z]+)"', page))
+
+
+def percent(text: str) -> float:
+    return float(text.rstrip("%")) / 100
+
+
+def assert_lift_matches_status(page: str, status: dict[str, Any]) -> None:
+    """The lift section shows `mabrouter status --json`'s numbers: the same estimator on the same stored
+    posteriors. Each command draws its own 20,000 samples, so they agree within Monte Carlo noise: over 200
+    seeds on posteriors like these, the lift and the lower bound moved by 0.3% of the interval's width at
+    most (sd 0.2%), the heavy-tailed upper bound by up to 6%. A different estimator (the mean of the ratio
+    draws instead of the ratio of the means) is off by 5 to 10% of the width in the lift."""
+    compared = [arm for arm in status["arms"] if arm["arm"] != status["control"]]
+    assert compared
+    tolerance = {"lift": 0.015, "lift-low": 0.015, "lift-high": 0.12}  # of the interval's width
+    for arm in compared:
+        name = arm["arm"]
+        assert float(keyed(page, f"p-beats-{name}")) == pytest.approx(arm["p_beats_control"], abs=0.02)
+        if arm["lift_vs_control"] is None:
+            assert keyed(page, f"lift-{name}") == "-"
+            continue
+        width = arm["lift_ci_high"] - arm["lift_ci_low"]
+        assert width > 0
+        for key, field in (
+            ("lift", "lift_vs_control"),
+            ("lift-low", "lift_ci_low"),
+            ("lift-high", "lift_ci_high"),
+        ):
+            shown = percent(keyed(page, f"{key}-{name}"))  # printed to 0.01%: 5e-5 of rounding
+            assert shown == pytest.approx(arm[field], abs=tolerance[key] * width + 5e-5), (name, key)
 
 
 def assert_self_contained(page: str) -> None:
@@ -151,6 +190,10 @@ def test_report_of_real_traffic(shop: RedisServer, shop_router: InProcessRouter,
     status = json.loads(cli("status", "shop", "--json", redis_url=shop.url).stdout)
     assert keyed(page, "srm-p") == f"{status['srm']['p_value']:.4g}"
     assert keyed(page, "holdout-srm-p") == f"{status['holdout_srm']['p_value']:.4g}"
+    assert_lift_matches_status(page, status)
+    assert {"lift", "holdout"} <= figure_ids(page)  # a holdout with data: its panel is drawn
+    assert {"lift", "holdout", "srm", "ipw", "guardrails", "audit"} <= section_ids(page)
+    assert 'id="omitted"' not in page  # every panel had something to show
 
     # the holdout comparison and the IPW table, recomputed here from `mabrouter export`
     exported = cli("export", "shop", redis_url=shop.url).stdout.splitlines()
@@ -183,6 +226,28 @@ def test_report_of_real_traffic(shop: RedisServer, shop_router: InProcessRouter,
     assert "count as reward 0" in page  # the conversion-style choice is written down
 
 
+def test_the_lift_is_the_one_status_shows(shop: RedisServer, tmp_path: Path) -> None:
+    """On stored statistics with tight posteriors, where Monte Carlo noise is a small part of the interval:
+    a lift 5% off (0.01 here) is far outside the tolerance (about 0.002)."""
+    conversions = {"a": 2000, "b": 2400, "c": 1700, "d": 2000}  # of 20,000 trials each
+    client = shop.client()
+    try:
+        for arm, successes in conversions.items():
+            fields = {"trials": 20_000, "count": 20_000, "sum": successes, "sumsq": successes}
+            client.hset("mabrouter:{shop}:stats", mapping={f"{arm}:{k}": v for k, v in fields.items()})
+    finally:
+        client.close()
+    out = tmp_path / "lift.html"
+    cli("report", "shop", "--out", str(out), redis_url=shop.url)
+    page = out.read_text(encoding="utf-8")
+    status = json.loads(cli("status", "shop", "--json", redis_url=shop.url).stdout)
+    assert_lift_matches_status(page, status)
+    assert percent(keyed(page, "lift-b")) == pytest.approx(0.2, abs=0.01)  # 12% against 10%
+    assert float(keyed(page, "p-beats-b")) > 0.999
+    assert percent(keyed(page, "lift-high-c")) < 0  # 8.5% against 10%: worse, and sure of it
+    assert "lift" in figure_ids(page)
+
+
 def test_an_unknown_experiment_is_refused(redis_server: RedisServer, tmp_path: Path) -> None:
     out = tmp_path / "nope.html"
     result = cli("report", "nope", "--out", str(out), redis_url=redis_server.url, check=False)
@@ -191,14 +256,68 @@ def test_an_unknown_experiment_is_refused(redis_server: RedisServer, tmp_path: P
     assert not out.exists()
 
 
-def test_an_experiment_without_traffic_still_renders(shop: RedisServer, tmp_path: Path) -> None:
+def test_an_experiment_without_traffic_shows_only_what_it_has(shop: RedisServer, tmp_path: Path) -> None:
+    """Before: empty boxes saying "no data yet" for traffic, reward and the holdout."""
     out = tmp_path / "empty.html"
     cli("report", "shop", "--out", str(out), redis_url=shop.url)
     page = out.read_text(encoding="utf-8")
     assert_self_contained(page)
-    assert len(png_images(page)) >= 4
-    assert "no data yet" in page
+    assert figure_ids(page) == {"posteriors", "values", "guardrails"}  # priors, and the guardrail to watch
+    assert len(png_images(page)) == 3
+    assert section_ids(page) == {"pictures", "omitted", "arms", "guardrails", "audit"}
+    assert "no data yet" not in page
+    assert "Bandit vs holdout (chart), Holdout comparison: fewer than 2 holdout or bandit decisions" in page
+    assert (
+        "Lift against the control (chart), Lift against the control: no trials on the control arm a yet"
+        in page
+    )
     assert 'class="banner"' not in page
+
+
+GAUSSIAN = """
+name: basket
+description: Basket value; the control's mean is about 0, so a relative lift means nothing
+reward: gaussian
+control: a
+arms:
+  - name: a
+  - name: b
+"""
+
+
+def test_no_holdout_panel_without_a_holdout_and_no_lift_around_a_zero_mean(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    apply_experiments(redis_server.url, tmp_path, GAUSSIAN)
+    rng = np.random.default_rng(11)
+    with InProcessRouter(router_settings(redis_server.url)).start() as router:
+        channel, router_stub = open_stub(router.address)
+        with channel:
+            outcomes = []
+            for i in range(300):
+                reply = router_stub.Route(pb.RouteRequest(experiment="basket", unit_id=f"u{i}"), timeout=5)
+                reward = float(rng.normal(0.0 if reply.arm == "a" else 0.3, 1.0))
+                outcomes.append(pb.OutcomeRequest(decision_id=reply.decision_id, reward=reward))
+            for first in range(0, len(outcomes), 100):
+                batch = pb.ReportOutcomesRequest(outcomes=outcomes[first : first + 100])
+                assert all(r.code == 0 for r in router_stub.ReportOutcomes(batch, timeout=5).results)
+        client = redis_server.client()
+        try:
+            wait_until(lambda: client.xlen("mabrouter:{basket}:outcomes") == 300, 10, what="outcomes logged")
+        finally:
+            client.close()
+    out = tmp_path / "basket.html"
+    cli("report", "basket", "--out", str(out), redis_url=redis_server.url)
+    page = out.read_text(encoding="utf-8")
+    status = json.loads(cli("status", "basket", "--json", redis_url=redis_server.url).stdout)
+
+    assert "holdout" not in figure_ids(page) | section_ids(page)
+    assert "Bandit vs holdout (chart), Holdout comparison: no holdout configured (holdout: 0)" in page
+    (b,) = [arm for arm in status["arms"] if arm["arm"] == "b"]
+    assert b["lift_vs_control"] is None  # status agrees: the control's draws cross 0
+    assert_lift_matches_status(page, status)
+    assert "lift undefined: the control&#x27;s mean may be zero or negative" in page
+    assert {"lift", "traffic", "reward", "values"} <= figure_ids(page)
 
 
 def test_a_sample_ratio_mismatch_gets_a_loud_banner(shop: RedisServer, tmp_path: Path) -> None:

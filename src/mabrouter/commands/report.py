@@ -1,8 +1,10 @@
 """`mabrouter report EXP --out report.html`: one self-contained HTML page about an experiment.
 
-Pictures first (posteriors, traffic and reward over time, bandit vs holdout, arm values, guardrails), the
-numbers below (arms, guardrails and ramps, sample ratio, holdout comparison, inverse-propensity-weighted
-values, audit trail). The charts need matplotlib: `pip install 'mabrouter[report]'`.
+Pictures first (posteriors, lift against the control, traffic and reward over time, bandit vs holdout,
+arm values, guardrails), the numbers below (arms, lift, guardrails and ramps, sample ratio, holdout
+comparison, inverse-propensity-weighted values, audit trail). A panel with nothing to show (the holdout's
+when there is no holdout) is left out and named, with the reason. The charts need matplotlib:
+`pip install 'mabrouter[report]'`.
 """
 
 from __future__ import annotations

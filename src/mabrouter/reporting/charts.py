@@ -1,23 +1,25 @@
-"""The report's figures, drawn on matplotlib's Agg canvas (no pyplot: no GUI backend, no global state),
-each returned as a base64 PNG for a data: URI. A figure without data says "no data yet", never blank.
+"""The report's figures, drawn on matplotlib's Agg canvas (`canvas`), each returned as a base64 PNG for a
+data: URI. A figure with nothing to show is left out, with the reason (`panels`), never drawn empty.
 
 Each arm keeps its colour in every figure (matplotlib's C0..C9, in experiment order).
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import math
+from collections.abc import Callable
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mabrouter.core.model import RewardKind
-from mabrouter.reporting.data import ArmView, ReportData, utc_text
+from mabrouter.reporting.canvas import colour, legend_outside, new_figure, png_base64
+from mabrouter.reporting.data import ReportData, utc_text
 from mabrouter.reporting.estimators import FloatArray, IntArray, per_decision_reward
+from mabrouter.reporting.lift import against_control
+from mabrouter.reporting.lift_chart import lift_figure
+from mabrouter.reporting.panels import Charts, figure_omissions
 
 NICE_BUCKETS_MS = (
     *(100, 250, 500, 1000, 2000, 5000, 10_000, 15_000, 30_000),
@@ -53,51 +55,32 @@ def bucket_width_ms(span_ms: int, target: int = TARGET_BUCKETS) -> int:
     return NICE_BUCKETS_MS[-1] * math.ceil(span_ms / (NICE_BUCKETS_MS[-1] * target))
 
 
-def render_charts(data: ReportData) -> dict[str, str]:
-    """Figure key -> base64 PNG (the page gives each its title and caption)."""
-    charts = {
-        "posteriors": _posteriors(data),
-        "traffic": _traffic(data),
-        "reward": _reward(data),
-        "holdout": _holdout(data),
-        "values": _values(data),
+def render_charts(data: ReportData) -> Charts:
+    """Figure key -> base64 PNG (the page gives each its title and caption), and the figures left out."""
+    builders: dict[str, Callable[[ReportData], Figure | str]] = {
+        "posteriors": _posteriors,
+        "lift": lambda view: lift_figure(against_control(view.arms), view.control),
+        "traffic": _traffic,
+        "reward": _reward,
+        "holdout": _holdout,
+        "values": _values,
+        "guardrails": _guardrails,
     }
-    if data.guardrails:
-        charts["guardrails"] = _guardrails(data)
-    return {key: _png(figure) for key, figure in charts.items()}
-
-
-def _figure(height: float = 3.6) -> Figure:
-    figure = Figure(figsize=(8.4, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _png(figure: Figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _no_data(ax: Axes, message: str = "no data yet") -> None:
-    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, fontsize=15, color="0.45")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _colour(index: int) -> str:
-    return f"C{index % 10}"
-
-
-def _label(arm: ArmView) -> str:
-    notes = ["control"] if arm.control else []
-    notes += ["killed by guardrail"] if arm.guardrail_kill else (["killed"] if arm.killed else [])
-    notes += ["shadow"] if arm.spec.shadow else []
-    return arm.name + (f" ({', '.join(notes)})" if notes else "")
+    omitted = figure_omissions(data)
+    images = {}
+    for key, build in builders.items():
+        if key in omitted:
+            continue
+        drawn = build(data)
+        if isinstance(drawn, str):  # found empty only while drawing (e.g. every bucket too thin)
+            omitted[key] = drawn
+        else:
+            images[key] = png_base64(drawn)
+    return Charts(images, omitted)
 
 
 def _posteriors(data: ReportData) -> Figure:
-    figure = _figure()
+    figure = new_figure()
     ax = figure.add_subplot()
     bernoulli = data.reward is RewardKind.BERNOULLI
     spans = []
@@ -117,15 +100,15 @@ def _posteriors(data: ReportData) -> Figure:
         first, second, df = arm.density
         y = beta_pdf(x, first, second) if bernoulli else student_t_pdf(x, first, second, df)
         style = "--" if arm.killed else (":" if arm.spec.shadow else "-")
-        ax.plot(x, y, linestyle=style, color=_colour(index), label=_label(arm), linewidth=1.8)
+        ax.plot(x, y, linestyle=style, color=colour(index), label=arm.label, linewidth=1.8)
         inside = (x >= arm.summary.ci_low) & (x <= arm.summary.ci_high)
-        ax.fill_between(x, 0, y, where=inside, color=_colour(index), alpha=0.2, linewidth=0)
+        ax.fill_between(x, 0, y, where=inside, color=colour(index), alpha=0.2, linewidth=0)
     trials = sum(arm.summary.trials for arm in data.arms)
     ax.set_title("posterior densities" + ("" if trials else " (prior only: no trials yet)"))
     ax.set_xlabel("conversion rate" if bernoulli else "mean reward")
     ax.set_ylabel("density")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    legend_outside(ax)
     return figure
 
 
@@ -157,12 +140,8 @@ def _time_axis(ax: Axes, data: ReportData, unit: str, width: int) -> None:
 
 
 def _traffic(data: ReportData) -> Figure:
-    figure = _figure(4.4)
+    figure = new_figure(4.4)
     share_ax, volume_ax = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
-    if data.exposure.size == 0:
-        _no_data(share_ax)
-        _no_data(volume_ax)
-        return figure
     index, count, width, unit, unit_ms = _buckets(data, TARGET_BUCKETS)
     exposure = data.exposure
     totals = np.bincount(index, minlength=count).astype(np.float64)
@@ -172,7 +151,7 @@ def _traffic(data: ReportData) -> Figure:
         if served.any():
             layers.append(served / np.maximum(totals, 1))
             labels.append(exposure.arms[arm])
-            colours.append(_colour(arm))
+            colours.append(colour(arm))
     unsampled = np.bincount(index[~exposure.counted], minlength=count)
     if unsampled.any():
         layers.append(unsampled / np.maximum(totals, 1))
@@ -183,7 +162,7 @@ def _traffic(data: ReportData) -> Figure:
         share_ax.stackplot(edges, [np.repeat(layer, 2) for layer in layers], labels=labels, colors=colours)
     share_ax.set_ylim(0, 1)
     share_ax.set_ylabel("share of decisions")
-    share_ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    legend_outside(share_ax)
     volume_ax.bar(
         np.arange(count) * width / unit_ms, totals, width=width / unit_ms, align="edge", color="0.5"
     )
@@ -192,47 +171,47 @@ def _traffic(data: ReportData) -> Figure:
     return figure
 
 
-def _reward(data: ReportData) -> Figure:
-    figure = _figure()
+def _reward(data: ReportData) -> Figure | str:
+    figure = new_figure()
     ax = figure.add_subplot()
     exposure = data.exposure
     value = per_decision_reward(exposure.reward, data.reward)
-    if exposure.size == 0 or not np.isfinite(value).any():
-        _no_data(ax)
-        return figure
     index, count, width, unit, unit_ms = _buckets(data, REWARD_BUCKETS)
     centres = (np.arange(count) + 0.5) * width / unit_ms
     groups = [
-        (exposure.arms[a], _colour(a), "-", exposure.counted & (exposure.arm == a))
+        (exposure.arms[a], colour(a), "-", exposure.counted & (exposure.arm == a))
         for a in range(len(exposure.arms))
     ]
     groups.append(("holdout (control)", HOLDOUT_COLOUR, "--", exposure.holdout()))
-    for label, colour, style, group in groups:
+    drawn = False
+    for label, tint, style, group in groups:
         chosen = group & np.isfinite(value)
-        if not chosen.any():
-            continue
         n = np.bincount(index[chosen], minlength=count).astype(np.float64)
+        if not (n >= MIN_BUCKET_DECISIONS).any():
+            continue
         means = np.bincount(index[chosen], weights=value[chosen], minlength=count) / np.maximum(n, 1)
         squares = np.bincount(index[chosen], weights=value[chosen] ** 2, minlength=count) / np.maximum(n, 1)
         means[n < MIN_BUCKET_DECISIONS] = np.nan
         se = np.sqrt(np.maximum(squares - means**2, 0.0) / np.maximum(n - 1, 1))
-        ax.plot(centres, means, style, marker="o", markersize=3, color=colour, label=label)
-        ax.fill_between(centres, means - 1.96 * se, means + 1.96 * se, color=colour, alpha=0.08, linewidth=0)
+        ax.plot(centres, means, style, marker="o", markersize=3, color=tint, label=label)
+        ax.fill_between(centres, means - 1.96 * se, means + 1.96 * se, color=tint, alpha=0.08, linewidth=0)
+        drawn = True
+    if not drawn:
+        return f"no time bucket has {MIN_BUCKET_DECISIONS} decisions of one arm with an outcome yet"
     ax.set_ylabel("mean outcome per decision")
     if data.reward is RewardKind.BERNOULLI:
         ax.set_ylim(bottom=0)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    legend_outside(ax)
     _time_axis(ax, data, unit, width)
     return figure
 
 
-def _holdout(data: ReportData) -> Figure:
-    figure = _figure(3.2)
-    ax = figure.add_subplot()
+def _holdout(data: ReportData) -> Figure | str:
     found = data.holdout
-    if found is None:
-        _no_data(ax, "no data yet" if data.holdout_percent > 0 else "no holdout configured (holdout: 0)")
-        return figure
+    if found is None:  # figure_omissions left it out already, with the reason
+        return "no holdout comparison"
+    figure = new_figure(3.2)
+    ax = figure.add_subplot()
     ax.hist(found.draws, bins=80, density=True, color="0.55")
     ax.axvspan(found.ci_low, found.ci_high, color="C0", alpha=0.15, label="95% interval")
     ax.axvline(0.0, color="red", linewidth=1.5, label="no difference")
@@ -243,22 +222,22 @@ def _holdout(data: ReportData) -> Figure:
     )
     ax.set_xlabel("difference in mean outcome per decision (bandit - holdout)")
     ax.set_yticks([])
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    legend_outside(ax)
     return figure
 
 
 def _values(data: ReportData) -> Figure:
-    figure = _figure(0.9 + 0.6 * len(data.arms))
+    figure = new_figure(0.9 + 0.6 * len(data.arms))
     ax = figure.add_subplot()
     estimates = {e.arm: e for e in data.ipw}
     for row, arm in enumerate(data.arms):
         y = len(data.arms) - 1 - row
-        colour = _colour(row)
+        tint = colour(row)
         if arm.spec.expected is not None:
             band = arm.spec.expected
             ax.barh(y, 2 * band.tolerance, left=band.mean - band.tolerance, height=0.8, color="0.88")
-        ax.hlines(y, arm.summary.ci_low, arm.summary.ci_high, color=colour, linewidth=7, alpha=0.4)
-        ax.plot([arm.summary.mean], [y], "o", color=colour)
+        ax.hlines(y, arm.summary.ci_low, arm.summary.ci_high, color=tint, linewidth=7, alpha=0.4)
+        ax.plot([arm.summary.mean], [y], "o", color=tint)
         found = estimates.get(arm.name)
         for offset, marker, mean, se in (
             (0.25, "s", found.ips, found.ips_se) if found else (0.25, "s", math.nan, math.nan),
@@ -266,15 +245,15 @@ def _values(data: ReportData) -> Figure:
         ):
             if math.isfinite(mean):
                 error = 1.96 * se if math.isfinite(se) else 0.0
-                ax.errorbar([mean], [y + offset], xerr=[error], fmt=marker, color=colour, capsize=3)
+                ax.errorbar([mean], [y + offset], xerr=[error], fmt=marker, color=tint, capsize=3)
     for marker, label in (
         ("o", "posterior mean, 95% CI"),
         ("s", "IPS +/- 1.96 SE"),
         ("^", "SNIPS +/- 1.96 SE"),
     ):
         ax.plot([], [], marker, color="0.35", label=label)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
-    ax.set_yticks(range(len(data.arms)), [_label(arm) for arm in reversed(data.arms)])
+    legend_outside(ax)
+    ax.set_yticks(range(len(data.arms)), [arm.label for arm in reversed(data.arms)])
     ax.set_xlabel("value (mean outcome per decision)")
     ax.grid(axis="x", alpha=0.3)
     return figure
@@ -282,7 +261,7 @@ def _values(data: ReportData) -> Figure:
 
 def _guardrails(data: ReportData) -> Figure:
     rows = data.guardrails
-    figure = _figure(0.9 + 0.45 * len(rows))
+    figure = new_figure(0.9 + 0.45 * len(rows))
     ax = figure.add_subplot()
     colours = {"breached": "red", "killed by guardrail": "darkred", "ok": "C2"}
     for row_index, row in enumerate(rows):

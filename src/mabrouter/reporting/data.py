@@ -39,6 +39,14 @@ class ArmView:
     guardrail_kill: str  # the evidence, when a guardrail (not an operator) killed the arm
     divergent: bool
 
+    @property
+    def label(self) -> str:
+        """The arm's name and what is special about it, as every figure names it."""
+        notes = ["control"] if self.control else []
+        notes += ["killed by guardrail"] if self.guardrail_kill else (["killed"] if self.killed else [])
+        notes += ["shadow"] if self.spec.shadow else []
+        return self.name + (f" ({', '.join(notes)})" if notes else "")
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ReportData:

@@ -1,19 +1,24 @@
 """The report page: one self-contained HTML document (inline CSS, images as data: URIs, no scripts, nothing
-fetched), pictures first and the numbers behind them below. Every value from Redis is escaped."""
+fetched), pictures first and the numbers behind them below (`sections`). Panels with nothing to show are
+left out and named once, with the reason. Every value from Redis is escaped."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Mapping
 from html import escape
 
-from mabrouter.core.evidence import SampleRatioCheck
-from mabrouter.core.model import ArmSpec, Controls, RewardKind
 from mabrouter.reporting.data import ReportData, utc_text
+from mabrouter.reporting.markup import badge
+from mabrouter.reporting.panels import Charts
+from mabrouter.reporting.sections import SECTIONS, ramp_text, render_sections
 
 FIGURES = (  # key | id of the section with the numbers | title | caption
     "posteriors|arms|Posterior of each arm's mean reward|Shaded: 95% credible interval. Dashed: killed arms "
     "(no traffic); dotted: shadow arms.",
+    "lift|lift|Lift against the control|Relative difference of each arm's posterior mean from the "
+    "control's, (arm - control) / control, with its 95% credible interval; right: P(arm beats control). "
+    "The numbers of mabrouter status.",
     "traffic|srm|Traffic share over time|Share of each time bucket's decisions by arm; grey: control served "
     "without sampling (holdout, rollout, kills, targeting). Below: decisions per bucket.",
     "reward|ipw|Reward over time|Mean outcome per decision in each bucket: the policy's decisions by arm, "
@@ -25,8 +30,6 @@ FIGURES = (  # key | id of the section with the numbers | title | caption
     "guardrails|guardrails|Guardrails: probability of breach|Posterior probability of breach per arm and "
     "metric; the black tick is where the router kills the arm.",
 )
-Cell = str | tuple[str, str]  # text, or (text, data-k key that tests and scripts can find)
-
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2430;margin:0;
 background:#f5f6f8}
@@ -44,83 +47,41 @@ figure img{width:100%;height:auto}figcaption{font-size:13px;color:#3b4452;margin
 table{border-collapse:collapse;background:#fff;margin:6px 0 10px;font-size:13px}tr.bad td{background:#fde3e3}
 th,td{padding:4px 10px;border-bottom:1px solid #e5e8ed;text-align:left;vertical-align:top}
 th{background:#eef1f5}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.note{color:#5a6372;font-size:13px;max-width:980px}
+.note{color:#5a6372;font-size:13px;max-width:980px}.omitted{margin:10px 0 0 18px;padding:0}
 """
 
 
-def render(data: ReportData, charts: Mapping[str, str]) -> str:
-    sections = [_header(data), _srm_banner(data), _pictures(charts)]
-    sections += [section(data) for section in (_arms, _guardrails, _srm, _holdout, _ipw, _audit)]
+def render(data: ReportData, charts: Charts) -> str:
+    sections, omitted_sections = render_sections(data)
+    shown = set(SECTIONS) - set(omitted_sections)
+    parts = [_header(data), _srm_banner(data), _pictures(charts.images, shown)]
+    parts += [_omissions(charts.omitted, omitted_sections), sections]
     head = f"<title>{escape(data.experiment)}: mabrouter report</title><style>{CSS}</style>"
-    body = "\n".join(section for section in sections if section)
+    body = "\n".join(part for part in parts if part)
     head = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{head}</head>'
     return f"{head}\n<body><main>\n{body}\n</main></body></html>\n"
 
 
-def _num(value: float, spec: str = ".4f") -> str:
-    return format(value, spec) if math.isfinite(value) else "-"
-
-
-def _td(cell: Cell, numeric: bool) -> str:
-    text, key = cell if isinstance(cell, tuple) else (cell, "")
-    attributes = (' class="n"' if numeric else "") + (f' data-k="{escape(key)}"' if key else "")
-    return f"<td{attributes}>{escape(text)}</td>"
-
-
-def _table(
-    headers: Sequence[str], align: str, rows: Sequence[Sequence[Cell]], bad: Sequence[bool] = ()
-) -> str:
-    """align: one letter per column, l or r (numbers); bad: the rows to highlight."""
-    body = "".join(
-        ('<tr class="bad">' if i < len(bad) and bad[i] else "<tr>")
-        + "".join(_td(cell, align[column] == "r") for column, cell in enumerate(row))
-        + "</tr>"
-        for i, row in enumerate(rows)
-    )
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _badge(text: str, colour: str = "") -> str:
-    return f'<span class="badge {colour}">{escape(text)}</span>'
-
-
-def ramp_text(arm: ArmSpec, controls: Controls, now_ms: int) -> str:
-    if not arm.ramp:
-        return ""
-    step, since = controls.ramp_steps.get(arm.name, 0), controls.ramp_since_ms.get(arm.name)
-    steps = " -> ".join(f"{s.share:.0%}" for s in arm.ramp)
-    if since is None:
-        return f"not started (steps {steps})"
-    if step >= len(arm.ramp):
-        return f"complete: uncapped since {utc_text(since)} (steps {steps})"
-    held = max(now_ms - since, 0) / 1000
-    return (
-        f"step {step + 1} of {len(arm.ramp)}: capped at {arm.ramp[step].share:.0%}, held {held:,.0f} s "
-        f"of {arm.ramp[step].min_seconds:,.0f} s (steps {steps})"
-    )
-
-
 def _header(data: ReportData) -> str:
     kills = (("KILLED (global switch)", data.global_controls), ("KILLED", data.controls))
-    badges = [_badge(f"{label} {switch.reason}".strip(), "red") for label, switch in kills if switch.killed]
+    badges = [badge(f"{label} {switch.reason}".strip(), "red") for label, switch in kills if switch.killed]
     for arm in data.arms:
         if arm.guardrail_kill:
-            badges.append(_badge(f"{arm.name} killed by guardrail", "red"))
+            badges.append(badge(f"{arm.name} killed by guardrail", "red"))
         elif arm.killed:
-            badges.append(_badge(f"{arm.name} killed", "amber"))
+            badges.append(badge(f"{arm.name} killed", "amber"))
         if arm.divergent:
-            badges.append(_badge(f"{arm.name} outside its expected band", "amber"))
+            badges.append(badge(f"{arm.name} outside its expected band", "amber"))
         if arm.spec.ramp:
-            badges.append(_badge(f"{arm.name} ramp: {ramp_text(arm.spec, data.controls, data.generated_ms)}"))
+            badges.append(badge(f"{arm.name} ramp: {ramp_text(arm.spec, data.controls, data.generated_ms)}"))
     breached = [r for r in data.guardrails if r.status == "breached"]
-    badges += [_badge(f"{r.arm} breaches {r.guardrail.metric}", "red") for r in breached]
-    badges.append(_badge(f"rollout {data.rollout:g}%", "amber" if data.rollout < 100 else "blue"))
-    badges.append(_badge(f"holdout {data.holdout_percent:g}%" if data.holdout_percent else "no holdout"))
+    badges += [badge(f"{r.arm} breaches {r.guardrail.metric}", "red") for r in breached]
+    badges.append(badge(f"rollout {data.rollout:g}%", "amber" if data.rollout < 100 else "blue"))
+    badges.append(badge(f"holdout {data.holdout_percent:g}%" if data.holdout_percent else "no holdout"))
     if data.warnings:
-        badges.append(_badge(f"{len(data.warnings)} data warning(s): see below", "amber"))
+        badges.append(badge(f"{len(data.warnings)} data warning(s): see below", "amber"))
     if not data.killed and not any(b.startswith('<span class="badge red') for b in badges):
-        badges.append(_badge("live", "green"))
+        badges.append(badge("live", "green"))
     e = data.exposure
     meta = (
         f"version {data.version} · {data.reward.value} reward · control <b>{escape(data.control)}</b> · "
@@ -148,151 +109,30 @@ def _srm_banner(data: ReportData) -> str:
     )
 
 
-def _pictures(charts: Mapping[str, str]) -> str:
+def _pictures(images: Mapping[str, str], sections: set[str]) -> str:
+    """The drawn figures; each links to the section with its numbers when that section is shown."""
     figures = [
-        f'<figure><figcaption><b>{escape(title)}.</b> {escape(caption)} <a href="#{section}">numbers</a>'
-        f'</figcaption><img alt="{escape(title)}" src="data:image/png;base64,{charts[key]}"></figure>'
+        f'<figure id="figure-{key}"><figcaption><b>{escape(title)}.</b> {escape(caption)}'
+        + (f' <a href="#{section}">numbers</a>' if section in sections else "")
+        + f'</figcaption><img alt="{escape(title)}" src="data:image/png;base64,{images[key]}"></figure>'
         for key, section, title, caption in (figure.split("|", 3) for figure in FIGURES)
-        if key in charts
+        if key in images
     ]
     return f'<section id="pictures"><div class="grid">{"".join(figures)}</div></section>'
 
 
-def _arms(data: ReportData) -> str:
-    total = "successes" if data.reward is RewardKind.BERNOULLI else "reward sum"
-    headers = ["arm", "state", "trials", "outcomes", total, "mean", "95% CI", "P(best)", "share", "expected"]
-    rows: list[list[Cell]] = []
-    for arm in data.arms:
-        s, band = arm.summary, arm.spec.expected
-        state = "killed by guardrail" if arm.guardrail_kill else ("killed" if arm.killed else "live")
-        state += " (control)" if arm.control else (" (shadow)" if arm.spec.shadow else "")
-        expected = f"{band.mean:g} +/- {band.tolerance:g}" if band else ""
-        rows.append([arm.name, state, f"{s.trials:,}", f"{s.reward_count:,}", f"{s.reward_sum:,.1f}"])
-        rows[-1] += [(_num(s.mean), f"mean-{arm.name}"), f"[{s.ci_low:.4f}, {s.ci_high:.4f}]"]
-        rows[-1] += [f"{s.p_best:.3f}", f"{s.share:.1%}", expected + (" DIVERGES" if arm.divergent else "")]
-    table = _table(headers, "llrrrrrrrl", rows, [arm.killed or arm.divergent for arm in data.arms])
-    return f'<section id="arms"><h2>Arms</h2>{table}</section>'
-
-
-def _guardrails(data: ReportData) -> str:
-    rows: list[list[Cell]] = []
-    for r in data.guardrails:
-        g = r.guardrail
-        limit = f"+{g.max_increase:g} over control" if g.max_increase is not None else f"> {g.max_value:g}"
-        base = f"{_num(r.control.mean)} (n={r.control.n:,})" if r.control is not None else ""
-        observed = f"{_num(r.observed.mean)} (n={r.observed.n:,})"
-        rows.append([r.arm, g.metric, f"{g.kind} {limit}", observed, base])
-        rows[-1] += [(_num(r.probability, ".3f"), f"guard-{r.arm}-{g.metric}"), f">= {g.probability:g}"]
-        rows[-1] += [f"{g.min_samples:,}", r.status]
-    headers = ["arm", "metric", "limit", "arm (n)", "control (n)", "P(breach)", "kills at", "min n", "status"]
-    bad = [r.status in ("breached", "killed by guardrail") for r in data.guardrails]
-    table = _table(headers, "lllrrrrrl", rows, bad) if rows else '<p class="note">No guardrails.</p>'
-    killed = [a for a in data.arms if a.guardrail_kill]
-    kills = "".join(f"<li>{escape(a.name)}: {escape(a.guardrail_kill)}</li>" for a in killed)
-    ramps = [[a.name, ramp_text(a.spec, data.controls, data.generated_ms)] for a in data.arms if a.spec.ramp]
+def _omissions(figures: Mapping[str, str], sections: Mapping[str, str]) -> str:
+    """One note naming every left-out panel, grouped by why, so nothing disappears unexplained."""
+    titles = {figure.split("|", 3)[0]: figure.split("|", 3)[2] for figure in FIGURES}
+    by_reason: defaultdict[str, list[str]] = defaultdict(list)
+    for key, why in figures.items():
+        by_reason[why].append(f"{titles[key]} (chart)")
+    for key, why in sections.items():
+        by_reason[why].append(SECTIONS[key][0])
+    if not by_reason:
+        return ""
+    items = "".join(f"<li>{escape(', '.join(names))}: {escape(why)}</li>" for why, names in by_reason.items())
     return (
-        f'<section id="guardrails"><h2>Guardrails and ramps</h2>{table}'
-        + (f"<p>Killed by a guardrail (evidence at the time):</p><ul>{kills}</ul>" if kills else "")
-        + (_table(["arm", "ramp position"], "ll", ramps) if ramps else "")
-        + "</section>"
+        '<section id="omitted"><p class="note">Not shown, with nothing to show yet:</p>'
+        f'<ul class="note omitted">{items}</ul></section>'
     )
-
-
-def _verdict(check: SampleRatioCheck | None, key: str) -> str:
-    if check is None:
-        return '<p class="note">Not enough data for a chi-square test yet.</p>'
-    verdict = '<b style="color:#c62828">SAMPLE RATIO MISMATCH</b>' if check.mismatch else "ok"
-    return (
-        f"<p>chi2 = {check.statistic:.3f} (df {check.degrees_of_freedom}), "
-        f'p = <span data-k="{key}">{check.p_value:.4g}</span>: {verdict}</p>'
-    )
-
-
-def _srm(data: ReportData) -> str:
-    rows = [
-        [arm, f"{o:,.0f}", f"{e:,.1f}", f"{(o - e) / e:+.1%}" if e > 0 else "-"]
-        for arm, o, e in data.srm_counts
-    ]
-    parts = [
-        '<section id="srm"><h2>Sample ratio</h2><p class="note">Decisions sampling served to each arm against'
-        " what the allocations in force expected, since the experiment started (counters in Redis).</p>",
-        _table(["arm", "sampled", "expected", "difference"], "lrrr", rows),
-        _verdict(data.srm, "srm-p"),
-    ]
-    if data.holdout_percent > 0:
-        held, bandit = data.holdout_split
-        fraction, total = data.holdout_percent / 100, held + bandit
-        split = [
-            ["holdout", f"{held:,.0f}", f"{total * fraction:,.1f}"],
-            ["bandit", f"{bandit:,.0f}", f"{total * (1 - fraction):,.1f}"],
-        ]
-        parts += ["<h3>Holdout split</h3>", _table(["group", "observed", "expected"], "lrr", split)]
-        parts.append(_verdict(data.holdout_srm, "holdout-srm-p"))
-    return "".join(parts) + "</section>"
-
-
-def _holdout(data: ReportData) -> str:
-    missing = "count as reward 0 (conversion style: callers may report only successes)"
-    note = (
-        f'<p class="note">From the exposure log since {utc_text(data.since_ms)}, outcomes joined by decision '
-        "nonce. Holdout: decisions with reason HOLDOUT (control served to a randomised fraction of units). "
-        "Bandit: SAMPLED and STICKY decisions. Other imposed answers are in neither group. Decisions without "
-        f"a reported outcome {missing if data.reward is RewardKind.BERNOULLI else 'are left out'}.</p>"
-    )
-    found, title = data.holdout, '<section id="holdout"><h2>Holdout comparison</h2>'
-    if found is None:
-        configured = "" if data.holdout_percent else " (no holdout configured)"
-        return f"{title}<p>no data yet{configured}</p>{note}</section>"
-    lift = found.difference / found.holdout_mean if found.holdout_mean else math.nan
-    rows: list[list[Cell]] = [
-        ["holdout", (f"{found.holdout_n:,}", "holdout-n"), (_num(found.holdout_mean), "holdout-mean")],
-        ["bandit", (f"{found.bandit_n:,}", "bandit-n"), (_num(found.bandit_mean), "bandit-mean")],
-    ]
-    summary = (
-        f'<p>Difference (bandit - holdout): <b data-k="holdout-diff">{found.difference:+.4f}</b>, 95% '
-        f'interval [<span data-k="holdout-ci-low">{found.ci_low:+.4f}</span>, <span data-k="holdout-ci-high">'
-        f"{found.ci_high:+.4f}</span>], relative lift {_num(lift, '+.1%')}, P(bandit better) = "
-        f"{found.p_bandit_better:.3f}. Method: {escape(found.method)}.</p>"
-    )
-    table = _table(["group", "decisions", "mean outcome per decision"], "lrr", rows)
-    return f"{title}{table}{summary}{note}</section>"
-
-
-def _ipw(data: ReportData) -> str:
-    rows: list[list[Cell]] = []
-    for e in data.ipw:
-        values = {
-            "naive": e.naive_mean,
-            "ips": e.ips,
-            "ips-se": e.ips_se,
-            "snips": e.snips,
-            "snips-se": e.snips_se,
-        }
-        keyed = [(_num(value), f"ipw-{e.arm}-{name}") for name, value in values.items()]
-        rows.append([e.arm, f"{e.served:,}", *keyed, _num(e.max_weight, ".1f")])
-    counted = int(data.exposure.counted.sum())
-    missing = "count as 0" if data.reward is RewardKind.BERNOULLI else "are left out"
-    return (
-        '<section id="ipw"><h2>Inverse-propensity-weighted arm values</h2>'
-        + _table(["arm", "served", "naive mean", "IPS", "SE", "SNIPS", "SE", "max weight"], "lrrrrrrr", rows)
-        + f'<p class="note">Over the {counted:,} counted decisions (SAMPLED, STICKY) in the window; '
-        f"{data.ipw_dropped:,} dropped (no propensity or no reward). IPS = mean over decisions of "
-        "1[arm = a] &middot; reward / propensity; SNIPS divides the same sum by the sum of 1[arm = a] / "
-        f"propensity (delta-method SE). Decisions without an outcome {missing}. The propensity is the share "
-        "the policy gave the arm when deciding (a STICKY decision's is the share at that time, not the "
-        "unit's first assignment). Large max weights mean noisy estimates. IPS assumes every arm could be "
-        "chosen in every decision: over a window that spans an arm's kill (propensity 0 after it), IPS "
-        "understates that arm and SNIPS, which normalises by its own weights, does not.</p></section>"
-    )
-
-
-def _audit(data: ReportData) -> str:
-    def short(text: str, limit: int = 60) -> str:
-        return (text if len(text) <= limit else text[: limit - 3] + "...") or "(unset)"
-
-    rows = [
-        [utc_text(a.ts_ms), a.actor, a.action, a.target, f"{short(a.before)} -> {short(a.after)}", a.reason]
-        for a in data.audit
-    ]
-    table = _table(["time (UTC)", "actor", "action", "target", "before -> after", "reason"], "llllll", rows)
-    return f'<section id="audit"><h2>Audit trail (newest first, {len(rows)} shown)</h2>{table}</section>'
