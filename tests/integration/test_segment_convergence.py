@@ -3,6 +3,7 @@ rules: unit/test_segments.py)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -57,3 +58,31 @@ def test_each_segment_converges_to_its_own_best_arm(redis_server: RedisServer, t
         float(v) for k, v in stats.items() if k.endswith(":trials") and not k.startswith(("@", "_"))
     )
     assert pooled_trials >= 2000
+
+
+def test_the_sample_ratio_check_is_quiet_on_a_healthy_segmented_experiment(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Issue 17: each segment samples from its own allocation, so its decisions must be expected from
+    that allocation. Counted against the pooled one, every healthy run of this experiment 'mismatched'
+    (chi-square 123 to 6,900, p = 0)."""
+    path = tmp_path / "feed.yaml"
+    path.write_text(DOC)
+    cli("experiment", "apply", str(path), redis_url=redis_server.url)
+    router = InProcessRouter(router_settings(redis_server.url)).start()
+    env = np.random.default_rng(11)
+    try:
+        with grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            for i in range(2000):
+                country = "DE" if i % 2 else "US"
+                attributes = struct_pb2.Struct(fields={"country": struct_pb2.Value(string_value=country)})
+                reply = stub.Route(pb.RouteRequest(experiment="feed", unit_id=f"u{i}", attributes=attributes))
+                if env.random() < TRUTH[country][reply.arm]:
+                    stub.ReportOutcome(pb.OutcomeRequest(decision_id=reply.decision_id, reward=1.0))
+    finally:
+        router.stop()  # flushes every trial it counted
+    report = json.loads(cli("status", "feed", "--json", redis_url=redis_server.url).stdout)
+    assert report["srm"]["mismatch"] is False, report["srm"]
+    assert report["srm"]["p_value"] > 0.001, report["srm"]
+    assert set(report["segments"]) == {"DE", "US"}  # both decided on their own posteriors

@@ -1,7 +1,8 @@
 """Judging arms on evidence: guardrail breaches, divergence from offline expectations, sample-ratio checks.
 
 Pure functions over statistics; randomness comes in as a generator. A decision needs evidence, not noise:
-guardrails wait for a minimum sample size on both sides and require a posterior probability.
+guardrails wait for a minimum sample size (on the arm, and on the control when they compare with it) and
+require a posterior probability.
 """
 
 from __future__ import annotations
@@ -181,14 +182,31 @@ class SampleRatioCheck:
         return self.p_value < 0.001
 
 
+# Cells expecting fewer decisions than this are pooled into one: chi-square's approximation needs a few
+# expected counts per cell. A bandit starves losing arms, and each starved arm counted alone added a
+# degree of freedom but almost no statistic, which made the check blind (calibration suite: the p-values
+# of healthy runs piled up near 1 instead of being uniform).
+MIN_EXPECTED_PER_CELL = 5.0
+
+
 def sample_ratio_check(observed: list[float], expected: list[float]) -> SampleRatioCheck | None:
-    """Chi-square of observed counts against expected ones (rescaled to the same total)."""
+    """Chi-square of observed counts against expected ones (rescaled to the same total); cells with
+    fewer than MIN_EXPECTED_PER_CELL expected are pooled, and the pool is dropped if it is still short."""
     pairs = [(o, e) for o, e in zip(observed, expected, strict=True) if e > 0]
     total_observed = sum(o for o, _ in pairs)
     total_expected = sum(e for _, e in pairs)
-    if len(pairs) < 2 or total_observed <= 0 or total_expected <= 0:
+    if total_observed <= 0 or total_expected <= 0:
         return None
     scale = total_observed / total_expected
-    statistic = sum((o - e * scale) ** 2 / (e * scale) for o, e in pairs)
-    df = len(pairs) - 1
+    cells = [(o, e * scale) for o, e in pairs if e * scale >= MIN_EXPECTED_PER_CELL]
+    pool = [(o, e * scale) for o, e in pairs if e * scale < MIN_EXPECTED_PER_CELL]
+    pooled = (sum(o for o, _ in pool), sum(e for _, e in pool))
+    if pooled[1] >= MIN_EXPECTED_PER_CELL:
+        cells.append(pooled)
+    if len(cells) < 2:
+        return None
+    # Rescale over the cells kept, so the statistic compares proportions among them.
+    rescale = sum(o for o, _ in cells) / sum(e for _, e in cells)
+    statistic = sum((o - e * rescale) ** 2 / (e * rescale) for o, e in cells)
+    df = len(cells) - 1
     return SampleRatioCheck(statistic, df, chi_square_p_value(statistic, df))

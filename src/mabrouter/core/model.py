@@ -99,7 +99,8 @@ class Guardrail:
 
     kind "rate": the metric is 0/1 (e.g. error); "mean": a continuous metric (e.g. latency_ms).
     Breached when P(arm - control > max_increase) >= probability, or P(arm > max_value) >= probability,
-    once both the arm and control have min_samples observations of the metric.
+    once the arm has min_samples observations of the metric, and the control too when the guardrail
+    compares with it (max_increase); an absolute limit (max_value) does not wait for the control.
     """
 
     metric: str

@@ -23,6 +23,7 @@ from mabrouter.reporting.estimators import (
     IpwEstimate,
     holdout_difference,
     ipw_estimates,
+    ipw_rows,
     per_decision_reward,
 )
 from mabrouter.store.experiment_decoder import experiment_state
@@ -59,10 +60,8 @@ def estimate(decoded: DecodedReport, rng: np.random.Generator) -> Estimates:
     summaries = summarize(state, rng)
     guardrails = _guardrail_rows(spec, experiment.stats, decoded.guardrail_kills, rng)
     value = per_decision_reward(exposure.reward, spec.reward)
-    counted = exposure.counted
-    ipw, dropped = ipw_estimates(
-        exposure.arms, exposure.arm[counted], exposure.propensity[counted], value[counted]
-    )
+    rows = ipw_rows(exposure.reason)
+    ipw, dropped = ipw_estimates(exposure.arms, exposure.arm[rows], exposure.propensity[rows], value[rows])
     holdout = holdout_difference(value[exposure.holdout()], value[exposure.bandit()], spec.reward, rng)
     return Estimates(state, found, summaries, guardrails, holdout, tuple(ipw), dropped)
 

@@ -84,6 +84,15 @@ class IpwEstimate:
     max_weight: float  # the largest 1/propensity among them: huge weights mean a noisy estimate
 
 
+def ipw_rows(reason: npt.NDArray[np.str_]) -> BoolArray:
+    """The decisions IPW may weigh: those sampling drew (reason SAMPLED), whose logged propensity is
+    the probability the arm was drawn with. A sticky unit's repeat (STICKY) serves the arm it was
+    first assigned and logs that arm's share now, which is not the probability of its assignment:
+    weighing repeats by it overstated an arm's value by ~65x in the calibration suite (sticky
+    scenario, docs/statistics.md). The first assignment of every unit is a SAMPLED row."""
+    return np.asarray(reason == "SAMPLED", dtype=np.bool_)
+
+
 def ipw_estimates(
     arms: tuple[str, ...], arm: IntArray, propensity: FloatArray, reward: FloatArray
 ) -> tuple[list[IpwEstimate], int]:

@@ -11,7 +11,9 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+from mabrouter.core.decide import Decision
 from mabrouter.core.discount import weight
+from mabrouter.core.model import Reason
 from mabrouter.core.posterior import FloatArray
 from mabrouter.core.snapshot import ExperimentState
 from mabrouter.errors import StoreUnavailableError
@@ -65,6 +67,15 @@ class TrialBuffer:
                 self._allocations[id(shares)] = (experiment, names, shares, 1)
             else:
                 self._allocations[id(shares)] = (*entry[:3], entry[3] + 1)
+
+    def record(self, experiment: str, decision: Decision, state: ExperimentState) -> None:
+        """Count one decision made from `state`: a trial when the policy made it (with its allocation
+        when it was sampled), a holdout decision toward the split, nothing for an imposed answer."""
+        if decision.counted:
+            sampled_from = state if decision.reason is Reason.SAMPLED else None
+            self.add(experiment, decision.arm, sampled_from, decision.segment)
+        elif decision.reason is Reason.HOLDOUT:
+            self.add_holdout(experiment)
 
     def add_holdout(self, experiment: str) -> None:
         """A decision that served the holdout (not a trial: it only counts toward the split)."""
