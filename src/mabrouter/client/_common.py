@@ -68,6 +68,8 @@ class Assignment:
     error: str | None = None
     # True when the router decided from a snapshot older than its maximum staleness (Redis unreachable).
     stale: bool = False
+    # The arm the shadow policy would have chosen ('' when the experiment has no shadow arms).
+    shadow_arm: str = ""
 
 
 def fallback_assignment(default_arm: str, error: str) -> Assignment:
@@ -104,11 +106,16 @@ def to_struct(attributes: Mapping[str, AttributeValue]) -> struct_pb2.Struct:
             for item in value:
                 slot.list_value.values.add().string_value = item
         else:
-            raise TypeError(
-                f"attribute {key!r}: {type(value).__name__} is not supported; "
-                "use a str, a number, a bool or a list of str (flatten objects: 'user.tier')"
-            )
+            raise TypeError(unsupported_attribute(key, value))
     return struct
+
+
+def unsupported_attribute(key: str, value: object) -> str:
+    """Why `value` cannot be an attribute (the in-process router refuses the same values the same way)."""
+    return (
+        f"attribute {key!r}: {type(value).__name__} is not supported; "
+        "use a str, a number, a bool or a list of str (flatten objects: 'user.tier')"
+    )
 
 
 def route_request(
@@ -150,6 +157,7 @@ def assignment_from(response: Any, default_arm: str) -> Assignment:
         payload=dict(response.payload),
         fallback=reason_value == router_pb2.FALLBACK_DEFAULT,
         stale=bool(response.stale),
+        shadow_arm=str(response.shadow_arm),
     )
 
 

@@ -1,9 +1,15 @@
-"""One ReportOutcomes call for the OutcomeReporter, and what to do with each outcome of the batch."""
+"""One ReportOutcomes call for the OutcomeReporter, and what to do with each outcome of the batch.
+
+The classification (acknowledged, refused for good, to retry) is the same whatever delivered the batch:
+a sidecar's ReportOutcomes (`deliver`, here) or an in-process router (mabrouter.embedded), which
+reports the same status codes for the same outcomes.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 import grpc
 
@@ -70,6 +76,42 @@ class Delivery:
     refusals: list[str] = field(default_factory=list)  # why outcomes were refused one by one
 
 
+@runtime_checkable
+class OutcomeSink(Protocol):
+    """What an OutcomeReporter delivers through when it is not a gRPC channel: an in-process router."""
+
+    def deliver_outcomes(self, batch: list[Item], timeout: float) -> Delivery:
+        """Apply `batch` (never raises) and say what became of each outcome."""
+        ...
+
+
+def call_failed(batch: list[Item], code: grpc.StatusCode, details: str | None) -> Delivery:
+    """A call that applied nothing: refused for good (dropped) or to retry whole."""
+    failure = status_error(code, details)
+    if code in PERMANENT_CALL_CODES:
+        return Delivery(rejected=len(batch), failure=failure, refused=True)
+    return Delivery(retry=list(batch), failure=failure)
+
+
+def classify(batch: list[Item], results: Sequence[tuple[int, str, bool]]) -> Delivery:
+    """What became of each outcome, from its (status code value, message, duplicate) result."""
+    if len(results) != len(batch):
+        return Delivery(
+            retry=list(batch), failure=f"INTERNAL: {len(results)} results for {len(batch)} outcomes"
+        )
+    delivery = Delivery()
+    for item, (code, message, duplicate) in zip(batch, results, strict=True):
+        if code == 0:
+            delivery.sent += 1
+            delivery.duplicates += bool(duplicate)
+        elif code in PERMANENT_ITEM_CODES:
+            delivery.rejected += 1
+            delivery.refusals.append(f"{code}: {message}")
+        else:
+            delivery.retry.append(item)
+    return delivery
+
+
 def deliver(stub: Any, batch: list[Item], timeout: float) -> Delivery:
     """Send `batch` in one ReportOutcomes call (never raises) and classify every outcome."""
     request = router_pb2.ReportOutcomesRequest(
@@ -80,25 +122,7 @@ def deliver(stub: Any, batch: list[Item], timeout: float) -> Delivery:
     except grpc.RpcError as exc:
         if not isinstance(exc, grpc.Call):
             return Delivery(retry=list(batch), failure=f"UNKNOWN: {exc!r}")
-        failure = status_error(exc.code(), exc.details())
-        if exc.code() in PERMANENT_CALL_CODES:
-            return Delivery(rejected=len(batch), failure=failure, refused=True)
-        return Delivery(retry=list(batch), failure=failure)
+        return call_failed(batch, exc.code(), exc.details())
     except Exception as exc:  # noqa: BLE001 - keep the sender alive; the outcomes stay buffered
         return Delivery(retry=list(batch), failure=f"UNKNOWN: {exc!r}")
-    results = list(response.results)
-    if len(results) != len(batch):
-        return Delivery(
-            retry=list(batch), failure=f"INTERNAL: {len(results)} results for {len(batch)} outcomes"
-        )
-    delivery = Delivery()
-    for item, result in zip(batch, results, strict=True):
-        if result.code == 0:
-            delivery.sent += 1
-            delivery.duplicates += bool(result.duplicate)
-        elif result.code in PERMANENT_ITEM_CODES:
-            delivery.rejected += 1
-            delivery.refusals.append(f"{result.code}: {result.message}")
-        else:
-            delivery.retry.append(item)
-    return delivery
+    return classify(batch, [(r.code, r.message, r.duplicate) for r in response.results])

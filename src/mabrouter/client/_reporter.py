@@ -9,13 +9,15 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from functools import partial
 from types import TracebackType
 from typing import Final
 
 import grpc
 
 from mabrouter.client._common import CHANNEL_OPTIONS, DEFAULT_TARGET
-from mabrouter.client._delivery import MAX_BATCH, Item, ReporterStats, deliver
+from mabrouter.client._delivery import MAX_BATCH, Delivery, Item, OutcomeSink, ReporterStats, deliver
 from mabrouter.client._sync import RouterClient
 from mabrouter.v1 import router_pb2_grpc
 
@@ -43,9 +45,11 @@ class OutcomeReporter:
     reward) are dropped and counted in ``rejected``. Buffered outcomes live in memory only: call
     ``close()`` at shutdown, or what is still buffered is lost with the process.
 
-    Pass a :class:`RouterClient` to share its channel (close the reporter first), or a target
-    address for a channel of its own. From asyncio code, ``report()`` is safe to call on the event
-    loop; run the blocking ``flush()``/``close()`` in a thread: ``await asyncio.to_thread(r.close)``.
+    Pass a :class:`RouterClient` to share its channel (close the reporter first), a target address
+    for a channel of its own, or an in-process router (:class:`mabrouter.embedded.EmbeddedRouter`;
+    close the reporter first too): the same semantics, the outcomes applied in this process. From
+    asyncio code, ``report()`` is safe to call on the event loop; run the blocking
+    ``flush()``/``close()`` in a thread: ``await asyncio.to_thread(r.close)``.
 
     Example::
 
@@ -57,7 +61,7 @@ class OutcomeReporter:
 
     def __init__(
         self,
-        client: RouterClient | str = DEFAULT_TARGET,
+        client: RouterClient | str | OutcomeSink = DEFAULT_TARGET,
         *,
         batch_size: int = 200,
         flush_interval: float = 0.2,
@@ -76,16 +80,23 @@ class OutcomeReporter:
         ):
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        if isinstance(client, RouterClient):
-            self._channel, self._owns_channel = client.channel, False
-        elif isinstance(client, str):
-            self._channel, self._owns_channel = grpc.insecure_channel(client, options=CHANNEL_OPTIONS), True
+        self._channel: grpc.Channel | None = None
+        self._owns_channel = False
+        self._deliver: Callable[[list[Item], float], Delivery]
+        if isinstance(client, OutcomeSink):  # an in-process router: no channel
+            self._deliver = client.deliver_outcomes
+        elif isinstance(client, RouterClient | str):
+            if isinstance(client, RouterClient):
+                self._channel = client.channel
+            else:
+                self._channel = grpc.insecure_channel(client, options=CHANNEL_OPTIONS)
+                self._owns_channel = True
+            self._deliver = partial(deliver, router_pb2_grpc.RouterStub(self._channel))
         else:  # e.g. an AsyncRouterClient: its channel belongs to its event loop, not to a thread
             raise TypeError(
-                f"pass a RouterClient or a target address, not {type(client).__name__}; "
-                "from asyncio code use OutcomeReporter(async_client.target)"
+                f"pass a RouterClient, a target address or an in-process router, not "
+                f"{type(client).__name__}; from asyncio code use OutcomeReporter(async_client.target)"
             )
-        self._stub = router_pb2_grpc.RouterStub(self._channel)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_buffer = max_buffer
@@ -170,7 +181,7 @@ class OutcomeReporter:
             self._abandon = True
             lost = len(self._queue)
             self._work.notify()
-        if self._owns_channel:
+        if self._owns_channel and self._channel is not None:
             self._channel.close()  # cancels a call in flight
         self._thread.join(self.rpc_timeout + 1.0)
         if lost:
@@ -250,7 +261,7 @@ class OutcomeReporter:
 
     def _send(self, batch: list[Item]) -> bool:
         """One ReportOutcomes call. False when (part of) the batch must be retried after a backoff."""
-        result = deliver(self._stub, batch, self.rpc_timeout)
+        result = self._deliver(batch, self.rpc_timeout)
         if result.refused:
             log.error("mabrouter: the router refused %d outcomes (%s): dropped", len(batch), result.failure)
         elif result.failure:

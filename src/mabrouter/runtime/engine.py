@@ -7,11 +7,17 @@ over tens of decisions at once with warm caches: 13.6 us per decision done one a
 each handler, 6.3 us batched (bench_grpc saturation, thread CPU). Nothing is lost by the delay: the
 records were only buffered in memory anyway, and every flush of them first records what is pending
 (`record_pending`). Metrics and trial counts lag by at most the delay.
+
+`RoutingEngine` serves one event loop and takes no lock: the sidecar's Route runs on that loop only.
+`SharedRoutingEngine` is the same engine for callers on many threads (the in-process router,
+`mabrouter.embedded`): decisions are made under one lock, and recording still happens on the loop's
+thread, so the write buffers are only ever touched by the loop, as in the sidecar.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -48,6 +54,9 @@ class Recorders:
     metrics: RouterMetrics
 
 
+_Unrecorded = tuple[RouteInput, Decision, DecisionToken, ExperimentState]
+
+
 class Routed(NamedTuple):
     decision: Decision
     decision_id: str  # '' when the router decided nothing (FALLBACK_DEFAULT)
@@ -72,7 +81,7 @@ class RoutingEngine:
         self._staleness = staleness
         self._record = recorders
         # Decisions made since the last record_pending(), with the state they were made from.
-        self._unrecorded: list[tuple[RouteInput, Decision, DecisionToken, ExperimentState]] = []
+        self._unrecorded: list[_Unrecorded] = []
 
     def is_stale(self) -> bool:
         snapshot = self._holder.current
@@ -110,15 +119,23 @@ class RoutingEngine:
         decision_id, token = self._signer.sign(request.experiment, decision, trace)
         self._unrecorded.append((request, decision, token, state))
         if len(self._unrecorded) == 1:
-            try:
-                asyncio.get_running_loop().call_later(RECORD_DELAY_SECONDS, self.record_pending)
-            except RuntimeError:  # no event loop (a synchronous caller): nothing would run it later
-                self.record_pending()
+            self._schedule_recording()
         return Routed(decision, decision_id, stale)
+
+    def _schedule_recording(self) -> None:
+        """Arrange for record_pending to run RECORD_DELAY_SECONDS from now (once per batch)."""
+        try:
+            asyncio.get_running_loop().call_later(RECORD_DELAY_SECONDS, self.record_pending)
+        except RuntimeError:  # no event loop (a synchronous caller): nothing would run it later
+            self.record_pending()
+
+    def _take_unrecorded(self) -> list[_Unrecorded]:
+        pending, self._unrecorded = self._unrecorded, []
+        return pending
 
     def record_pending(self) -> None:
         """Record every decision made since the last call: trials, the exposure log, the metric."""
-        pending, self._unrecorded = self._unrecorded, []
+        pending = self._take_unrecorded()
         trials, exposure = self._record.trials, self._record.exposure
         counts: Counter[tuple[str, str, str]] = Counter()
         for request, decision, token, state in pending:
@@ -130,3 +147,73 @@ class RoutingEngine:
                 trials.add_holdout(request.experiment)
             exposure.decision(request, decision, token, state.spec.segments)
         self._record.metrics.count_decisions(counts)
+
+
+class SharedRoutingEngine(RoutingEngine):
+    """A RoutingEngine that callers on many threads share, next to the event loop that records.
+
+    `decide` is not thread-safe: the samplers hand out pre-drawn blocks of winners (a check, then a pop)
+    and the generator is shared. One lock around each decision makes it safe; under the GIL the
+    callers never ran in parallel anyway, so the lock costs an uncontended acquire (~0.1 us) and
+    serialises nothing that was concurrent. Signing runs inside it too: it is short, and releasing
+    and re-taking the lock would cost more than it frees.
+
+    Recording stays on the loop's thread: a decision made on another thread is appended under the
+    lock, and the first of each batch asks the loop (thread-safely) to record the batch later. So
+    the trial buffer, the exposure log and sticky writes are touched only by the loop, exactly as in
+    the sidecar. A sticky experiment's lookup may wait on Redis: its callers go through `route` on
+    the loop (see mabrouter.embedded), which decides under the same lock.
+    """
+
+    def __init__(  # noqa: PLR0913 - the base engine's parts plus the loop that records
+        self,
+        holder: SnapshotHolder,
+        *,
+        sticky: StickyAssignments,
+        signer: DecisionSigner,
+        rng: np.random.Generator,
+        staleness: StalenessPolicy,
+        recorders: Recorders,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(
+            holder, sticky=sticky, signer=signer, rng=rng, staleness=staleness, recorders=recorders
+        )
+        self._lock = threading.Lock()
+        self._loop = loop
+
+    def _decide(
+        self, request: RouteInput, snapshot: Snapshot | None, state: ExperimentState | None, trace: str
+    ) -> Routed:
+        with self._lock:
+            return super()._decide(request, snapshot, state, trace)
+
+    def _schedule_recording(self) -> None:
+        # From any thread: the loop itself starts the timer, so record_pending runs on the loop.
+        self._loop.call_soon_threadsafe(self._loop.call_later, RECORD_DELAY_SECONDS, self.record_pending)
+
+    def _take_unrecorded(self) -> list[_Unrecorded]:
+        # Only the swap needs the lock (an append racing it would land in a list already recorded);
+        # recording the batch runs outside it, so callers never wait for it.
+        with self._lock:
+            return super()._take_unrecorded()
+
+
+def build_engine(
+    holder: SnapshotHolder,
+    *,
+    sticky: StickyAssignments,
+    signer: DecisionSigner,
+    staleness: StalenessPolicy,
+    recorders: Recorders,
+    loop: asyncio.AbstractEventLoop | None,
+) -> RoutingEngine:
+    """A SharedRoutingEngine recording on `loop`, or, without one, the single-loop RoutingEngine."""
+    rng = np.random.default_rng()
+    if loop is None:
+        return RoutingEngine(
+            holder, sticky=sticky, signer=signer, rng=rng, staleness=staleness, recorders=recorders
+        )
+    return SharedRoutingEngine(
+        holder, sticky=sticky, signer=signer, rng=rng, staleness=staleness, recorders=recorders, loop=loop
+    )

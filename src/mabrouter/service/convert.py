@@ -7,14 +7,20 @@ from collections.abc import Mapping
 from google.protobuf import struct_pb2
 
 from mabrouter.core.decide import AttributeValue, RouteInput
-from mabrouter.errors import InvalidRequestError
 from mabrouter.runtime.engine import Routed
+from mabrouter.service.attributes import (
+    MAX_ATTRIBUTE_KEY_CHARS,
+    MAX_ATTRIBUTE_LIST_ITEMS,
+    MAX_ATTRIBUTE_STRING_CHARS,
+    MAX_ATTRIBUTES,
+    list_not_strings,
+    list_too_long,
+    name_too_long,
+    nested_object,
+    string_too_long,
+    too_many_attributes,
+)
 from mabrouter.v1 import router_pb2
-
-MAX_ATTRIBUTES = 64
-MAX_ATTRIBUTE_KEY_CHARS = 128
-MAX_ATTRIBUTE_STRING_CHARS = 1024
-MAX_ATTRIBUTE_LIST_ITEMS = 64
 
 
 def _attribute(key: str, value: struct_pb2.Value) -> AttributeValue | None:
@@ -22,9 +28,7 @@ def _attribute(key: str, value: struct_pb2.Value) -> AttributeValue | None:
     if kind == "string_value":
         text = value.string_value
         if len(text) > MAX_ATTRIBUTE_STRING_CHARS:
-            raise InvalidRequestError(
-                f"attribute {key!r} is {len(text)} characters; the limit is {MAX_ATTRIBUTE_STRING_CHARS}"
-            )
+            raise string_too_long(key, len(text))
         return text
     if kind == "number_value":
         return value.number_value
@@ -33,17 +37,13 @@ def _attribute(key: str, value: struct_pb2.Value) -> AttributeValue | None:
     if kind == "list_value":
         items = value.list_value.values
         if len(items) > MAX_ATTRIBUTE_LIST_ITEMS:
-            raise InvalidRequestError(
-                f"attribute {key!r} has {len(items)} items; the limit is {MAX_ATTRIBUTE_LIST_ITEMS}"
-            )
+            raise list_too_long(key, len(items))
         if any(item.WhichOneof("kind") != "string_value" for item in items):
-            raise InvalidRequestError(f"attribute {key!r}: lists may only hold strings")
+            raise list_not_strings(key)
         return tuple(item.string_value for item in items)
     if kind == "null_value" or kind is None:
         return None
-    raise InvalidRequestError(
-        f"attribute {key!r}: nested objects are not supported; flatten them (e.g. 'user.tier')"
-    )
+    raise nested_object(key)
 
 
 def attributes_from_struct(struct: struct_pb2.Struct) -> dict[str, AttributeValue]:
@@ -51,13 +51,11 @@ def attributes_from_struct(struct: struct_pb2.Struct) -> dict[str, AttributeValu
     if not fields:
         return {}
     if len(fields) > MAX_ATTRIBUTES:
-        raise InvalidRequestError(f"{len(fields)} attributes sent; the limit is {MAX_ATTRIBUTES}")
+        raise too_many_attributes(len(fields))
     result: dict[str, AttributeValue] = {}
     for key, value in fields.items():
         if len(key) > MAX_ATTRIBUTE_KEY_CHARS:
-            raise InvalidRequestError(
-                f"attribute name {key[:40]!r}... is longer than {MAX_ATTRIBUTE_KEY_CHARS} characters"
-            )
+            raise name_too_long(key)
         kind = value.WhichOneof("kind")
         # Short strings and booleans, the common cases, inline; everything else (and errors) in _attribute.
         if kind == "string_value":
