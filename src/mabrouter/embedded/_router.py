@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -13,17 +12,17 @@ from typing import Final
 from prometheus_client import CollectorRegistry
 
 from mabrouter.app import decision_keys
-from mabrouter.client import Assignment, AttributeValue, OutcomeReporter
-from mabrouter.client._common import DEFAULT_TIMEOUT, check_route_arguments, exception_error
+from mabrouter.client import OutcomeReporter
+from mabrouter.client._common import exception_error
 from mabrouter.client._delivery import Delivery, Item, call_failed, classify
 from mabrouter.config import Settings
-from mabrouter.core.decide import NO_ATTRIBUTES, RouteInput
 from mabrouter.embedded._background import EmbeddedRuntime, LoopThread
-from mabrouter.embedded._convert import assignment_of, outcome_status, route_attributes
+from mabrouter.embedded._convert import outcome_status
 from mabrouter.embedded._failopen import FailOpen
 from mabrouter.embedded._process import track, untrack
+from mabrouter.embedded._routing import NotRunningError, Routing
 from mabrouter.errors import InvalidRequestError, MabrouterError
-from mabrouter.runtime.engine import Routed, RoutingEngine
+from mabrouter.runtime.engine import RoutingEngine
 from mabrouter.runtime.outcomes import MAX_BATCH, Outcome, OutcomeResult
 from mabrouter.service.status import status_of
 from mabrouter.store.connect import redact
@@ -36,7 +35,7 @@ OUTCOME_TIMEOUT: Final = 2.0
 _BOOT_TIMEOUT: Final = 30.0  # building the runtime: no Redis round trip, only objects and a thread
 
 
-class EmbeddedRouter:
+class EmbeddedRouter(Routing):
     """The router's engine inside this process, sharing Redis with the sidecars. Thread-safe.
 
     Built from the same settings as ``mabrouter serve`` (``Settings()`` reads the ``MABROUTER_*``
@@ -168,104 +167,6 @@ class EmbeddedRouter:
     ) -> None:
         self.close()
 
-    # -- routing -----------------------------------------------------------------------------------
-
-    def route(
-        self,
-        experiment: str,
-        unit_id: str,
-        *,
-        attributes: Mapping[str, AttributeValue] | None = None,
-        default_arm: str,
-        timeout: float | None = None,
-    ) -> Assignment:
-        """The arm to serve, decided in this process; never raises but for an empty `default_arm` or a
-        non-positive `timeout` (ValueError), as RouterClient.route.
-
-        A caller's mistake, a router not started or closed, or anything unexpected serves `default_arm`
-        with ``fallback=True``, ``reason="CLIENT_FALLBACK"`` and ``error`` set to ``"<STATUS>: ..."``
-        (logged once per experiment and status). Redis does not have to answer: decisions come from the
-        in-memory snapshot. Only a sticky experiment's first sight of a unit may wait on Redis, on the
-        background thread, for at most `timeout` s (50 ms by default; then `default_arm`, status
-        DEADLINE_EXCEEDED). In asyncio code use :meth:`route_async` for sticky experiments.
-        """
-        check_route_arguments(default_arm, timeout)
-        outcome = self._route_now(experiment, unit_id, attributes, default_arm)
-        if not isinstance(outcome, RouteInput):
-            return outcome
-        background = self._background
-        if background is None or background.is_current():
-            return self._fail_open.unavailable(experiment, "route() on the router's own thread", default_arm)
-        waited = DEFAULT_TIMEOUT if timeout is None else timeout
-        future = background.submit(self._route_later(outcome))
-        try:
-            return future.result(waited)
-        except concurrent.futures.TimeoutError:
-            future.cancel()  # as a sidecar cancels a call past its deadline: nothing is recorded
-            return self._fail_open.deadline(experiment, waited, default_arm)
-
-    async def route_async(
-        self,
-        experiment: str,
-        unit_id: str,
-        *,
-        attributes: Mapping[str, AttributeValue] | None = None,
-        default_arm: str,
-        timeout: float | None = None,
-    ) -> Assignment:
-        """:meth:`route` for asyncio code: a sticky experiment's lookup is awaited, never waited for."""
-        check_route_arguments(default_arm, timeout)
-        outcome = self._route_now(experiment, unit_id, attributes, default_arm)
-        if not isinstance(outcome, RouteInput):
-            return outcome
-        background = self._background
-        if background is None or background.is_current():
-            return self._fail_open.unavailable(experiment, "route_async() on the router's loop", default_arm)
-        waited = DEFAULT_TIMEOUT if timeout is None else timeout
-        future = asyncio.wrap_future(background.submit(self._route_later(outcome)))
-        try:
-            return await asyncio.wait_for(future, waited)  # a timeout cancels it, as a deadline does
-        except TimeoutError:
-            return self._fail_open.deadline(experiment, waited, default_arm)
-
-    def _route_now(
-        self,
-        experiment: str,
-        unit_id: str,
-        attributes: Mapping[str, AttributeValue] | None,
-        default_arm: str,
-    ) -> Assignment | RouteInput:
-        """The assignment, unless the experiment is sticky: then the request, to route on the loop."""
-        engine = self._engine
-        if engine is None:
-            return self._fail_open.unavailable(experiment, self._unusable, default_arm)
-        try:
-            request = RouteInput(
-                experiment,
-                unit_id,
-                route_attributes(attributes) if attributes else NO_ATTRIBUTES,
-                default_arm,
-            )
-            routed = engine.route_now(request)
-        except MabrouterError as exc:
-            return self._fail_open.refused(experiment, exc, default_arm)
-        except Exception as exc:  # noqa: BLE001 - fail open: nothing of the router may reach the caller
-            return self._fail_open.unexpected(experiment, exc, default_arm)
-        return request if routed is None else assignment_of(routed)
-
-    async def _route_later(self, request: RouteInput) -> Assignment:
-        """On the loop: a sticky experiment's route (its lookup may await Redis), failing open."""
-        engine, experiment, default_arm = self._engine, request.experiment, request.default_arm
-        if engine is None:
-            return self._fail_open.unavailable(experiment, self._unusable, default_arm)
-        try:
-            routed: Routed = await engine.route(request)
-        except MabrouterError as exc:
-            return self._fail_open.refused(experiment, exc, default_arm)
-        except Exception as exc:  # noqa: BLE001 - fail open
-            return self._fail_open.unexpected(experiment, exc, default_arm)
-        return assignment_of(routed)
-
     # -- outcomes ----------------------------------------------------------------------------------
 
     def report(self, decision_id: str, reward: float) -> bool:
@@ -285,7 +186,7 @@ class EmbeddedRouter:
         yet, Redis unavailable without a spool), RuntimeError when the router is not running."""
         runtime, background = self._runtime, self._background
         if runtime is None or background is None or self._stopped:
-            raise RuntimeError(self._unusable)
+            raise NotRunningError(self._unusable)
         if len(outcomes) > MAX_BATCH:
             raise InvalidRequestError(f"{len(outcomes)} outcomes in one call; the limit is {MAX_BATCH}")
         return background.run(runtime.outcomes.record(list(outcomes)), timeout)

@@ -22,6 +22,12 @@ value the ``default_arm``, and the resolved value (and variant) the arm to serve
     flags.track("reward", context, TrackingEventDetails(
         value=1.0, attributes={"decision_id": details.flag_metadata["decision_id"]}))
 
+In-process, as flagd's in-process resolver: ``MabrouterProvider.in_process()`` decides in this process with
+an :class:`~mabrouter.embedded.EmbeddedRouter` of its own (``MABROUTER_*`` settings, the same Redis as the
+sidecars; started by ``initialize``, flushed and closed by ``shutdown``), or pass a started one as
+``MabrouterProvider(router)``. Same mapping, same metadata, no gRPC call per evaluation; asynchronous
+evaluations do not use a worker thread. Register it after a pre-forking server forks.
+
 ``flag_metadata`` holds ``decision_id`` (str, ``""`` when nothing was decided), ``propensity`` (float),
 ``config_version`` (int), ``mabrouter_reason`` (the router's reason, or ``CLIENT_FALLBACK``) and one
 ``payload.<key>`` (str) entry per payload entry of the arm.

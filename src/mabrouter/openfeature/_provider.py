@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeAlias
 
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode
@@ -23,20 +24,31 @@ from mabrouter.openfeature._mapping import (
     type_mismatch,
 )
 
+if TYPE_CHECKING:  # importing the in-process router loads the whole runtime: only when one is used
+    from mabrouter.config import Settings
+    from mabrouter.embedded import EmbeddedRouter
+
+# What evaluations go through: a sidecar client, or the router in this process.
+Router: TypeAlias = "RouterClient | EmbeddedRouter"
+
 
 class MabrouterProvider(AbstractProvider):
-    """OpenFeature provider backed by a mabrouter sidecar. Thread-safe: register one per process.
+    """OpenFeature provider backed by a mabrouter sidecar or an in-process router. Thread-safe: register
+    one per process.
 
-    Pass a :class:`RouterClient` to share it (the provider never closes it), or let the provider create
-    one for `target` with a `timeout` (seconds) per evaluation. Pass an :class:`OutcomeReporter` for
-    ``track`` (flushed, not closed, at shutdown), or let the provider create one on the first ``track``.
-    ``initialize`` waits up to `ready_timeout` seconds for the connection; an unreachable router is
-    logged, not raised: the provider is READY and evaluations fail open until the router answers.
+    Pass a :class:`RouterClient` or a started :class:`~mabrouter.embedded.EmbeddedRouter` to share it
+    (the provider never closes it), or let the provider create a RouterClient for `target` with a
+    `timeout` (seconds) per evaluation, or (:meth:`in_process`) an EmbeddedRouter of its own, as
+    flagd's provider has an in-process resolver. Pass an :class:`OutcomeReporter` for ``track``
+    (flushed, not closed, at shutdown), or let the provider create one on the first ``track``.
+    ``initialize`` waits up to `ready_timeout` seconds for the connection (or the first snapshot); an
+    unreachable router or Redis is logged, not raised: the provider is READY and evaluations fail open
+    until the router answers.
     """
 
     def __init__(  # noqa: PLR0913 - keyword-only options of a public constructor, as OpenFeature providers take them
         self,
-        client: RouterClient | None = None,
+        client: Router | None = None,
         *,
         target: str = "127.0.0.1:50051",
         timeout: float = 0.05,
@@ -46,10 +58,9 @@ class MabrouterProvider(AbstractProvider):
         tracking_events: Collection[str] | None = None,
     ) -> None:
         super().__init__()
-        self._target = target
-        self._timeout = timeout
         self._owns_client = client is None
-        self._client = client if client is not None else RouterClient(target, timeout=timeout)
+        self._new_client: Callable[[], Router] = lambda: RouterClient(target, timeout=timeout)
+        self._client = client if client is not None else self._new_client()
         self._owns_reporter = reporter is None
         self._reporter = reporter
         self.ready_timeout = ready_timeout
@@ -60,8 +71,37 @@ class MabrouterProvider(AbstractProvider):
         self._dropped_attributes = WarnOnce()
         self._bad_events = WarnOnce()
 
+    @classmethod
+    def in_process(
+        cls,
+        settings: Settings | None = None,
+        *,
+        reporter: OutcomeReporter | None = None,
+        ready_timeout: float = 5.0,
+        flush_timeout: float = 5.0,
+        tracking_events: Collection[str] | None = None,
+    ) -> MabrouterProvider:
+        """A provider deciding in this process: an EmbeddedRouter of its own (MABROUTER_* settings when
+        `settings` is None), started by ``initialize`` and closed by ``shutdown``. Create it after a
+        pre-forking server forks."""
+        from mabrouter.embedded import EmbeddedRouter  # noqa: PLC0415 - only in-process providers need it
+
+        def new_router() -> Router:
+            return EmbeddedRouter(settings)
+
+        provider = cls(
+            new_router(),
+            reporter=reporter,
+            ready_timeout=ready_timeout,
+            flush_timeout=flush_timeout,
+            tracking_events=tracking_events,
+        )
+        provider._owns_client = True
+        provider._new_client = new_router
+        return provider
+
     @property
-    def client(self) -> RouterClient:
+    def client(self) -> Router:
         return self._client
 
     def get_metadata(self) -> Metadata:
@@ -72,10 +112,18 @@ class MabrouterProvider(AbstractProvider):
     def initialize(self, evaluation_context: EvaluationContext) -> None:
         with self._lock:
             if self._closed and self._owns_client:  # registered again after a shutdown
-                self._client = RouterClient(self._target, timeout=self._timeout)
+                self._client = self._new_client()
             self._closed = False
             client = self._client
-        if not client.wait_ready(self.ready_timeout):
+        if isinstance(client, RouterClient):
+            ready = client.wait_ready(self.ready_timeout)
+        else:  # an in-process router: the provider starts its own; one passed in was started by its owner
+            ready = (
+                client.start(self.ready_timeout)
+                if self._owns_client
+                else client.wait_ready(self.ready_timeout)
+            )
+        if not ready:
             log.warning(
                 "mabrouter: the router at %s is not reachable yet; flags serve their default values "
                 "until it is",
@@ -120,10 +168,19 @@ class MabrouterProvider(AbstractProvider):
     async def resolve_string_details_async(
         self, flag_key: str, default_value: str, evaluation_context: EvaluationContext | None = None
     ) -> FlagResolutionDetails[str]:
-        # The blocking call waits up to `timeout`: keep it off the event loop.
-        return await asyncio.to_thread(
-            self.resolve_string_details, flag_key, default_value, evaluation_context
+        client = self._client
+        if isinstance(client, RouterClient):
+            # The blocking call waits up to `timeout`: keep it off the event loop.
+            return await asyncio.to_thread(
+                self.resolve_string_details, flag_key, default_value, evaluation_context
+            )
+        if evaluation_context is None or not evaluation_context.targeting_key or not default_value:
+            return self.resolve_string_details(flag_key, default_value, evaluation_context)
+        attributes = route_attributes(evaluation_context.attributes, self._dropped_attributes)
+        assignment = await client.route_async(
+            flag_key, evaluation_context.targeting_key, attributes=attributes, default_arm=default_value
         )
+        return resolution(assignment)
 
     def resolve_boolean_details(
         self, flag_key: str, default_value: bool, evaluation_context: EvaluationContext | None = None
