@@ -3,11 +3,15 @@ unit/test_loadtest_stats.py)."""
 
 from __future__ import annotations
 
+import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from mabrouter.loadtest.chart import build_figure
 
 from support import InProcessRouter, RedisServer, cli, free_port
 
@@ -72,6 +76,34 @@ def test_open_loop_run_reports_latency_shares_regret_and_a_chart(
     png = tmp_path / "run.png"
     assert png.read_bytes()[:8] == PNG_MAGIC
     assert png.stat().st_size > 10_000
+    assert_latency_over_time(report, png)
+
+
+def assert_latency_over_time(report: dict[str, Any], png: Path) -> None:
+    """Each bucket's latencies add up to the run's, and the PNG the command wrote is the figure whose
+    middle panel draws them (rendered again here from the JSON, byte for byte)."""
+    rows, latency = report["timeline"], report["latency_us"]
+    buckets = [row["latency_us"] for row in rows]
+    assert sum(bucket["count"] for bucket in buckets) == latency["count"]
+    answered = [bucket for bucket in buckets if bucket["count"]]
+    assert len(answered) >= len(rows) / 2  # an open loop sends in every bucket (unless it stalls)
+    for bucket in answered:
+        assert 0 < bucket["p50"] <= bucket["p90"] <= bucket["p99"] <= bucket["max"] <= latency["max"]
+    # the run's median lies between the buckets' medians (within rounding: 3 significant digits each)
+    assert min(b["p50"] for b in answered) * 0.99 <= latency["p50"] <= max(b["p50"] for b in answered) * 1.01
+
+    figure = build_figure(report)
+    assert [ax.get_label() for ax in figure.axes] == ["shares", "latency", "regret"]
+    (latency_ax,) = [ax for ax in figure.axes if ax.get_label() == "latency"]
+    scale = 1000 if max(b["p99"] for b in answered) >= 1000 else 1
+    p99 = next(line for line in latency_ax.get_lines() if line.get_label() == "p99")
+    drawn = [float(y) for y in p99.get_ydata()]
+    assert drawn == pytest.approx(
+        [b["p99"] / scale if b["count"] else math.nan for b in buckets], nan_ok=True
+    )
+    redrawn = io.BytesIO()
+    figure.savefig(redrawn, format="png")
+    assert redrawn.getvalue() == png.read_bytes()
 
 
 def test_processes_merge_their_results(router: InProcessRouter, tmp_path: Path) -> None:

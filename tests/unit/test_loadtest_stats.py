@@ -1,5 +1,6 @@
-"""`mabrouter loadtest` without a router: the chi-square test, the simulated environment, regret, tallies
-and the sample-ratio check (real runs against a real router: integration/test_loadtest.py)."""
+"""`mabrouter loadtest` without a router: the chi-square test, the simulated environment, regret, tallies,
+latency per time bucket and the sample-ratio check (real runs against a real router:
+integration/test_loadtest.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections import Counter
 import pytest
 
 from mabrouter.loadtest.environment import ArmModel, Environment, Phase, build_environment
+from mabrouter.loadtest.latency import LatencyBuckets, percentile, rounded_us
 from mabrouter.loadtest.stats import (
     Tally,
     chi2_sf,
@@ -201,3 +203,66 @@ def test_srm_leaves_out_arms_below_the_share_floor() -> None:
     unfloored = sample_ratio_mismatch(propensities, min_share=0.0)
     assert unfloored.p_value is not None
     assert unfloored.p_value < 1e-6
+
+
+# --- latency per time bucket ------------------------------------------------------------------------------
+
+
+def test_latencies_keep_three_significant_digits() -> None:
+    assert [rounded_us(v) for v in (0, 1, 999, 1000, 1234, 1235, 56_789, 9_996_000)] == [
+        1,
+        1,
+        999,
+        1000,
+        1230,
+        1240,
+        56_800,
+        10_000_000,
+    ]
+    rng = random.Random(5)
+    for value in (rng.randrange(1, 60_000_000) for _ in range(2000)):
+        assert abs(rounded_us(value) - value) <= 0.005 * value  # the HDR histograms' precision
+
+
+def test_percentiles_use_the_nearest_rank() -> None:
+    values = Counter(range(1, 101))  # 1..100 once each
+    assert [percentile(values, q) for q in (1, 50, 90, 99, 100)] == [1, 50, 90, 99, 100]
+    assert percentile({7: 3}, 99.9) == 7
+    assert percentile({10: 98, 500: 2}, 98) == 10
+    assert percentile({10: 98, 500: 2}, 99) == 500  # a 2% tail shows at p99
+    with pytest.raises(ValueError):
+        percentile({}, 50)
+
+
+def test_latency_per_bucket_merges_across_workers_and_reaches_the_timeline() -> None:
+    one, two = Tally(1.0), Tally(1.0)
+    for i in range(100):
+        one.record_latency(0.5, 200 + i)  # bucket 0: 200..299 us
+    for _ in range(99):
+        two.record_latency(0.9, 250)
+    two.record_latency(0.9, 40_000)  # one slow call among 200 in bucket 0
+    two.record_latency(2.2, 1_500)  # bucket 2 only; bucket 1 had no successful call
+    one.merge(two)
+    rows = timeline(one, buckets=3, arms=["a"])
+    first, idle, last = (row["latency_us"] for row in rows)
+    assert first["count"] == 200
+    assert first["p50"] == 250
+    assert first["p99"] == 298  # rank 198 of 200: 150 at or below 250, then 251..298
+    assert first["max"] == 40_000
+    assert idle == {"count": 0, "p50": None, "p90": None, "p99": None, "max": None}
+    assert last == {"count": 1, "p50": 1500, "p90": 1500, "p99": 1500, "max": 1500}
+    assert LatencyBuckets().summary(0)["count"] == 0
+
+
+def test_no_bucket_percentile_exceeds_its_exact_maximum() -> None:
+    buckets = LatencyBuckets()
+    buckets.record(0, 1235)  # kept as 1240: rounding must not report more than was measured
+    assert buckets.summary(0) == {"count": 1, "p50": 1235, "p90": 1235, "p99": 1235, "max": 1235}
+
+
+def test_a_late_answer_extends_the_timeline() -> None:
+    tally = Tally(1.0)
+    tally.record_latency(4.5, 900)  # sent after the planned buckets (a slow last call)
+    rows = timeline(tally, buckets=2, arms=["a"])
+    assert len(rows) == 5
+    assert rows[4]["latency_us"]["p50"] == 900

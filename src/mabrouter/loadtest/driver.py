@@ -185,6 +185,7 @@ class Worker:
         elapsed_us = max(1, (time.perf_counter_ns() - began) // 1000)
         self.histogram.record_value(min(elapsed_us, HIGHEST_TRACKABLE_US))
         self.tally.max_latency_us = max(self.tally.max_latency_us, elapsed_us)
+        self.tally.record_latency(t, elapsed_us)
         arm = str(response.arm)
         reason = reason_name(int(response.reason))
         env = config.environment

@@ -67,7 +67,8 @@ def build_report(config: RunConfig, result: RunResult, command: list[str]) -> di
         "decisions": tally.decisions,
         "throughput_per_second": throughput,
         "latency_us": latency,
-        "latency_note": "Route latency of successful calls, measured around the Route call only",
+        "latency_note": "Route latency of successful calls, measured around the Route call only; "
+        "timeline[].latency_us: the same per time bucket (by send time), to 3 significant digits",
         "errors": dict(tally.errors.most_common()),
         "error_total": tally.errors.total(),
         "reasons": dict(tally.reasons.most_common()),

@@ -34,6 +34,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from mabrouter.loadtest.latency import LatencyBuckets
+
 SRM_BUCKET_SECONDS: Final = 0.05
 SRM_METHOD: Final = (
     "chi-square of observed SAMPLED arm counts against expected = sum over 0.05 s buckets t of "
@@ -68,6 +70,7 @@ class Tally:
     skipped: int = 0  # open loop: sends skipped because the in-flight limit was reached
     max_latency_us: int = 0
     max_dispatch_lag_us: int = 0
+    latency: LatencyBuckets = field(default_factory=LatencyBuckets)  # per bucket, for latency over time
 
     def bucket_of(self, t: float) -> int:
         return max(0, int(t / self.bucket_seconds))
@@ -86,6 +89,10 @@ class Tally:
         if reason == "SAMPLED":
             srm_bucket = max(0, int(t / self.srm_bucket_seconds))
             self.propensities.setdefault(srm_bucket, {}).setdefault(arm, Counter())[propensity] += 1
+
+    def record_latency(self, t: float, latency_us: int) -> None:
+        """A successful Route call sent at `t` (seconds into the run) took `latency_us`."""
+        self.latency.record(self.bucket_of(t), latency_us)
 
     def merge(self, other: Tally) -> None:
         if (other.bucket_seconds, other.srm_bucket_seconds) != (self.bucket_seconds, self.srm_bucket_seconds):
@@ -109,6 +116,7 @@ class Tally:
         self.skipped += other.skipped
         self.max_latency_us = max(self.max_latency_us, other.max_latency_us)
         self.max_dispatch_lag_us = max(self.max_dispatch_lag_us, other.max_dispatch_lag_us)
+        self.latency.merge(other.latency)
 
 
 def arms_seen(tally: Tally, known: Sequence[str] = ()) -> list[str]:
@@ -118,8 +126,9 @@ def arms_seen(tally: Tally, known: Sequence[str] = ()) -> list[str]:
 
 
 def timeline(tally: Tally, buckets: int, arms: Sequence[str]) -> list[dict[str, Any]]:
-    """Per bucket: decisions, traffic share per arm (sums to 1 when there were decisions), regret."""
-    last = max([buckets - 1, *tally.arm_counts, *tally.regret])
+    """Per bucket: decisions, traffic share per arm (sums to 1 when there were decisions), regret, and the
+    Route latency of its successful calls (count, p50, p90, p99, max in us; None without calls)."""
+    last = max([buckets - 1, *tally.arm_counts, *tally.regret, *tally.latency.counts])
     rows, cumulative = [], 0.0
     for bucket in range(last + 1):
         counts = tally.arm_counts.get(bucket, Counter())
@@ -135,6 +144,7 @@ def timeline(tally: Tally, buckets: int, arms: Sequence[str]) -> list[dict[str, 
                 "shares": {arm: counts[arm] / total for arm in arms} if total else {},
                 "regret": round(regret, 9),
                 "cumulative_regret": round(cumulative, 9),
+                "latency_us": tally.latency.summary(bucket),
             }
         )
     return rows
