@@ -46,7 +46,7 @@ def load_directory(directory: Path) -> tuple[list[ExperimentDoc], list[str]]:
             problems.append(str(exc))
             continue
         if doc.name in seen:
-            problems.append(f"{path} and {seen[doc.name]} both define experiment {doc.name}")
+            problems.append(f"{seen[doc.name]} and {path} both define experiment {doc.name}")
             continue
         seen[doc.name] = path
         docs.append(doc)

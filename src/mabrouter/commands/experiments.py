@@ -15,7 +15,7 @@ from rich.table import Table
 from mabrouter.commands import archive
 from mabrouter.commands.apply_dir import cmd_apply_directory
 from mabrouter.commands.common import add_actor, add_redis_url, admin_store, change, unknown_experiment
-from mabrouter.commands.fleet import COLUMNS_HELP, cmd_fleet_status, fleet_rows, state_label
+from mabrouter.commands.fleet import COLUMNS_HELP, cmd_fleet_status, lifecycle_state, state_label
 from mabrouter.commands.lifecycle import Plan, plan_apply
 from mabrouter.core.model import RewardKind
 from mabrouter.core.summary import ControlComparison, EvidenceSummary, evidence, segment_shares, summarize
@@ -61,9 +61,12 @@ def _dry_run(plan: Plan) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     """One line per experiment: name, version, state (live, killed, archived, or unusable)."""
     with admin_store(args) as store:
-        rows, _ = fleet_rows(store, int(time.time() * 1000))
-    for row in rows:
-        print(f"{row.experiment}\tversion {row.version if row.version is not None else '?'}\t{row.state}")
+        global_control, _ = parse_global_controls(store.global_control())
+        for name in store.names():
+            stored = store.get(name)
+            if stored is None:
+                continue  # listed before its config is written: being created
+            print(f"{name}\tversion {stored.version_text}\t{lifecycle_state(stored, global_control.killed)}")
     return 0
 
 

@@ -13,12 +13,14 @@ import numpy as np
 from mabrouter.commands.common import admin_store
 from mabrouter.core.summary import summarize
 from mabrouter.errors import ConfigError
-from mabrouter.store.controls_codec import parse_global_controls
+from mabrouter.store.controls_codec import parse_controls, parse_global_controls
 from mabrouter.store.experiment_decoder import (
     archived_at_ms,
+    decode_document,
     decode_experiment,
     experiment_state,
     is_archived,
+    switches,
 )
 from mabrouter.store.ports import OperatorStore
 from mabrouter.store.records import StoredExperiment
@@ -60,6 +62,18 @@ class FleetRow:
 
 def state_label(archived: bool, killed: bool) -> str:
     return "archived" if archived else ("killed" if killed else "live")
+
+
+def lifecycle_state(stored: StoredExperiment, global_killed: bool) -> str:
+    """live, killed, archived or unusable, from the document and switches alone (what `list` shows)."""
+    if is_archived(stored.control):
+        return "archived"
+    try:
+        spec = decode_document(stored.name, stored.config).spec
+    except ConfigError:
+        return "unusable"
+    controls, _ = parse_controls(switches(stored.control), spec)
+    return state_label(False, global_killed or controls.killed)
 
 
 def fleet_row(store: OperatorStore, stored: StoredExperiment, global_killed: bool, now_ms: int) -> FleetRow:
