@@ -9,10 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 import yaml
 
-from support import EXAMPLE, RedisServer, apply_experiments, cli
+from mabrouter.commands import fleet
+
+from support import EXAMPLE, RedisServer, apply_experiments, cli, cli_in_process
 
 HOUR_MS = 3_600_000
 
@@ -177,6 +180,7 @@ def test_fleet_status_is_one_row_per_experiment_as_a_table_and_as_json(
         "state": "live",
         "rollout": 100.0,
         "decisions_last_hour": 25_001,
+        "decisions_last_hour_capped": False,
         "guardrail_actions": 2,
         "archived_at_ms": None,
         "problem": None,
@@ -197,3 +201,21 @@ def test_fleet_status_is_one_row_per_experiment_as_a_table_and_as_json(
     assert cells["ranker"][6:] == ["25,001", "2"]
     assert cells["search"][:4] == ["search", "2", "killed", "25%"]
     assert cells["old"][:3] == ["old", "2", "archived"]
+
+
+def test_fleet_status_counts_decisions_exactly_up_to_its_cap_then_says_so(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = redis_server.url
+    apply_experiments(url, tmp_path, document("ranker"))
+    client = redis_server.client()
+    now = int(time.time() * 1000)
+    for i in range(30):
+        client.xadd("mabrouter:{ranker}:decisions", {"arm": "ranker-v1"}, id=f"{now - 1000}-{i}")
+    client.close()
+    for cap, shown, capped in ((25, "25+", True), (30, "30", False)):
+        monkeypatch.setattr(fleet, "DECISIONS_CAP", cap)
+        (row,) = json.loads(cli_in_process("status", "--json", redis_url=url))
+        assert (row["decisions_last_hour"], row["decisions_last_hour_capped"]) == (cap, capped)
+        table = cli_in_process("status", redis_url=url).splitlines()
+        assert table[1].split()[6] == shown

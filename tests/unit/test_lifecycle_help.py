@@ -48,4 +48,5 @@ def test_status_says_what_each_fleet_column_counts(capsys: pytest.CaptureFixture
         in text
     )
     assert "every Route answer except FALLBACK_DEFAULT ones" in text
+    assert "Counted exactly up to 100,000, shown as 100,000+ beyond" in text
     assert "GUARDRAIL ACTIONS arms killed by guardrails" in text

@@ -172,8 +172,9 @@ class OperatorStore(Protocol):
         the number of keys removed, or None when it is not archived (its definition stays)."""
         ...
 
-    def count_decisions(self, experiment: str, since_ms: int) -> int:
-        """How many decisions the experiment's decision log holds from `since_ms` on."""
+    def count_decisions(self, experiment: str, since_ms: int, limit: int) -> int:
+        """How many decisions the experiment's decision log holds from `since_ms` on, counting no
+        further than `limit` (counting costs Redis time in proportion)."""
         ...
 
     def names(self) -> list[str]:
