@@ -225,6 +225,13 @@ def test_a_reward_chart_with_only_thin_buckets_is_left_out() -> None:
     assert charts.omitted["reward"] == "no time bucket has 5 decisions of one arm with an outcome yet"
 
 
+def test_the_holdout_split_table_is_shown_once_decisions_are_counted() -> None:
+    data = view(trials=300, decided=300, holdout_percent=20)
+    assert "<h3>Holdout split</h3>" not in render(data, render_charts(data))  # Redis counted none
+    counted = replace(data, holdout_split=(60.0, 240.0))
+    assert "<h3>Holdout split</h3>" in render(counted, render_charts(counted))
+
+
 def test_the_audit_section_is_shown_only_with_entries() -> None:
     data = view(trials=30, decided=30)
     assert section_omissions(data)["audit"] == "no audit entries"

@@ -124,7 +124,7 @@ def _srm(data: ReportData) -> str:
         table(["arm", "sampled", "expected", "difference"], "lrrr", rows),
         _verdict(data.srm, "srm-p"),
     ]
-    if data.holdout_percent > 0:
+    if data.holdout_percent > 0 and sum(data.holdout_split) > 0:  # a split of nothing shows nothing
         held, bandit = data.holdout_split
         fraction, total = data.holdout_percent / 100, held + bandit
         split = [
