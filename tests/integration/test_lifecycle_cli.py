@@ -15,7 +15,7 @@ import yaml
 
 from mabrouter.commands import fleet
 
-from support import EXAMPLE, RedisServer, apply_experiments, cli, cli_in_process
+from support import EXAMPLE, ROOT, RedisServer, apply_experiments, cli, cli_in_process
 
 HOUR_MS = 3_600_000
 
@@ -219,3 +219,40 @@ def test_fleet_status_counts_decisions_exactly_up_to_its_cap_then_says_so(
         assert (row["decisions_last_hour"], row["decisions_last_hour_capped"]) == (cap, capped)
         table = cli_in_process("status", redis_url=url).splitlines()
         assert table[1].split()[6] == shown
+
+
+def documented_operator_rules() -> list[str]:
+    """The operator user's rules as docs/reliability.md shows them (password left out)."""
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    line = next(line for line in text.splitlines() if line.startswith("user operator on >OPERATOR_PASSWORD "))
+    return line.split()[4:]
+
+
+def test_the_documented_operator_user_can_read_the_fleet_and_archive_but_not_delete(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Its ACL lets it read logs but not run a read-only script over them: the count is then read page by
+    page from the log, the same number. Deleting needs writes to statistics and logs it does not have."""
+    apply_experiments(redis_server.url, tmp_path, document("ranker"))
+    admin = redis_server.client()
+    now = int(time.time() * 1000)
+    with admin.pipeline(transaction=False) as pipe:
+        for i in range(1_500):  # two pages
+            pipe.xadd("mabrouter:{ranker}:decisions", {"arm": "ranker-v1"}, id=f"{now - 1000}-{i}")
+        pipe.execute()
+    admin.acl_setuser("operator", enabled=True, passwords=["+operator-password-0123456789"])
+    admin.execute_command("ACL", "SETUSER", "operator", *documented_operator_rules())
+    operator = f"redis://operator:operator-password-0123456789@127.0.0.1:{redis_server.port}/0"
+    try:
+        (row,) = json.loads(cli("status", "--json", redis_url=operator).stdout)
+        assert row["decisions_last_hour"] == 1_500
+        cli("experiment", "archive", "ranker", redis_url=operator)
+        before = every_key(redis_server)
+        refused = cli("experiment", "delete", "ranker", "--yes", redis_url=operator, check=False)
+        assert refused.returncode == 3
+        assert "Redis refused the command" in refused.stderr
+        assert every_key(redis_server) == before
+        cli("experiment", "unarchive", "ranker", redis_url=operator)
+    finally:
+        admin.acl_deluser("operator")
+        admin.close()

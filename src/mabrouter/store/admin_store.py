@@ -7,6 +7,7 @@ change itself. Every Redis failure leaves as StoreUnavailableError (store/errors
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -20,7 +21,7 @@ from mabrouter.store.errors import STORE_ERRORS, translated
 from mabrouter.store.experiment_decoder import is_archived
 from mabrouter.store.records import AuditEntry, Change, StoredExperiment
 
-# Log entries counted per script call: a call builds each entry in Lua (~4 us), and holds Redis meanwhile.
+# Log entries counted per script call: the script builds each entry (~2.5 us) and holds Redis meanwhile.
 COUNT_PAGE = 1000
 
 
@@ -30,7 +31,9 @@ class AdminStore:
         self._apply_config = client.register_script(scripts.APPLY_CONFIG)
         self._change_control = client.register_script(scripts.CHANGE_CONTROL)
         self._delete_definition = client.register_script(lifecycle_scripts.DELETE_DEFINITION)
-        self._count_entries = client.register_script(lifecycle_scripts.COUNT_ENTRIES)
+        # Run with EVALSHA_RO (read-only: a user with read access to the log may run it, on a replica too).
+        self._count_sha = hashlib.sha1(lifecycle_scripts.COUNT_ENTRIES.encode()).hexdigest()  # noqa: S324
+        self._count_in_redis = True
 
     @classmethod
     def from_url(cls, url: str) -> AdminStore:
@@ -187,17 +190,34 @@ class AdminStore:
 
     def count_decisions(self, experiment: str, since_ms: int, limit: int) -> int:
         """Entries of the decision log written at or after `since_ms` (its ids are the write times),
-        counted in Redis, up to `limit`. Pages of 1,000 hold Redis for about 4 ms each."""
-        start, total = stream_id_at(since_ms), 0
+        counted up to `limit`, a page at a time."""
+        stream, start, total = keys.decisions_log(experiment), stream_id_at(since_ms), 0
         while total < limit:
             page = min(COUNT_PAGE, limit - total)
             with translated:
-                count, last = self._count_entries(keys=[keys.decisions_log(experiment)], args=[start, page])
-            total += int(count)
-            if int(count) < page:
+                count, last = self._count_page(stream, start, page)
+            total += count
+            if count < page:
                 break
-            start = "(" + str(last)  # exclusive: continue after the last entry counted
+            start = "(" + last  # exclusive: continue after the last entry counted
         return total
+
+    def _count_page(self, stream: str, start: str, page: int) -> tuple[int, str]:
+        """(entries, last id) of one page, counted in Redis by a read-only script (only two values cross
+        the network: 15-20x faster than reading the entries), or read here when the user may not run
+        it: the documented least-privilege operator may read logs, not run EVALSHA_RO."""
+        if self._count_in_redis:
+            try:
+                try:
+                    count, last = self._redis.evalsha_ro(self._count_sha, 1, stream, start, page)
+                except redis.exceptions.NoScriptError:
+                    self._redis.script_load(lifecycle_scripts.COUNT_ENTRIES)
+                    count, last = self._redis.evalsha_ro(self._count_sha, 1, stream, start, page)
+                return int(count), str(last)
+            except redis.exceptions.NoPermissionError:
+                self._count_in_redis = False
+        entries = self._redis.xrange(stream, min=start, count=page) or []
+        return len(entries), str(entries[-1][0]) if entries else ""
 
     def names(self) -> list[str]:
         with translated:
