@@ -256,3 +256,26 @@ def test_the_documented_operator_user_can_read_the_fleet_and_archive_but_not_del
     finally:
         admin.acl_deluser("operator")
         admin.close()
+
+
+def test_switches_set_while_archived_are_kept_for_the_unarchive(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url
+    apply_experiments(url, tmp_path, document("ranker"))
+    cli("experiment", "archive", "ranker", redis_url=url)
+    rollout = cli("rollout", "ranker", "30", redis_url=url)
+    assert "warning: ranker is archived: routers do not serve it" in rollout.stderr
+    again = cli("experiment", "archive", "ranker", redis_url=url)
+    assert again.stdout == "ranker is archived already (no change)\n"
+    actions = [
+        json.loads(line)["action"]
+        for line in cli("audit", "ranker", "--json", redis_url=url).stdout.splitlines()
+    ]
+    assert actions == ["apply", "archive", "rollout"]  # the repeated archive wrote nothing
+    cli("experiment", "unarchive", "ranker", redis_url=url)
+    status = json.loads(cli("status", "ranker", "--json", redis_url=url).stdout)
+    assert (status["state"], status["rollout"]) == ("live", 30.0)
+    unknown = cli("experiment", "archive", "nope", redis_url=url, check=False)
+    assert (unknown.returncode, unknown.stdout) == (2, "")
+    assert "unknown experiment 'nope'" in unknown.stderr
