@@ -213,10 +213,10 @@ def test_report_of_real_traffic(shop: RedisServer, shop_router: InProcessRouter,
     assert number(keyed(page, "holdout-diff")) == pytest.approx(difference, abs=6e-5)
     assert number(keyed(page, "holdout-ci-low")) < difference < number(keyed(page, "holdout-ci-high"))
 
-    counted = [r for r in rows if r["counted"] == "1"]
+    sampled = [r for r in rows if r["reason"] == "SAMPLED"]  # IPW weighs what sampling drew
     for arm in ("a", "b", "c", "d"):
-        served = [r for r in counted if r["arm"] == arm]
-        ips = sum(reward(r) / float(r["propensity"]) for r in served) / len(counted)
+        served = [r for r in sampled if r["arm"] == arm]
+        ips = sum(reward(r) / float(r["propensity"]) for r in served) / len(sampled)
         weights = sum(1 / float(r["propensity"]) for r in served)
         assert number(keyed(page, f"ipw-{arm}-ips")) == pytest.approx(ips, abs=6e-5)
         if served:

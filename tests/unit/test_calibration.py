@@ -11,18 +11,12 @@ import functools
 import numpy as np
 import pytest
 
+from mabrouter.calibration.broken import LossyHoldout, PooledAllocation, detection
+from mabrouter.calibration.healthy import HealthyReport, healthy
 from mabrouter.calibration.measures import ReliabilityBin
+from mabrouter.calibration.scenarios import SCENARIOS, Size
 from mabrouter.calibration.simulate import Log
-from mabrouter.calibration.suite import (
-    SCENARIOS,
-    HealthyReport,
-    LossyHoldout,
-    PooledAllocation,
-    Size,
-    detection,
-    guardrail,
-    healthy,
-)
+from mabrouter.calibration.watching import guardrail
 
 SIZE = Size(seeds=30, batches=10, batch_size=150)
 # Scenarios whose pooled posterior describes one truth (not a mixture of segments that differ).

@@ -72,7 +72,9 @@ def chi_square_fit(observed: Counter[str], state: ExperimentState) -> float:
     pairs = [(observed[name], state.shares[i]) for i, name in enumerate(names) if state.shares[i] > 0]
     assert sum(observed.values()) == sum(o for o, _ in pairs), "an arm without share was served"
     check = sample_ratio_check([float(o) for o, _ in pairs], [float(e) for _, e in pairs])
-    assert check is not None
+    if check is None:  # one arm expects nearly everything: nothing to compare (cells < 5 are pooled)
+        assert max(observed.values()) >= 0.99 * sum(observed.values()), observed
+        return 1.0
     return check.p_value
 
 

@@ -20,59 +20,21 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 
-from mabrouter.core.decide import Decision, RouteInput, decide
+from mabrouter.calibration.world import Traffic, Truth, World
+from mabrouter.core.decide import Decision, decide
 from mabrouter.core.evidence import guardrail_breaches
 from mabrouter.core.model import (
     ArmStats,
     Controls,
     ExperimentSpec,
     MetricStats,
-    NormalPrior,
     Reason,
-    RewardKind,
 )
 from mabrouter.core.snapshot import ExperimentState, Snapshot, build_experiment_state
 from mabrouter.runtime.trials import TrialBuffer
 from mabrouter.store.records import TrialCounts
 
 FloatArray = npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True, slots=True)
-class Truth:
-    """What the world is: each arm's true mean reward (per segment when segments differ), and for
-    gaussian rewards the noise's standard deviation; each arm's true guardrail metric."""
-
-    means: tuple[float, ...]
-    segment_means: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
-    noise_sd: float = 1.0
-    # Guardrail metric per arm: a rate (0/1 draws) or a mean with `metric_sd` noise.
-    metric: tuple[float, ...] = ()
-    metric_sd: float = 1.0
-
-    def mean(self, arm: int, segment: str) -> float:
-        own = self.segment_means.get(segment)
-        return own[arm] if own is not None else self.means[arm]
-
-    def best(self) -> int:
-        return int(np.argmax(self.means))
-
-
-@dataclass(frozen=True, slots=True)
-class Traffic:
-    """The requests: `segments` values of the segment attribute, uniformly; `units`: how many distinct
-    units send them (0: every request is a new unit)."""
-
-    batches: int
-    batch_size: int
-    segments: tuple[str, ...] = ()
-    units: int = 0
-    # Experiments with a half-life: how many batches one half-life lasts.
-    half_life_batches: float = 0.0
-    # Apply guardrail kills between batches, judged by core.evidence.guardrail_breaches.
-    guardian: bool = False
-    # Arm -> the batch at which it moves to its next ramp step.
-    ramp_advance: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -84,6 +46,7 @@ class Books:
     discounted: list[ArmStats] | None = None
     holdout: float = 0.0
     bandit: float = 0.0
+    holdout_cells: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +67,7 @@ class Run:
     truth: Truth
     final: ExperimentState
     holdout_split: tuple[float, float]  # (holdout, bandit) decisions among exposed units
+    holdout_cells: Mapping[int, float]  # the same per holdout cell of their units
     log: Log
     killed: Mapping[str, int]  # arm -> batch at which the guardrail killed it
     kill_evidence: Mapping[str, tuple[int, int]]  # arm -> (its metric n, the control's) when killed
@@ -151,6 +115,8 @@ def _add_counts(books: Books, spec: ExperimentSpec, counts: TrialCounts) -> None
             own[found] = replace(own[index], trials=own[index].trials + trials)
     books.holdout += counts.holdout
     books.bandit += counts.bandit
+    for cell, n in counts.holdout_cells.items():
+        books.holdout_cells[cell] = books.holdout_cells.get(cell, 0.0) + n
 
 
 def _decay(books: Books, factor: float) -> None:
@@ -167,43 +133,6 @@ def _decay(books: Books, factor: float) -> None:
         )
         for s in books.discounted
     ]
-
-
-class _World:
-    def __init__(self, spec: ExperimentSpec, truth: Truth, traffic: Traffic, seed: int) -> None:
-        self.spec, self.truth, self.traffic = spec, truth, traffic
-        self.rng = np.random.default_rng(seed)
-        self.seed = seed
-        self.sticky: dict[str, str] = {}
-        self.metric = spec.guardrails[0] if spec.guardrails else None
-
-    def request(self, number: int) -> RouteInput:
-        traffic, spec = self.traffic, self.spec
-        unit = (
-            f"s{self.seed}-u{int(self.rng.integers(traffic.units))}"
-            if traffic.units
-            else f"s{self.seed}-r{number}"
-        )
-        attributes = (
-            {spec.segment_attribute: traffic.segments[int(self.rng.integers(len(traffic.segments)))]}
-            if traffic.segments and spec.segment_attribute
-            else {}
-        )
-        return RouteInput(spec.name, unit, attributes, sticky_arm=self.sticky.get(unit))
-
-    def reward(self, arm: int, segment: str) -> float:
-        mean = self.truth.mean(arm, segment)
-        if self.spec.reward is RewardKind.BERNOULLI:
-            return float(self.rng.random() < mean)
-        return float(self.rng.normal(mean, self.truth.noise_sd))
-
-    def metric_value(self, arm: int) -> tuple[str, float] | None:
-        if self.metric is None or not self.truth.metric:
-            return None
-        level = self.truth.metric[arm]
-        if self.metric.kind == "rate":
-            return self.metric.metric, float(self.rng.random() < level)
-        return self.metric.metric, float(self.rng.normal(level, self.truth.metric_sd))
 
 
 def _state(spec: ExperimentSpec, books: Books, controls: Controls) -> ExperimentState:
@@ -228,7 +157,7 @@ def simulate(
 ) -> Run:
     """One run. `trials`: the buffer that counts decisions (a deliberately broken one shows that the
     checks catch it); `checkpoint`: sees the state after every batch (an operator peeking)."""
-    world = _World(spec, truth, traffic, seed)
+    world = World(spec, truth, traffic, seed)
     buffer = trials if trials is not None else TrialBuffer()
     books = Books(
         [ArmStats() for _ in spec.arms],
@@ -247,7 +176,7 @@ def simulate(
         for number in range(traffic.batch_size):
             request = world.request(batch * traffic.batch_size + number)
             decision = decide(request, snapshot, decider)
-            buffer.record(spec.name, decision, state)
+            buffer.record(spec.name, decision, state, request.unit_id)
             if spec.sticky_ttl_seconds and decision.reason is Reason.SAMPLED:
                 world.sticky[request.unit_id] = decision.arm  # what StickyAssignments.remember keeps
             segment = (
@@ -292,7 +221,8 @@ def simulate(
         np.array([r[4] for r in rows], dtype=np.str_),
         np.array([r[5] for r in rows], dtype=np.str_),
     )
-    return Run(spec, truth, state, (books.holdout, books.bandit), log, killed, evidence)
+    split = (books.holdout, books.bandit)
+    return Run(spec, truth, state, split, books.holdout_cells, log, killed, evidence)
 
 
 def _next_controls(  # noqa: PLR0913 - the guardian's and the ramp's inputs, between two batches
@@ -327,30 +257,3 @@ def _next_controls(  # noqa: PLR0913 - the guardian's and the ramp's inputs, bet
             books.stats[control].metrics.get(metric, MetricStats()).n,
         )
     return replace(controls, killed_arms=controls.killed_arms | new) if new else controls
-
-
-def truth_from_prior(spec: ExperimentSpec, rng: np.random.Generator) -> Truth:
-    """Each arm's true mean drawn from its own prior: the world the posteriors' probabilities are
-    exact for, so credible intervals must cover at their nominal rate and P(best) must be calibrated
-    whatever the adaptive allocation did (Bayesian calibration holds under any design that depends
-    only on the data seen)."""
-    if spec.reward is RewardKind.BERNOULLI:
-        means = tuple(
-            float(rng.beta(getattr(arm.prior, "alpha", 1.0), getattr(arm.prior, "beta", 1.0)))
-            for arm in spec.arms
-        )
-        return Truth(means)
-    priors = [arm.prior for arm in spec.arms]
-    if not all(isinstance(p, NormalPrior) for p in priors):
-        raise ValueError("a gaussian experiment needs normal priors")
-    # One noise level shared by the arms keeps the world simple; each arm's posterior still learns
-    # its own variance, so the draw is from each arm's prior only for its mean.
-    first = priors[0]
-    assert isinstance(first, NormalPrior)
-    precision = float(rng.gamma(first.alpha, 1.0 / first.beta))
-    means = tuple(
-        float(rng.normal(p.mean, 1.0 / np.sqrt(p.kappa * precision)))
-        for p in priors
-        if isinstance(p, NormalPrior)
-    )
-    return Truth(means, noise_sd=float(1.0 / np.sqrt(precision)))

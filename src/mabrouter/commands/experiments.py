@@ -96,7 +96,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for problem in (*decoded.control_problems, *global_problems):
         print(f"warning: {problem} (routers ignore this field)", file=sys.stderr)
     summaries = summarize(state, rng)
-    found = evidence(state, decoded.holdout_split, rng)
+    found = evidence(state, decoded.holdout_cells, rng)
     killed = global_control.killed or controls.killed
     archived = is_archived(stored.control)
     reward = spec.reward.value

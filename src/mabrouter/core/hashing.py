@@ -54,6 +54,16 @@ def in_rollout(bucket: int, rollout_percent: float) -> bool:
     return bucket * 100 < round(rollout_percent * _PERCENT_SCALE)
 
 
+# Units are grouped into this many cells by their holdout bucket (cell k: buckets [100k, 100k + 100), i.e.
+# holdout percents [k, k + 1)); the holdout split is checked cell by cell, see core/evidence.py.
+HOLDOUT_CELLS = 100
+
+
+def holdout_cell(bucket: int) -> int:
+    """The cell of a unit whose holdout bucket is `bucket`."""
+    return bucket * HOLDOUT_CELLS // BUCKETS
+
+
 def unit_seed(salt: str, unit_id: str) -> int:
     """A 128-bit seed for a unit's own random draw, the same on every replica.
 

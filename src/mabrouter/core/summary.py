@@ -3,6 +3,7 @@ the comparison a product owner reads: lift against the control arm and the proba
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,7 @@ from mabrouter.core.evidence import (
     SampleRatioCheck,
     divergences,
     guardrail_breaches,
+    holdout_split_check,
     sample_ratio_check,
 )
 from mabrouter.core.model import RewardKind
@@ -153,15 +155,16 @@ class EvidenceSummary:
         }
 
 
-def evidence(state: ExperimentState, split: tuple[float, float], rng: np.random.Generator) -> EvidenceSummary:
+def evidence(
+    state: ExperimentState, holdout_cells: Mapping[int, float], rng: np.random.Generator
+) -> EvidenceSummary:
     """Sample-ratio checks: sampled decisions per arm against the counts the allocations expected, and
-    holdout vs bandit decisions against the configured holdout fraction."""
+    the holdout's share of exposed decisions, per cell of units (`holdout_cells`: cell -> decisions)."""
     spec, stats = state.spec, state.stats
     arm_srm = sample_ratio_check([float(s.sampled) for s in stats], [s.expected_trials for s in stats])
     holdout_srm = None
     if spec.holdout_percent > 0:
-        fraction = spec.holdout_percent / 100.0
-        holdout_srm = sample_ratio_check(list(split), [fraction, 1.0 - fraction])
+        holdout_srm = holdout_split_check(holdout_cells, spec.holdout_percent)
     live = tuple(range(len(spec.arms)))
     return EvidenceSummary(
         arm_srm,

@@ -56,7 +56,7 @@ def estimate(decoded: DecodedReport, rng: np.random.Generator) -> Estimates:
     spec = experiment.spec
     # The routers' own state: the shares and posteriors they sample from.
     state = experiment_state(experiment)
-    found = evidence(state, experiment.holdout_split, rng)
+    found = evidence(state, experiment.holdout_cells, rng)
     summaries = summarize(state, rng)
     guardrails = _guardrail_rows(spec, experiment.stats, decoded.guardrail_kills, rng)
     value = per_decision_reward(exposure.reward, spec.reward)

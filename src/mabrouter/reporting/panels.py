@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mabrouter.reporting.data import ReportData, utc_text
-from mabrouter.reporting.estimators import per_decision_reward
+from mabrouter.reporting.estimators import ipw_rows, per_decision_reward
 from mabrouter.reporting.lift import why_no_lift
 
 
@@ -50,8 +50,8 @@ def section_omissions(data: ReportData) -> dict[str, str]:
         "srm": _no_sampling(data),
         "holdout": why_no_holdout(data),
         "ipw": None
-        if data.exposure.counted.any()
-        else f"no decisions by the policy (SAMPLED, STICKY) logged since {utc_text(data.since_ms)}",
+        if ipw_rows(data.exposure.reason).any()
+        else f"no sampled decisions (SAMPLED) logged since {utc_text(data.since_ms)}",
         "audit": None if data.audit else "no audit entries",
     }
     return {key: why for key, why in found.items() if why}

@@ -13,6 +13,7 @@ from mabrouter.core.evidence import SampleRatioCheck
 from mabrouter.core.model import ArmSpec, Controls, RewardKind
 from mabrouter.core.summary import SUMMARY_DRAWS
 from mabrouter.reporting.data import ReportData, utc_text
+from mabrouter.reporting.estimators import ipw_rows
 from mabrouter.reporting.lift import UNDEFINED_WHY, LiftRow, against_control
 from mabrouter.reporting.markup import Cell, num, table
 from mabrouter.reporting.panels import section_omissions
@@ -174,17 +175,18 @@ def _ipw(data: ReportData) -> str:
         }
         keyed = [(num(value), f"ipw-{e.arm}-{name}") for name, value in values.items()]
         rows.append([e.arm, f"{e.served:,}", *keyed, num(e.max_weight, ".1f")])
-    counted = int(data.exposure.counted.sum())
+    sampled = int(ipw_rows(data.exposure.reason).sum())
     missing = "count as 0" if data.reward is RewardKind.BERNOULLI else "are left out"
     return (
         '<section id="ipw"><h2>Inverse-propensity-weighted arm values</h2>'
         + table(["arm", "served", "naive mean", "IPS", "SE", "SNIPS", "SE", "max weight"], "lrrrrrrr", rows)
-        + f'<p class="note">Over the {counted:,} counted decisions (SAMPLED, STICKY) in the window; '
+        + f'<p class="note">Over the {sampled:,} sampled decisions (SAMPLED) in the window; '
         f"{data.ipw_dropped:,} dropped (no propensity or no reward). IPS = mean over decisions of "
         "1[arm = a] &middot; reward / propensity; SNIPS divides the same sum by the sum of 1[arm = a] / "
         f"propensity (delta-method SE). Decisions without an outcome {missing}. The propensity is the share "
-        "the policy gave the arm when deciding (a STICKY decision's is the share at that time, not the "
-        "unit's first assignment). Large max weights mean noisy estimates. IPS assumes every arm could be "
+        "the policy drew the arm with. A sticky unit's repeats (STICKY) are left out: they log the arm's "
+        "share at that time, not the probability of the unit's first assignment, which is its SAMPLED "
+        "row. Large max weights mean noisy estimates. IPS assumes every arm could be "
         "chosen in every decision: over a window that spans an arm's kill (propensity 0 after it), IPS "
         "understates that arm and SNIPS, which normalises by its own weights, does not.</p></section>"
     )

@@ -140,11 +140,7 @@ class RoutingEngine:
         counts: Counter[tuple[str, str, str]] = Counter()
         for request, decision, token, state in pending:
             counts[request.experiment, decision.arm, decision.reason.name] += 1
-            if decision.counted:
-                sampled_from = state if decision.reason is Reason.SAMPLED else None
-                trials.add(request.experiment, decision.arm, sampled_from, decision.segment)
-            elif decision.reason is Reason.HOLDOUT:
-                trials.add_holdout(request.experiment)
+            trials.record(request.experiment, decision, state, request.unit_id)
             exposure.decision(request, decision, token, state.spec.segments)
         self._record.metrics.count_decisions(counts)
 

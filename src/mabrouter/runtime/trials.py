@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 
 from mabrouter.core.decide import Decision
 from mabrouter.core.discount import weight
+from mabrouter.core.hashing import bucket_of, holdout_cell
 from mabrouter.core.model import Reason
 from mabrouter.core.posterior import FloatArray
 from mabrouter.core.snapshot import ExperimentState
@@ -28,7 +29,16 @@ Batch = dict[str, TrialCounts]  # experiment -> its counts
 class TrialBuffer:
     """`add` is a few dict increments: cheap enough for every Route."""
 
-    __slots__ = ("_allocations", "_bandit", "_counts", "_discounts", "_holdout", "_sampled", "_segments")
+    __slots__ = (
+        "_allocations",
+        "_bandit",
+        "_cells",
+        "_counts",
+        "_discounts",
+        "_holdout",
+        "_sampled",
+        "_segments",
+    )
 
     def __init__(self) -> None:
         self._counts: dict[tuple[str, str], int] = {}  # (experiment, arm)
@@ -38,6 +48,7 @@ class TrialBuffer:
         self._allocations: dict[int, tuple[str, tuple[str, ...], FloatArray, int]] = {}
         self._bandit: dict[str, int] = {}
         self._holdout: dict[str, int] = {}
+        self._cells: dict[tuple[str, int], int] = {}  # (experiment, holdout cell) -> exposed decisions
         self._sampled: dict[tuple[str, str], int] = {}
         # experiment -> (epoch ms, half-life s) for experiments with discounting
         self._discounts: dict[str, tuple[int, float]] = {}
@@ -68,14 +79,21 @@ class TrialBuffer:
             else:
                 self._allocations[id(shares)] = (*entry[:3], entry[3] + 1)
 
-    def record(self, experiment: str, decision: Decision, state: ExperimentState) -> None:
-        """Count one decision made from `state`: a trial when the policy made it (with its allocation
-        when it was sampled), a holdout decision toward the split, nothing for an imposed answer."""
+    def record(self, experiment: str, decision: Decision, state: ExperimentState, unit_id: str) -> None:
+        """Count one decision made from `state` for `unit_id`: a trial when the policy made it (with its
+        allocation when it was sampled), a holdout decision toward the split, nothing for an imposed
+        answer. An experiment with a holdout also counts its exposed decisions by the unit's cell."""
         if decision.counted:
             sampled_from = state if decision.reason is Reason.SAMPLED else None
             self.add(experiment, decision.arm, sampled_from, decision.segment)
         elif decision.reason is Reason.HOLDOUT:
             self.add_holdout(experiment)
+        else:
+            return
+        spec = state.spec
+        if spec.holdout_percent > 0:
+            key = (experiment, holdout_cell(bucket_of(spec.holdout_salt, unit_id)))
+            self._cells[key] = self._cells.get(key, 0) + 1
 
     def add_holdout(self, experiment: str) -> None:
         """A decision that served the holdout (not a trial: it only counts toward the split)."""
@@ -89,6 +107,7 @@ class TrialBuffer:
         allocations, self._allocations = self._allocations, {}
         bandit, self._bandit = self._bandit, {}
         holdout, self._holdout = self._holdout, {}
+        cells, self._cells = self._cells, {}
         sampled, self._sampled = self._sampled, {}
         batch: Batch = {}
 
@@ -113,6 +132,8 @@ class TrialBuffer:
             of(experiment).bandit = float(count)
         for experiment, count in holdout.items():
             of(experiment).holdout = float(count)
+        for (experiment, cell), count in cells.items():
+            of(experiment).holdout_cells[cell] = float(count)
         for experiment, (known_epoch, half_life) in discounts.items():
             epoch = known_epoch or now_ms  # the first writer proposes the epoch; the store keeps the first
             of(experiment).discount = (epoch, half_life * 1000.0, weight(now_ms, epoch, half_life))

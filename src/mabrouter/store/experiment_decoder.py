@@ -31,6 +31,7 @@ from mabrouter.store.stats_codec import (
     arm_stats,
     discount_epoch,
     discounted_stats,
+    holdout_cells,
     holdout_split,
     segment_stats,
 )
@@ -60,6 +61,8 @@ class DecodedExperiment:
     discount_epoch_ms: int
     # (holdout decisions, bandit decisions) among exposed units.
     holdout_split: tuple[float, float]
+    # The same decisions per holdout cell of their units: what the holdout check reads.
+    holdout_cells: Mapping[int, float]
     controls: Controls
     # Control fields that were ignored (each kept its last good value): for operators to read.
     control_problems: tuple[str, ...]
@@ -131,6 +134,7 @@ def decode_experiment(
         segments=segment_stats(spec, raw.stats) if spec.segment_attribute else None,
         discount_epoch_ms=discount_epoch(raw.stats),
         holdout_split=holdout_split(raw.stats),
+        holdout_cells=holdout_cells(raw.stats),
         controls=controls,
         control_problems=tuple(problems),
     )

@@ -90,6 +90,7 @@ TRIALS, COUNT, SUM, SUMSQ = "trials", "count", "sum", "sumsq"
 SAMPLED, EXPECTED = "sampled", "expected"
 # Holdout split counters in the stats hash (names no arm can take: arms start with a letter or digit).
 SPLIT_HOLDOUT, SPLIT_BANDIT = "_split:holdout", "_split:bandit"
+SPLIT_CELL = "_split:cell:"  # _split:cell:<k>: exposed decisions of units in holdout cell k
 METRIC_PREFIX = "m:"  # <arm>:m:<metric>:n|sum|sumsq: guardrail metrics of counted outcomes
 KILL, KILL_ARM_PREFIX, ROLLOUT, REASON, VERSION = "kill", "kill:", "rollout", "reason", "version"
 # In the control hash: when the experiment was archived (ms since the epoch). Routers serve no archived

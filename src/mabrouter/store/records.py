@@ -143,6 +143,8 @@ class TrialCounts:
     expected: dict[str, float] = field(default_factory=dict)
     holdout: float = 0.0
     bandit: float = 0.0
+    # Exposed decisions (holdout and bandit) per holdout cell of their unit (core/hashing.holdout_cell).
+    holdout_cells: dict[int, float] = field(default_factory=dict)
     discount: tuple[int, float, float] | None = None
 
 

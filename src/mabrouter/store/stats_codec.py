@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 
 from mabrouter.core.discount import weight
+from mabrouter.core.hashing import HOLDOUT_CELLS
 from mabrouter.core.model import ArmStats, ExperimentSpec, MetricStats
 from mabrouter.store.keys import (
     COUNT,
@@ -16,6 +17,7 @@ from mabrouter.store.keys import (
     SAMPLED,
     SEGMENT_PREFIX,
     SPLIT_BANDIT,
+    SPLIT_CELL,
     SPLIT_HOLDOUT,
     SUM,
     SUMSQ,
@@ -93,6 +95,17 @@ def holdout_split(raw: Mapping[str, str]) -> tuple[float, float]:
     return _number(raw, SPLIT_HOLDOUT), _number(raw, SPLIT_BANDIT)
 
 
+def holdout_cells(raw: Mapping[str, str]) -> dict[int, float]:
+    """Exposed decisions per holdout cell of their units (cells outside 0..99 are ignored)."""
+    cells = {}
+    for field in raw:
+        if field.startswith(SPLIT_CELL):
+            index = field[len(SPLIT_CELL) :]
+            if index.isdigit() and int(index) < HOLDOUT_CELLS:
+                cells[int(index)] = _count(raw, field)
+    return cells
+
+
 def discount_epoch(raw: Mapping[str, str]) -> int:
     return int(_number(raw, EPOCH))
 
@@ -125,6 +138,8 @@ def trial_increments(counts: TrialCounts) -> dict[str, float]:
         fields[SPLIT_HOLDOUT] = counts.holdout
     if counts.bandit:
         fields[SPLIT_BANDIT] = counts.bandit
+    for cell, n in counts.holdout_cells.items():
+        fields[f"{SPLIT_CELL}{cell}"] = n
     if counts.discount is not None:
         scale = counts.discount[2]
         for arm, n in counts.trials.items():
