@@ -279,3 +279,22 @@ def test_switches_set_while_archived_are_kept_for_the_unarchive(
     unknown = cli("experiment", "archive", "nope", redis_url=url, check=False)
     assert (unknown.returncode, unknown.stdout) == (2, "")
     assert "unknown experiment 'nope'" in unknown.stderr
+
+
+def test_a_delete_stopped_before_its_last_step_is_finished_by_running_it_again(
+    redis_server: RedisServer,
+) -> None:
+    """Its definition gone but still listed (the last step, unlisting, never ran): delete finishes it."""
+    client = redis_server.client()
+    client.sadd("mabrouter:experiments", "ghost")
+    client.xadd("mabrouter:{ghost}:decisions", {"arm": "a"})
+    client.set("mabrouter:{ghost}:sticky:salt:user-1", "a", ex=3600)
+    try:
+        listed = cli("experiment", "delete", "ghost", redis_url=redis_server.url, check=False)
+        assert listed.returncode == 2
+        assert "would remove 2 keys" in listed.stdout
+        cli("experiment", "delete", "ghost", "--yes", redis_url=redis_server.url)
+        assert list(client.scan_iter("*ghost*")) == []
+        assert client.smembers("mabrouter:experiments") == set()
+    finally:
+        client.close()
