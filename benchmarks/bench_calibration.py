@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_calibration.py [--seeds 200] [--batches 20] [--batch-size 250]
         [--docs docs/statistics.md]
+    .venv/bin/python benchmarks/bench_calibration.py --render benchmarks/results/calibration.json [--docs ...]
 
 Runs every scenario of `mabrouter.calibration.suite` (one per policy feature and a combination), the
 broken splits the sample-ratio checks must catch, the guardrails (healthy and regressed arms) and the
@@ -229,7 +230,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--docs", type=Path, help="rewrite the calibration block of this file")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--render", type=Path, help="print (and with --docs write) the tables of a saved run")
     args = parser.parse_args()
+    if args.render:
+        block = tables(json.loads(args.render.read_text()))
+        print(block)
+        if args.docs:
+            write_docs(args.docs, block)
+        return
     size = Size(args.seeds, args.batches, args.batch_size)
     started = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
