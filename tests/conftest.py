@@ -43,3 +43,10 @@ def applied_ranker(redis_server: RedisServer) -> RedisServer:
 def router(applied_ranker: RedisServer) -> Iterator[InProcessRouter]:
     with InProcessRouter(router_settings(applied_ranker.url)).start() as instance:
         yield instance
+
+
+@pytest.fixture(params=["sidecar", "embedded"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """How a behaviour test routes: through a sidecar over gRPC, or in this process (mabrouter.embedded).
+    Tests of behaviour both must share take it; tests/modes.py puts either behind the same calls."""
+    return str(request.param)

@@ -1,4 +1,8 @@
-"""mabrouter.client against real routers (in-process and `mabrouter serve` processes) and a real Redis."""
+"""mabrouter.client against real routers (in-process and `mabrouter serve` processes) and a real Redis.
+
+The `client` tests run twice (the `mode` fixture): a RouterClient to a sidecar, and the in-process router
+(mabrouter.embedded), which offers the same calls with the same answers and the same fail-open rules.
+"""
 
 from __future__ import annotations
 
@@ -28,8 +32,10 @@ from mabrouter.client import (
     OutcomeReporter,
     RouterClient,
 )
+from mabrouter.embedded import EmbeddedRouter
 from mabrouter.v1 import router_pb2
 
+from modes import embedded
 from support import ROOT, InProcessRouter, RedisServer, RouterProcess, free_port, router_settings, wait_until
 
 ARMS = {"ranker-v1", "ranker-v2", "ranker-v3"}
@@ -61,8 +67,14 @@ def dead_address() -> str:
 
 
 @pytest.fixture
-def client(router: InProcessRouter) -> Iterator[RouterClient]:
-    with RouterClient(router.address, timeout=2.0) as instance:
+def client(mode: str, request: pytest.FixtureRequest) -> Iterator[RouterClient | EmbeddedRouter]:
+    """A RouterClient to a sidecar serving the example, or an in-process router serving it."""
+    if mode == "embedded":
+        with embedded(router_settings(request.getfixturevalue("applied_ranker").url)) as router:
+            yield router
+        return
+    sidecar: InProcessRouter = request.getfixturevalue("router")
+    with RouterClient(sidecar.address, timeout=2.0) as instance:
         assert instance.wait_ready(5.0)
         yield instance
 
@@ -70,7 +82,7 @@ def client(router: InProcessRouter) -> Iterator[RouterClient]:
 # -- route ------------------------------------------------------------------------------------------
 
 
-def test_route_returns_a_real_arm_with_a_decision_id(client: RouterClient) -> None:
+def test_route_returns_a_real_arm_with_a_decision_id(client: RouterClient | EmbeddedRouter) -> None:
     assignment = client.route(
         "ranker",
         "user-1",
@@ -88,7 +100,7 @@ def test_route_returns_a_real_arm_with_a_decision_id(client: RouterClient) -> No
 
 
 def test_unknown_experiment_fails_open_with_the_error_and_warns_once(
-    client: RouterClient, caplog: pytest.LogCaptureFixture
+    client: RouterClient | EmbeddedRouter, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="mabrouter.client"):
         first = client.route("no-such-experiment", "user-1", default_arm="ranker-v1")
@@ -103,7 +115,7 @@ def test_unknown_experiment_fails_open_with_the_error_and_warns_once(
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
 
 
-def test_invalid_requests_fail_open(client: RouterClient) -> None:
+def test_invalid_requests_fail_open(client: RouterClient | EmbeddedRouter) -> None:
     empty_unit = client.route("ranker", "", default_arm="ranker-v2")
     assert (empty_unit.arm, empty_unit.fallback) == ("ranker-v2", True)
     assert empty_unit.error is not None
@@ -115,20 +127,29 @@ def test_invalid_requests_fail_open(client: RouterClient) -> None:
     assert nested.error.startswith("INVALID_ARGUMENT: attribute 'user': dict is not supported")
 
 
-def test_empty_default_arm_is_a_programming_error(client: RouterClient) -> None:
+def test_empty_default_arm_is_a_programming_error(client: RouterClient | EmbeddedRouter) -> None:
     with pytest.raises(ValueError, match="default_arm is empty"):
         client.route("ranker", "u", default_arm="")
 
 
-def test_router_without_configuration_serves_the_callers_default_arm(redis_server: RedisServer) -> None:
+def test_router_without_configuration_serves_the_callers_default_arm(mode: str) -> None:
     # A real router whose Redis is unreachable has no snapshot: it answers with the default_arm the
-    # client sent (reason FALLBACK_DEFAULT), which proves default_arm travels in the request.
-    instance = InProcessRouter(router_settings(f"redis://127.0.0.1:{free_port()}/0")).start(wait_ready=False)
-    try:
-        with RouterClient(instance.address, timeout=2.0) as client:
-            assignment = client.route("ranker", "u", default_arm="ranker-v3")
-    finally:
-        instance.stop()
+    # caller passed (reason FALLBACK_DEFAULT), which proves default_arm travels in the request.
+    settings = router_settings(f"redis://127.0.0.1:{free_port()}/0")
+    if mode == "embedded":
+        in_process = EmbeddedRouter(settings)
+        try:
+            assert not in_process.start(timeout=0)  # Redis down is not an error: it starts unready
+            assignment = in_process.route("ranker", "u", default_arm="ranker-v3")
+        finally:
+            in_process.close()
+    else:
+        instance = InProcessRouter(settings).start(wait_ready=False)
+        try:
+            with RouterClient(instance.address, timeout=2.0) as client:
+                assignment = client.route("ranker", "u", default_arm="ranker-v3")
+        finally:
+            instance.stop()
     assert assignment == Assignment(arm="ranker-v3", reason="FALLBACK_DEFAULT", fallback=True)
 
 
@@ -285,7 +306,9 @@ def test_trace_context_is_sent_as_traceparent_metadata() -> None:
 # -- outcomes ---------------------------------------------------------------------------------------
 
 
-def test_reported_outcomes_are_applied_exactly_once(client: RouterClient, redis_server: RedisServer) -> None:
+def test_reported_outcomes_are_applied_exactly_once(
+    client: RouterClient | EmbeddedRouter, redis_server: RedisServer
+) -> None:
     assignments = [client.route("ranker", f"user-{i}", default_arm="ranker-v1") for i in range(60)]
     assert all(a.decision_id and not a.fallback for a in assignments)
     expected_counts: Counter[str] = Counter(a.arm for a in assignments)
@@ -309,7 +332,9 @@ def test_reported_outcomes_are_applied_exactly_once(client: RouterClient, redis_
     assert {arm: sums.get(arm, 0.0) for arm in expected_sums} == dict(expected_sums)
 
 
-def test_refused_outcomes_are_dropped_and_counted(client: RouterClient, redis_server: RedisServer) -> None:
+def test_refused_outcomes_are_dropped_and_counted(
+    client: RouterClient | EmbeddedRouter, redis_server: RedisServer
+) -> None:
     valid = client.route("ranker", "user-1", default_arm="ranker-v1")
     with OutcomeReporter(client, flush_interval=0.01) as reporter:
         assert reporter.report("not-a-decision-id", 1.0)

@@ -34,6 +34,7 @@ from mabrouter.config import Settings
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
+from modes import Stub, serving
 from support import (
     EXAMPLE,
     NOT_SERVING,
@@ -137,9 +138,10 @@ def segmented(redis_server: RedisServer, tmp_path: Path) -> RedisServer:
 
 
 @pytest.fixture
-def segmented_router(segmented: RedisServer) -> Iterator[InProcessRouter]:
-    with InProcessRouter(router_settings(segmented.url)).start() as router:
-        yield router
+def segmented_router(mode: str, segmented: RedisServer) -> Iterator[Stub]:
+    """A sidecar or an in-process router serving the segmented example (the log is the same from both)."""
+    with serving(mode, router_settings(segmented.url)) as router_stub:
+        yield router_stub
 
 
 # --- spans -----------------------------------------------------------------------------------------------
@@ -321,23 +323,21 @@ def test_metrics_listen_on_loopback_by_default(
 
 
 def test_decisions_and_applied_outcomes_are_logged_once_with_segments(
-    segmented: RedisServer, segmented_router: InProcessRouter
+    segmented: RedisServer, segmented_router: Stub
 ) -> None:
-    channel, router_stub = open_stub(segmented_router.address)
-    with channel:
-        replies = [
-            router_stub.Route(
-                pb.RouteRequest(experiment=EXPERIMENT, unit_id=f"u{i}", attributes=country("DE"))
-            )
-            for i in range(12)
-        ]
-        rewarded = replies[::3]
-        for reply in rewarded:
-            router_stub.ReportOutcome(pb.OutcomeRequest(decision_id=reply.decision_id, reward=1.0))
-        for reply in rewarded[:2]:  # duplicates: acknowledged, not logged again
-            assert router_stub.ReportOutcome(
-                pb.OutcomeRequest(decision_id=reply.decision_id, reward=1.0)
-            ).duplicate
+    replies = [
+        segmented_router.Route(
+            pb.RouteRequest(experiment=EXPERIMENT, unit_id=f"u{i}", attributes=country("DE"))
+        )
+        for i in range(12)
+    ]
+    rewarded = replies[::3]
+    for reply in rewarded:
+        segmented_router.ReportOutcome(pb.OutcomeRequest(decision_id=reply.decision_id, reward=1.0))
+    for reply in rewarded[:2]:  # duplicates: acknowledged, not logged again
+        assert segmented_router.ReportOutcome(
+            pb.OutcomeRequest(decision_id=reply.decision_id, reward=1.0)
+        ).duplicate
     decisions = wait_for_stream(segmented, DECISIONS, len(replies))
     outcomes = wait_for_stream(segmented, OUTCOMES, len(rewarded))
 
@@ -404,20 +404,18 @@ def test_exposure_log_maxlen_zero_disables_the_log(segmented: RedisServer) -> No
 
 
 def test_export_joins_each_decision_with_its_outcome_as_jsonl_and_csv_within_the_window(
-    segmented: RedisServer, segmented_router: InProcessRouter, tmp_path: Path
+    segmented: RedisServer, segmented_router: Stub, tmp_path: Path
 ) -> None:
     countries = ["DE", "FR", "DE", "US"] * 5
-    channel, router_stub = open_stub(segmented_router.address)
-    with channel:
-        replies = [
-            router_stub.Route(pb.RouteRequest(experiment=EXPERIMENT, unit_id=f"u{i}", attributes=country(c)))
-            for i, c in enumerate(countries)
-        ]
-        rewards = {nonce_of(r.decision_id): 0.25 * (i % 4) for i, r in enumerate(replies) if i % 3 == 0}
-        for reply in replies:
-            reward = rewards.get(nonce_of(reply.decision_id))
-            if reward is not None:
-                router_stub.ReportOutcome(pb.OutcomeRequest(decision_id=reply.decision_id, reward=reward))
+    replies = [
+        segmented_router.Route(pb.RouteRequest(experiment=EXPERIMENT, unit_id=f"u{i}", attributes=country(c)))
+        for i, c in enumerate(countries)
+    ]
+    rewards = {nonce_of(r.decision_id): 0.25 * (i % 4) for i, r in enumerate(replies) if i % 3 == 0}
+    for reply in replies:
+        reward = rewards.get(nonce_of(reply.decision_id))
+        if reward is not None:
+            segmented_router.ReportOutcome(pb.OutcomeRequest(decision_id=reply.decision_id, reward=reward))
     wait_for_stream(segmented, DECISIONS, len(replies))
     wait_for_stream(segmented, OUTCOMES, len(rewards))
 

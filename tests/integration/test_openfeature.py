@@ -1,4 +1,8 @@
-"""mabrouter.openfeature: the OpenFeature provider against a real router and a real Redis."""
+"""mabrouter.openfeature: the OpenFeature provider against a real router and a real Redis.
+
+Tests taking `flags` or `mode` run twice: a provider calling a sidecar, and one deciding in this process
+(MabrouterProvider.in_process, as flagd's in-process resolver): the same evaluations, the same mapping.
+"""
 
 from __future__ import annotations
 
@@ -60,7 +64,12 @@ def use(provider: MabrouterProvider) -> OpenFeatureClient:
 
 
 @pytest.fixture
-def flags(router: InProcessRouter) -> OpenFeatureClient:
+def flags(mode: str, request: pytest.FixtureRequest) -> OpenFeatureClient:
+    if mode == "embedded":  # the provider's own in-process router, on the example's Redis
+        return use(
+            MabrouterProvider.in_process(router_settings(request.getfixturevalue("applied_ranker").url))
+        )
+    router: InProcessRouter = request.getfixturevalue("router")
     # A 2 s deadline: the assertions are about the mapping, not about a loaded CI machine's latency.
     return use(MabrouterProvider(target=router.address, timeout=2.0))
 
@@ -227,14 +236,19 @@ def test_dead_router_serves_the_default_fast(caplog: pytest.LogCaptureFixture) -
     assert caplog.records == []
 
 
-def test_router_without_configuration_is_provider_not_ready(redis_server: RedisServer) -> None:
+def test_router_without_configuration_is_provider_not_ready(mode: str) -> None:
     # A real router whose Redis is unreachable has no snapshot: it serves the default (FALLBACK_DEFAULT).
-    instance = InProcessRouter(router_settings(f"redis://127.0.0.1:{free_port()}/0")).start(wait_ready=False)
-    try:
-        flags = use(MabrouterProvider(target=instance.address, timeout=2.0))
+    settings = router_settings(f"redis://127.0.0.1:{free_port()}/0")
+    if mode == "embedded":
+        flags = use(MabrouterProvider.in_process(settings, ready_timeout=0))
         details = flags.get_string_details("ranker", "ranker-v3", context())
-    finally:
-        instance.stop()
+    else:
+        instance = InProcessRouter(settings).start(wait_ready=False)
+        try:
+            flags = use(MabrouterProvider(target=instance.address, timeout=2.0))
+            details = flags.get_string_details("ranker", "ranker-v3", context())
+        finally:
+            instance.stop()
     assert (details.value, details.reason) == ("ranker-v3", Reason.ERROR)
     assert details.error_code == ErrorCode.PROVIDER_NOT_READY
     assert details.flag_metadata["mabrouter_reason"] == "FALLBACK_DEFAULT"
@@ -275,8 +289,14 @@ def test_track_with_a_shared_client_and_reporter(
         assert client.route("ranker", "user-2", default_arm="ranker-v1").decision_id  # still open
 
 
-def test_provider_can_be_registered_again_after_shutdown(router: InProcessRouter) -> None:
-    provider = MabrouterProvider(target=router.address, timeout=2.0)
+def test_provider_can_be_registered_again_after_shutdown(mode: str, request: pytest.FixtureRequest) -> None:
+    if mode == "embedded":  # shutdown closed its router: registering again starts a new one
+        provider = MabrouterProvider.in_process(
+            router_settings(request.getfixturevalue("applied_ranker").url)
+        )
+    else:
+        router: InProcessRouter = request.getfixturevalue("router")
+        provider = MabrouterProvider(target=router.address, timeout=2.0)
     for round_ in range(2):
         flags = use(provider)
         details = flags.get_string_details("ranker", "ranker-v1", context(f"user-{round_}"))

@@ -1,10 +1,12 @@
 """Operator controls end to end: the real CLI and plain redis-cli against real `mabrouter serve` processes.
 
 Every router here is a separate `mabrouter serve` process (refresh every 50 ms, tests/support.py) sharing
-one private redis-server. A change counts as propagated when a replica's Route answers reflect it; for
-changes to one experiment that is when its RouteResponse.config_version reaches the version the CLI
-printed. Waits have deadlines (support.wait_until); "stays in force" is observed by routing for many
-refresh intervals (`keeps`), never assumed after a sleep.
+one private redis-server; tests taking `mode` run again with in-process routers (mabrouter.embedded,
+several in this process, tests/modes.py), which must obey the same controls the same way. A change counts
+as propagated when a replica's Route answers reflect it; for changes to one experiment that is when its
+RouteResponse.config_version reaches the version the CLI printed. Waits have deadlines
+(support.wait_until); "stays in force" is observed by routing for many refresh intervals (`keeps`), never
+assumed after a sleep.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,8 @@ from mabrouter.core.hashing import bucket_of
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from support import EXAMPLE, RedisServer, RouterProcess, cli, redis_cli, wait_until
+from modes import EmbeddedStub, Stub, embedded
+from support import EXAMPLE, RedisServer, RouterProcess, cli, redis_cli, router_settings, wait_until
 
 CONTROL = "mabrouter:{ranker}:control"
 CONFIG = "mabrouter:{ranker}:config"
@@ -45,12 +48,12 @@ UNITS = [f"user-{i}" for i in range(2000)]
 
 
 class Replica:
-    """One `mabrouter serve` process and a channel to it."""
+    """One router: a `mabrouter serve` process and a channel to it, or an in-process router (no process)."""
 
-    def __init__(self, process: RouterProcess) -> None:
+    def __init__(self, stub: Stub, process: RouterProcess | None = None) -> None:
         self.process = process
-        self.channel = grpc.insecure_channel(process.address)
-        self.stub = router_pb2_grpc.RouterStub(self.channel)
+        self.stub = stub
+        self.name = process.address if process is not None else "an in-process router"
 
     def route(self, unit: str = "u-1", experiment: str = "ranker", **attributes: Any) -> pb.RouteResponse:
         struct = struct_pb2.Struct()
@@ -59,7 +62,7 @@ class Replica:
         return self.stub.Route(request, timeout=2)
 
     def route_many(self, units: list[str], experiment: str = "ranker") -> list[pb.RouteResponse]:
-        """Route every unit, 50 calls in flight at a time on the one channel."""
+        """Route every unit, 50 calls in flight at a time (on the one channel, to a sidecar)."""
         replies: list[pb.RouteResponse] = []
         for start in range(0, len(units), 50):
             calls = [
@@ -70,30 +73,44 @@ class Replica:
         return replies
 
     def log_count(self, text: str) -> int:
+        assert self.process is not None, "only a router process has a log of its own"
         return self.process.output().count(text)
 
-    def close(self) -> None:
-        self.channel.close()
-        self.process.kill()
-        with suppress(OSError):
-            self.process.log.close()
-            Path(self.process.log.name).unlink()
+    def output(self) -> str:
+        return self.process.output() if self.process is not None else "(in-process: see the test's log)"
 
 
 @contextmanager
-def replicas(redis_server: RedisServer, count: int, **env: str) -> Iterator[list[Replica]]:
+def replicas(
+    redis_server: RedisServer, count: int, mode: str = "sidecar", **env: str
+) -> Iterator[list[Replica]]:
+    """`count` routers sharing `redis_server`: `mabrouter serve` processes, or in-process routers when
+    `mode` is "embedded" (`env` as settings: MABROUTER_FLUSH_INTERVAL_MS -> flush_interval_ms)."""
+    if mode == "embedded":
+        settings = router_settings(
+            redis_server.url,
+            **{name.removeprefix("MABROUTER_").lower(): value for name, value in env.items()},
+        )
+        with ExitStack() as stack:
+            yield [Replica(EmbeddedStub(stack.enter_context(embedded(settings)))) for _ in range(count)]
+        return
     processes = [RouterProcess(redis_server.url, **env) for _ in range(count)]
+    channels: list[grpc.Channel] = []
     group: list[Replica] = []
     try:
         for process in processes:
             process.wait_serving(timeout=60)  # generous: CI machines can be loaded
-            group.append(Replica(process))
+            channels.append(grpc.insecure_channel(process.address))
+            group.append(Replica(router_pb2_grpc.RouterStub(channels[-1]), process))
         yield group
     finally:
-        for replica in group:
-            replica.close()
+        for channel in channels:
+            channel.close()
         for process in processes:
             process.kill()
+            with suppress(OSError):
+                process.log.close()
+                Path(process.log.name).unlink()
 
 
 def obeyed(
@@ -102,9 +119,9 @@ def obeyed(
     """Wait (with a deadline) until `check` holds on every replica; on timeout show their logs."""
     for replica in group:
         try:
-            wait_until(lambda r=replica: check(r), timeout, what=f"{what} on {replica.process.address}")
+            wait_until(lambda r=replica: check(r), timeout, what=f"{what} on {replica.name}")
         except TimeoutError as exc:
-            raise AssertionError(f"{exc}\nrouter log:\n{replica.process.output()[-3000:]}") from None
+            raise AssertionError(f"{exc}\nrouter log:\n{replica.output()[-3000:]}") from None
 
 
 def keeps(check: Callable[[], None], seconds: float = KEEP) -> int:
@@ -167,11 +184,11 @@ def write_experiment(path: Path, **changes: Any) -> Path:
 # --- kill / unkill ----------------------------------------------------------------------------------
 
 
-def test_cli_kill_arm_kill_and_unkill_reach_every_replica(applied_ranker: RedisServer) -> None:
+def test_cli_kill_arm_kill_and_unkill_reach_every_replica(mode: str, applied_ranker: RedisServer) -> None:
     url = applied_ranker.url
     # Trial counts are never flushed here, so the statistics (and every replica's propensities) only
     # change when a control does: the propensities seen after a change all come from one snapshot.
-    with replicas(applied_ranker, 3, MABROUTER_FLUSH_INTERVAL_MS="60000") as group:
+    with replicas(applied_ranker, 3, mode, MABROUTER_FLUSH_INTERVAL_MS="60000") as group:
         for replica in group:
             assert replica.route().reason == pb.SAMPLED
 
@@ -221,7 +238,7 @@ def test_cli_kill_arm_kill_and_unkill_reach_every_replica(applied_ranker: RedisS
 
 
 def test_global_kill_stops_every_experiment_until_unkilled(
-    applied_ranker: RedisServer, tmp_path: Path
+    mode: str, applied_ranker: RedisServer, tmp_path: Path
 ) -> None:
     url = applied_ranker.url
     search = tmp_path / "search.yaml"
@@ -229,7 +246,7 @@ def test_global_kill_stops_every_experiment_until_unkilled(
         "name: search\ncontrol: search-a\narms:\n  - name: search-a\n  - name: search-b\n  - name: search-c\n"
     )
     cli("experiment", "apply", str(search), redis_url=url)
-    with replicas(applied_ranker, 3) as group:
+    with replicas(applied_ranker, 3, mode) as group:
 
         def answers(replica: Replica, reason: int) -> bool:
             return all(replica.route(experiment=name).reason == reason for name in ("ranker", "search"))
@@ -343,10 +360,10 @@ def test_every_cli_change_writes_one_attributed_audit_entry(
 # --- rollout ------------------------------------------------------------------------------------------
 
 
-def test_rollout_exposes_a_stable_growing_share_of_units(applied_ranker: RedisServer) -> None:
+def test_rollout_exposes_a_stable_growing_share_of_units(mode: str, applied_ranker: RedisServer) -> None:
     url = applied_ranker.url
     units = UNITS
-    with replicas(applied_ranker, 1) as (replica,):
+    with replicas(applied_ranker, 1, mode) as (replica,):
 
         def exposed_at(percent: str) -> set[str]:
             version = printed_version(cli("rollout", "ranker", percent, redis_url=url))
@@ -448,14 +465,16 @@ def test_routers_reject_bad_raw_values_and_keep_the_last_good_state(applied_rank
 # --- experiment files ---------------------------------------------------------------------------------
 
 
-def test_targeting_allow_and_deny_from_an_applied_file(applied_ranker: RedisServer, tmp_path: Path) -> None:
+def test_targeting_allow_and_deny_from_an_applied_file(
+    mode: str, applied_ranker: RedisServer, tmp_path: Path
+) -> None:
     path = write_experiment(
         tmp_path / "ranker.yaml",
         targeting={"attribute": "country", "op": "in", "value": ["US", "CA"]},
         allow={"ranker-v2": ["qa-1"]},
         deny=["vip-1"],
     )
-    with replicas(applied_ranker, 1) as (replica,):
+    with replicas(applied_ranker, 1, mode) as (replica,):
         assert replica.route(country="FR").reason == pb.SAMPLED  # version 1 targets everyone
         version = printed_version(cli("experiment", "apply", str(path), redis_url=applied_ranker.url))
         obeyed([replica], at_version(version), "the new file")

@@ -1,4 +1,5 @@
 """Traffic policies end to end: real redis-server, real routers (gRPC), simulated users with known truth.
+The tests taking `routers` run again with in-process routers (mabrouter.embedded; the `mode` fixture).
 
 Each simulation knows the true reward and error rate of every arm, drives Route calls through real gRPC
 and reports every outcome with its reward and guardrail metrics (one ReportOutcome per decision in the
@@ -19,11 +20,11 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
@@ -37,10 +38,9 @@ from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.schema import parse_experiment
 from mabrouter.store.router_store import RouterStore
 from mabrouter.v1 import router_pb2 as pb
-from mabrouter.v1 import router_pb2_grpc
 
+from modes import Stub, serving
 from support import (
-    InProcessRouter,
     RedisServer,
     apply_experiments,
     cli_in_process,
@@ -81,7 +81,7 @@ class Simulation:
 
     experiment: str
     truth: dict[str, Truth]
-    stubs: list[router_pb2_grpc.RouterStub]
+    stubs: list[Stub]
     seed: int = 0
     per_tick: int = 20
     tick_seconds: float = 0.05
@@ -143,27 +143,15 @@ class Simulation:
 
 
 @pytest.fixture
-def routers(redis_server: RedisServer) -> Iterator[Callable[[int], list[router_pb2_grpc.RouterStub]]]:
-    started: list[InProcessRouter] = []
-    channels: list[grpc.Channel] = []
+def routers(mode: str, redis_server: RedisServer) -> Iterator[Callable[[int], list[Stub]]]:
+    """Start `count` routers sharing `redis_server`: sidecars over gRPC, or in-process routers (`mode`)."""
+    with ExitStack() as started:
 
-    def start(count: int) -> list[router_pb2_grpc.RouterStub]:
-        stubs = []
-        for _ in range(count):
-            router = InProcessRouter(router_settings(redis_server.url)).start()
-            started.append(router)
-            channel = grpc.insecure_channel(router.address)
-            channels.append(channel)
-            stubs.append(router_pb2_grpc.RouterStub(channel))
-        return stubs
+        def start(count: int) -> list[Stub]:
+            settings = router_settings(redis_server.url)
+            return [started.enter_context(serving(mode, settings)) for _ in range(count)]
 
-    try:
         yield start
-    finally:
-        for channel in channels:
-            channel.close()
-        for router in started:
-            router.stop()
 
 
 def status(redis_server: RedisServer, experiment: str) -> dict[str, Any]:
@@ -240,7 +228,7 @@ def run_until_killed(
 
 
 def test_a_harmful_arm_is_auto_killed_once_by_one_of_two_replicas_and_stays_killed(
-    redis_server: RedisServer, routers: Callable[[int], list[router_pb2_grpc.RouterStub]], tmp_path: Path
+    redis_server: RedisServer, routers: Callable[[int], list[Stub]], tmp_path: Path
 ) -> None:
     apply_experiments(redis_server.url, tmp_path, harmful_experiment("guarded"))
     stubs = routers(2)
@@ -296,7 +284,7 @@ def test_a_harmful_arm_is_auto_killed_once_by_one_of_two_replicas_and_stays_kill
 
 
 def test_only_an_operator_unkill_brings_an_auto_killed_arm_back_and_it_sticks(
-    redis_server: RedisServer, routers: Callable[[int], list[router_pb2_grpc.RouterStub]], tmp_path: Path
+    redis_server: RedisServer, routers: Callable[[int], list[Stub]], tmp_path: Path
 ) -> None:
     apply_experiments(redis_server.url, tmp_path, harmful_experiment("revived"))
     (stub,) = routers(1)
@@ -346,7 +334,7 @@ def step_windows(entries: list[dict[str, str]], arm_name: str) -> list[int]:
 
 
 def test_a_good_arm_ramps_through_its_capped_steps_and_ends_uncapped(
-    redis_server: RedisServer, routers: Callable[[int], list[router_pb2_grpc.RouterStub]], tmp_path: Path
+    redis_server: RedisServer, routers: Callable[[int], list[Stub]], tmp_path: Path
 ) -> None:
     ramp = [{"share": 0.05, "min_seconds": 1}, {"share": 0.25, "min_seconds": 1}]
     apply_experiments(
@@ -397,7 +385,7 @@ def test_a_good_arm_ramps_through_its_capped_steps_and_ends_uncapped(
 
 
 def test_a_ramping_arm_that_breaches_a_guardrail_halts_and_is_killed(
-    redis_server: RedisServer, routers: Callable[[int], list[router_pb2_grpc.RouterStub]], tmp_path: Path
+    redis_server: RedisServer, routers: Callable[[int], list[Stub]], tmp_path: Path
 ) -> None:
     ramp = [
         {"share": 0.2, "min_seconds": 1},
@@ -446,7 +434,7 @@ def test_a_ramping_arm_that_breaches_a_guardrail_halts_and_is_killed(
 
 
 def test_holdout_split_holds_and_status_catches_broken_splits(
-    redis_server: RedisServer, routers: Callable[[int], list[router_pb2_grpc.RouterStub]], tmp_path: Path
+    redis_server: RedisServer, routers: Callable[[int], list[Stub]], tmp_path: Path
 ) -> None:
     apply_experiments(
         redis_server.url,
@@ -489,8 +477,10 @@ def test_holdout_split_holds_and_status_catches_broken_splits(
     assert report["srm"]["p_value"] > 0.001
     assert report["srm"]["mismatch"] is False
 
-    # A broken holdout split (e.g. a client that drops holdout traffic or double-logs it) is caught.
-    redis_cli(redis_server, "HINCRBYFLOAT", stats_key, "_split:holdout", str(exposed // 10))
+    # A broken holdout split (e.g. a client that double-logs holdout traffic) is caught: the check reads
+    # exposed decisions per cell of units (cells 0-19 hold the 20 % holdout), so the surplus goes there.
+    for cell in range(20):
+        redis_cli(redis_server, "HINCRBYFLOAT", stats_key, f"_split:cell:{cell}", str(exposed // 200))
     broken = status(redis_server, "held")["holdout_srm"]
     print(f"broken holdout_srm {broken}")
     assert broken["mismatch"] is True
@@ -525,7 +515,7 @@ DIVERGENT_TRUTH = {"control": Truth(0.10), "steady": Truth(0.10), "drifted": Tru
 
 
 def test_divergence_is_reported_and_with_the_guardrail_the_arm_is_killed(
-    redis_server: RedisServer, routers: Callable[[int], list[router_pb2_grpc.RouterStub]], tmp_path: Path
+    redis_server: RedisServer, routers: Callable[[int], list[Stub]], tmp_path: Path
 ) -> None:
     apply_experiments(redis_server.url, tmp_path, divergent_experiment("watched", guardrail=False))
     apply_experiments(redis_server.url, tmp_path, divergent_experiment("enforced", guardrail=True))
@@ -564,7 +554,7 @@ def test_divergence_is_reported_and_with_the_guardrail_the_arm_is_killed(
 
 
 def test_caps_and_floors_hold_on_live_traffic_and_propensities_show_them(
-    redis_server: RedisServer, routers: Callable[[int], list[router_pb2_grpc.RouterStub]], tmp_path: Path
+    redis_server: RedisServer, routers: Callable[[int], list[Stub]], tmp_path: Path
 ) -> None:
     apply_experiments(
         redis_server.url,
@@ -642,7 +632,7 @@ def test_caps_and_floors_hold_on_live_traffic_and_propensities_show_them(
 
 
 def test_a_shadow_arm_is_never_served_and_its_pick_is_reported(
-    redis_server: RedisServer, routers: Callable[[int], list[router_pb2_grpc.RouterStub]], tmp_path: Path
+    redis_server: RedisServer, routers: Callable[[int], list[Stub]], tmp_path: Path
 ) -> None:
     apply_experiments(
         redis_server.url,

@@ -1,18 +1,17 @@
-"""Sticky assignment with real Redis: stable per unit, shared by replicas, reset by kills and salts."""
+"""Sticky assignment with real Redis: stable per unit, shared by replicas, reset by kills and salts. Each test
+runs with sidecars and with in-process routers (the `mode` fixture, tests/modes.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from mabrouter.v1 import router_pb2 as pb
-from mabrouter.v1 import router_pb2_grpc
 
+from modes import Stub, serving
 from support import (
-    InProcessRouter,
     RedisServer,
     apply_experiments,
     cli,
@@ -36,26 +35,21 @@ def sticky_redis(redis_server: RedisServer, tmp_path: Path) -> RedisServer:
 
 
 @pytest.fixture
-def two_routers(sticky_redis: RedisServer) -> Iterator[tuple[InProcessRouter, InProcessRouter]]:
-    first = InProcessRouter(router_settings(sticky_redis.url)).start()
-    second = InProcessRouter(router_settings(sticky_redis.url)).start()
-    try:
+def two_routers(mode: str, sticky_redis: RedisServer) -> Iterator[tuple[Stub, Stub]]:
+    settings = router_settings(sticky_redis.url)
+    with serving(mode, settings) as first, serving(mode, settings) as second:
         yield first, second
-    finally:
-        first.stop()
-        second.stop()
 
 
-def route(address: str, unit: str) -> pb.RouteResponse:
-    with grpc.insecure_channel(address) as channel:
-        return router_pb2_grpc.RouterStub(channel).Route(pb.RouteRequest(experiment="homepage", unit_id=unit))
+def route(router: Stub, unit: str) -> pb.RouteResponse:
+    return router.Route(pb.RouteRequest(experiment="homepage", unit_id=unit), timeout=2)
 
 
 def test_a_unit_keeps_its_arm_on_every_replica(
-    two_routers: tuple[InProcessRouter, InProcessRouter], sticky_redis: RedisServer
+    two_routers: tuple[Stub, Stub], sticky_redis: RedisServer
 ) -> None:
     first, second = two_routers
-    assignments = {f"user-{i}": route(first.address, f"user-{i}") for i in range(30)}
+    assignments = {f"user-{i}": route(first, f"user-{i}") for i in range(30)}
     assert all(reply.reason == pb.SAMPLED for reply in assignments.values())
     assert len({reply.arm for reply in assignments.values()}) > 1  # it is still randomised across units
     client = sticky_redis.client()
@@ -66,26 +60,26 @@ def test_a_unit_keeps_its_arm_on_every_replica(
     )
     client.close()
     for unit, first_reply in assignments.items():
-        for address in (first.address, second.address):
-            again = route(address, unit)
+        for replica in (first, second):
+            again = route(replica, unit)
             assert (again.arm, again.reason) == (first_reply.arm, pb.STICKY)
 
 
 def test_killing_its_arm_moves_the_unit_and_it_sticks_to_the_new_one(
-    two_routers: tuple[InProcessRouter, InProcessRouter], sticky_redis: RedisServer
+    two_routers: tuple[Stub, Stub], sticky_redis: RedisServer
 ) -> None:
     first, second = two_routers
     units = [f"u{i}" for i in range(40)]
-    before = {unit: route(first.address, unit).arm for unit in units}
+    before = {unit: route(first, unit).arm for unit in units}
     moved = [unit for unit, arm in before.items() if arm == "v2"]
     assert moved, "no unit drew v2: the test needs at least one"
     cli("kill", "homepage", "--arm", "v2", "--reason", "test", redis_url=sticky_redis.url)
     wait_until(
-        lambda: all(route(r.address, moved[0]).arm != "v2" for r in (first, second)),
+        lambda: all(route(r, moved[0]).arm != "v2" for r in (first, second)),
         5,
         what="replicas to obey the arm kill",
     )
-    after = {unit: route(first.address, unit) for unit in moved}
+    after = {unit: route(first, unit) for unit in moved}
     assert all(reply.arm != "v2" for reply in after.values())
     client = sticky_redis.client()
     wait_until(
@@ -99,23 +93,20 @@ def test_killing_its_arm_moves_the_unit_and_it_sticks_to_the_new_one(
     # adopts the winner's arm when its flush returns, so they agree within a flush interval.
 
     def agreed() -> bool:
-        return all(route(r.address, unit).arm == stored[unit] for r in (first, second) for unit in moved)
+        return all(route(r, unit).arm == stored[unit] for r in (first, second) for unit in moved)
 
     wait_until(agreed, 5, what="both replicas to serve the stored reassignment")
     for unit in moved:
-        assert route(first.address, unit).reason == pb.STICKY
+        assert route(first, unit).reason == pb.STICKY
 
 
-def test_without_redis_units_get_stable_hash_seeded_arms(tmp_path: Path) -> None:
+def test_without_redis_units_get_stable_hash_seeded_arms(mode: str, tmp_path: Path) -> None:
     with running_redis() as redis_server:
         apply_experiments(redis_server.url, tmp_path, STICKY_DOC)
-        router = InProcessRouter(router_settings(redis_server.url)).start()
-        try:
+        with serving(mode, router_settings(redis_server.url)) as router:
             redis_server.stop(kill=True)  # the snapshot stays; sticky lookups now fail
             units = [f"new-{i}" for i in range(20)]
-            first = {unit: route(router.address, unit).arm for unit in units}
+            first = {unit: route(router, unit).arm for unit in units}
             assert len(set(first.values())) > 1
             for unit in units:  # answered from this replica's cache (test_core_decide proves determinism)
-                assert route(router.address, unit).arm == first[unit]
-        finally:
-            router.stop()
+                assert route(router, unit).arm == first[unit]
