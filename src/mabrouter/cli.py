@@ -1,5 +1,5 @@
-"""`mabrouter`: serve, health, demo, experiment apply/list/validate/show/diff, status, kill/unkill/rollout,
-audit, export, report, loadtest.
+"""`mabrouter`: serve, health, demo, experiment apply/list/validate/show/diff/archive/unarchive/delete,
+status, kill/unkill/rollout, audit, export, report, loadtest.
 
 Exit codes, the same for every command: 0 done; 1 the command ran but found a problem (a stored document
 the routers cannot use, changes shown by `experiment diff`, an unhealthy router); 2 bad input (flags, files,

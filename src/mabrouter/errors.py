@@ -115,11 +115,10 @@ class ExperimentArchivedError(MabrouterError):
 
     code = ErrorCode.FAILED_PRECONDITION
 
-    def __init__(self, experiment: str) -> None:
+    def __init__(self, experiment: str, advice: str = "pass default_arm to get an answer anyway") -> None:
         super().__init__(
             f"experiment {experiment!r} is archived: routers no longer serve it "
-            f"(`mabrouter experiment unarchive {experiment}` restores it); "
-            "pass default_arm to get an answer anyway"
+            f"(`mabrouter experiment unarchive {experiment}` restores it); {advice}"
         )
         self.experiment = experiment
 

@@ -126,8 +126,10 @@ def test_archive_stops_serving_within_a_second_keeps_everything_and_unarchive_re
         # Deliberate, not a fault: the snapshot health, which alerts on unusable data, stays SERVING.
         assert health_status(fast_router.address, "mabrouter.snapshot") == SERVING
         assert health_status(fast_router.address) == SERVING
-        with pytest.raises(grpc.RpcError):  # an outcome reported while archived is not counted
+        with pytest.raises(grpc.RpcError) as outcome:  # an outcome reported while archived is not counted
             stub.ReportOutcome(pb.OutcomeRequest(decision_id=served[20].decision_id, reward=1.0), timeout=2)
+        assert outcome.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # not NOT_FOUND: it exists
+        assert "is archived" in (outcome.value.details() or "")
         for i in range(20):
             route(stub, f"user-{i}", default="ranker-v1")
         time.sleep(0.5)  # 25 flush intervals: anything counted would be in Redis by now

@@ -7,7 +7,12 @@ from collections.abc import Mapping
 from mabrouter.core.decision_id import DecisionToken
 from mabrouter.core.model import RewardKind
 from mabrouter.core.snapshot import Snapshot
-from mabrouter.errors import InvalidRequestError, UnknownArmError, UnknownExperimentError
+from mabrouter.errors import (
+    ExperimentArchivedError,
+    InvalidRequestError,
+    UnknownArmError,
+    UnknownExperimentError,
+)
 
 MAX_METRICS = 16
 
@@ -60,6 +65,8 @@ def guardrail_metrics(
 def validate_outcome(token: DecisionToken, reward: float, snapshot: Snapshot) -> None:
     state = snapshot.experiments.get(token.experiment)
     if state is None:
+        if token.experiment in snapshot.archived:
+            raise ExperimentArchivedError(token.experiment, "outcomes are not counted while it is archived")
         raise UnknownExperimentError(token.experiment)
     if state.spec.arm_index(token.arm) is None:
         raise UnknownArmError(
