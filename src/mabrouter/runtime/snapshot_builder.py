@@ -138,6 +138,12 @@ class SnapshotBuilder:
         self._built.pop(name, None)
         self._documents.pop(name, None)
 
+    def holdout_cells(self, name: str) -> Mapping[int, float]:
+        """Exposed decisions per holdout cell of `name`'s units, from the data its served state was last
+        built from (empty before that): what the holdout's sample-ratio check reads, at scrape time."""
+        built = self._built.get(name)  # one dict read: safe from the metrics server's thread
+        return built.decoded.holdout_cells if built is not None else {}
+
     def take_unattributed(self) -> list[UnattributedEdit]:
         edits, self.unattributed = self.unattributed, []
         return edits
