@@ -1,18 +1,36 @@
 """Prometheus metrics. Hot-path counters are cached children (one dict lookup + inc per decision);
-everything derived from the snapshot is read at scrape time by a collector, costing Route nothing."""
+everything derived from the snapshot is read at scrape time by a collector, costing Route nothing.
+
+Conventions (Prometheus's): what only grows is a counter named `_total`, no `_created` series are
+exposed (metric_families.WithoutCreated), and every name, type and label is listed in docs/metrics.md,
+which tests/integration/test_metrics_contract.py holds against a real router's /metrics."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from mabrouter.runtime.holder import SnapshotHolder
+from mabrouter.runtime.metric_families import (
+    BuildInfoCollector,
+    WithoutCreated,
+    posterior_sd,
+)
 
 log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -20,8 +38,12 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 class RouterMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        """`registry`: where the metrics are exposed (a new one by default). The metric objects live in
+        a registry of their own, exposed through WithoutCreated."""
         self.registry = registry or CollectorRegistry()
-        r = self.registry
+        r = self._own = CollectorRegistry()
+        self.registry.register(WithoutCreated(r))
+        self.registry.register(BuildInfoCollector())
         self.decisions = Counter(
             "mabrouter_decisions", "Decisions made", ["experiment", "arm", "reason"], registry=r
         )
@@ -75,6 +97,12 @@ class RouterMetrics:
             ["part"],
             registry=r,
         )
+        self.rpc_errors = Counter(
+            "mabrouter_rpc_errors",
+            "Router calls that ended with a gRPC status other than OK, by method and status code name",
+            ["method", "code"],
+            registry=r,
+        )
         self.build_failures = Counter(
             "mabrouter_state_build_failures",
             "Refreshes that could not build an experiment's state from Redis (its last good state is kept)",
@@ -83,6 +111,15 @@ class RouterMetrics:
         )
         self._increments: dict[tuple[Counter | Gauge, tuple[str, ...]], Callable[[float], None]] = {}
         self._metrics_failed = False
+
+    def add_process_metrics(self) -> None:
+        """process_* (CPU, memory, file descriptors, start time) and python_* (version, garbage
+        collector), read from /proc and the interpreter at scrape time. For a router that is a process
+        of its own (`mabrouter serve`): inside an application (mabrouter.embedded) they would describe,
+        a second time, a process the application's own metrics already describe."""
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
 
     def _inc(self, counter: Counter | Gauge, *labels: str) -> Callable[[float], None]:
         """The `inc` of `counter`'s child for `labels`, cached: `labels()` costs a lock and a lookup."""
@@ -137,6 +174,7 @@ class SnapshotCollector(Collector):
         unattributed: Callable[[], int],
         pending_writes: Callable[[], dict[str, int]],
     ) -> None:
+        """`invalid_documents`, `unattributed`: totals since the process started (counters)."""
         self._holder = holder
         self._invalid_documents = invalid_documents
         self._unattributed = unattributed
@@ -155,6 +193,12 @@ class SnapshotCollector(Collector):
         mean = GaugeMetricFamily(
             "mabrouter_arm_posterior_mean", "Posterior mean reward", labels=["experiment", "arm"]
         )
+        spread = GaugeMetricFamily(
+            "mabrouter_arm_posterior_sd",
+            "Posterior standard deviation of the mean reward (mean +/- 1.96 sd: an approximate 95% "
+            "interval; mabrouter status gives the exact percentiles); absent while it is infinite",
+            labels=["experiment", "arm"],
+        )
         share = GaugeMetricFamily(
             "mabrouter_arm_share", "Current traffic share of the policy", labels=["experiment", "arm"]
         )
@@ -167,10 +211,12 @@ class SnapshotCollector(Collector):
         global_kill = snapshot is not None and snapshot.global_controls.killed
         for name, state in snapshot.experiments.items() if snapshot else ():
             version.add_metric([name], float(state.version))
-            means = state.posteriors.mean()
+            means, sds = state.posteriors.mean(), posterior_sd(state.posteriors)
             killed.add_metric([name, ""], 1.0 if state.controls.killed or global_kill else 0.0)
             for i, arm in enumerate(state.spec.arms):
                 mean.add_metric([name, arm.name], float(means[i]))
+                if math.isfinite(sds[i]):
+                    spread.add_metric([name, arm.name], float(sds[i]))
                 share.add_metric([name, arm.name], float(state.shares[i]))
                 trials.add_metric([name, arm.name], float(state.stats[i].trials))
                 killed.add_metric([name, arm.name], 1.0 if arm.name in state.controls.killed_arms else 0.0)
@@ -182,12 +228,16 @@ class SnapshotCollector(Collector):
         )
         for name in snapshot.errors if snapshot else ():
             degraded.add_metric([name], 1.0)
-        invalid = GaugeMetricFamily(
-            "mabrouter_invalid_documents", "Invalid documents rejected (last good kept)"
+        # Counters although read from elsewhere: both only grow while the process runs (a reset means a
+        # restart, which rate() and increase() handle), so they are exposed as `_total`.
+        invalid = CounterMetricFamily(
+            "mabrouter_invalid_documents",
+            "Problems with stored data that kept a last good state, each counted once (document, "
+            "statistics, switches)",
         )
         invalid.add_metric([], float(self._invalid_documents()))
-        unattributed = GaugeMetricFamily(
-            "mabrouter_unattributed_edits", "Edits made in Redis without the CLI"
+        unattributed = CounterMetricFamily(
+            "mabrouter_unattributed_edits", "Edits made in Redis without the CLI, noticed by this process"
         )
         unattributed.add_metric([], float(self._unattributed()))
         pending = GaugeMetricFamily(
@@ -195,5 +245,5 @@ class SnapshotCollector(Collector):
         )
         for buffer, count in self._pending_writes().items():
             pending.add_metric([buffer], float(count))
-        yield from (age, loaded, version, mean, share, trials, killed, degraded)
+        yield from (age, loaded, version, mean, spread, share, trials, killed, degraded)
         yield from (invalid, unattributed, pending)
