@@ -20,6 +20,7 @@ from mabrouter.runtime.engine import Recorders, StalenessPolicy, build_engine
 from mabrouter.runtime.exposure import ExposureLog, unit_hasher
 from mabrouter.runtime.guardian import Guardian
 from mabrouter.runtime.holder import SnapshotHolder
+from mabrouter.runtime.metric_families import SampleRatioCollector
 from mabrouter.runtime.metrics import RouterMetrics, SnapshotCollector
 from mabrouter.runtime.outcomes import OutcomeRecorder
 from mabrouter.runtime.refresher import Refresher, every, watch_changes
@@ -27,6 +28,7 @@ from mabrouter.runtime.signer import DecisionSigner, DecisionVerifier
 from mabrouter.runtime.snapshot_builder import SnapshotBuilder
 from mabrouter.runtime.sticky import StickyAssignments
 from mabrouter.runtime.trials import TrialBuffer, TrialFlusher
+from mabrouter.service.rpc_metrics import count_rpc_errors
 from mabrouter.service.server import HealthReporter, build_server, server_credentials
 from mabrouter.service.servicer import RouterServicer
 from mabrouter.service.tracing import Tracing
@@ -143,6 +145,7 @@ class RouterRuntime:
                 },
             )
         )
+        self.metrics.registry.register(SampleRatioCollector(self.holder, self.builder.holdout_cells))
 
     def adopt_orphaned_spools(self) -> None:
         """Take over the spools of processes that died: acknowledged outcomes, replayed by the flusher."""
@@ -229,6 +232,8 @@ class RouterApp(RouterRuntime):
             tracing,
             max_outcome_calls=max(1, settings.max_concurrent_rpcs // 2),
         )
+        count_rpc_errors(servicer, self.metrics)  # before build_server looks its methods up
+        self.metrics.add_process_metrics()
         self.server, self.port = build_server(
             servicer,
             self.health,
