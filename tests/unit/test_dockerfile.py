@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 
 BASE_IMAGE = "python:3.11-slim-bookworm"
 PORT = 50051
+METRICS_PORT = 9464
 HEALTH_ARGV = ["mabrouter", "health", "--address", f"127.0.0.1:{PORT}"]
 
 
@@ -117,6 +119,33 @@ def test_entrypoint_cmd_and_port() -> None:
     assert str(PORT) in by_keyword["EXPOSE"].split()
 
 
+def test_metrics_listen_on_every_interface_of_the_container() -> None:
+    """The router's own default is loopback (right for a process on a host); in a container that would
+    hide the metrics from every scraper."""
+    stage = final_stage()
+    env = " ".join(arguments for keyword, arguments in stage if keyword == "ENV")
+    assert f"MABROUTER_METRICS_LISTEN=0.0.0.0:{METRICS_PORT}" in env.split()
+    exposed = {port for keyword, arguments in stage if keyword == "EXPOSE" for port in arguments.split()}
+    assert exposed == {str(PORT), str(METRICS_PORT)}
+
+
+def test_the_sidecar_image_installs_no_extra_and_the_tools_image_names_real_ones() -> None:
+    """EXTRAS is empty by default (the sidecar); compose builds the tools image with the report and
+    loadtest extras, which pyproject.toml must define."""
+    args = [arguments for keyword, arguments in instructions() if keyword == "ARG"]
+    assert 'EXTRAS=""' in args
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    kit = yaml.safe_load((ROOT / "deploy" / "compose" / "compose.yaml").read_text())
+    asked = {
+        extra
+        for service in kit["services"].values()
+        for extra in str(service.get("build", {}).get("args", {}).get("EXTRAS", "")).split(",")
+        if extra
+    }
+    assert {"report", "loadtest"} <= asked
+    assert asked <= set(extras)
+
+
 def test_pip_never_keeps_a_cache() -> None:
     for keyword, arguments in instructions():
         if keyword != "RUN":
@@ -202,15 +231,18 @@ def test_router_depends_on_healthy_redis_and_completed_init(compose: dict[str, A
     assert depends["init"]["condition"] == "service_completed_successfully"
 
 
-def test_router_port_is_published_on_loopback_only(compose: dict[str, Any]) -> None:
+def test_router_ports_are_published_on_loopback_only(compose: dict[str, Any]) -> None:
     ports = compose["services"]["router"]["ports"]
-    assert ports, "the router publishes no port"
+    published = set()
     for port in ports:
         if isinstance(port, dict):  # long syntax
             assert port.get("host_ip") == "127.0.0.1", port
-            assert int(port["target"]) == PORT, port
+            published.add(int(port["target"]))
         else:
-            assert str(port) == f"127.0.0.1:{PORT}:{PORT}", f"{port!r} is not bound to 127.0.0.1"
+            host, _, target = str(port).rpartition(":")
+            assert host.startswith("127.0.0.1:"), f"{port!r} is not bound to 127.0.0.1"
+            published.add(int(target))
+    assert published == {PORT, METRICS_PORT}
 
 
 def test_router_healthcheck_and_environment(compose: dict[str, Any]) -> None:
