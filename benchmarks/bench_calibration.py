@@ -81,6 +81,11 @@ def _pct(value: float | None) -> str:
     )
 
 
+def _p(value: float) -> str:
+    """A p-value, or '-' when too few predictions fell in bins to compute one."""
+    return "-" if math.isnan(value) else f"{value:.3g}"
+
+
 def _band(rate: dict[str, Any] | None) -> str:
     if rate is None:
         return "-"
@@ -121,7 +126,7 @@ def _posterior_rows(results: dict[str, Any]) -> list[list[str]]:
             continue
         off = sum(not _consistent(b) for b in r["p_beats_control"])
         rows.append([r["scenario"], _band(r["coverage"]), _band(r["lift_coverage"]),
-                     f"{r['p_best_calibration_p']:.3g}",
+                     _p(r["p_best_calibration_p"]),
                      f"{off} of {len(r['p_beats_control'])}"])  # fmt: skip
     return rows
 
