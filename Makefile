@@ -35,11 +35,13 @@ test: lint typecheck pytest
 test-fast: $(BIN)/.installed
 	$(BIN)/pytest -q tests/unit
 
-# ~8 minutes: decision cost, router vs the bare gRPC floor (h2load), outcomes/s, regret vs MABWiser.
+# ~10 minutes: decision cost, router vs the bare gRPC floor (h2load), in-process vs sidecar, outcomes/s,
+# regret vs MABWiser.
 bench: $(BIN)/.installed
 	@MABROUTER_NEED_H2LOAD=1 scripts/ensure_system_deps.sh
 	$(BIN)/python benchmarks/bench_decide.py
 	$(BIN)/python benchmarks/bench_grpc.py
+	$(BIN)/python benchmarks/bench_embedded.py
 	$(BIN)/python benchmarks/bench_handler_parts.py
 	$(BIN)/python benchmarks/bench_outcomes.py
 	$(BIN)/python benchmarks/regret.py

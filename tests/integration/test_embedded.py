@@ -239,7 +239,7 @@ def test_a_kill_is_obeyed_within_a_second_while_threads_route(
     )
 
 
-def test_asyncio_callers_route_sticky_units_without_blocking_the_loop(
+def test_asyncio_callers_route_sticky_units_with_route_async(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     apply_experiments(
@@ -436,28 +436,32 @@ def test_close_flushes_every_decision_and_outcome_it_accepted(applied_ranker: Re
 
 
 def _route_in_child(
-    router: EmbeddedRouter, url: str, answers: multiprocessing.Queue[tuple[str, str]]
+    started: EmbeddedRouter, constructed: EmbeddedRouter, answers: multiprocessing.Queue[tuple[str, str]]
 ) -> None:
-    inherited = router.route("ranker", "child", default_arm="ranker-v3")
+    inherited = started.route("ranker", "child", default_arm="ranker-v3")
     answers.put((inherited.reason, inherited.error or ""))
-    with embedded(router_settings(url)) as own:
-        started_here = own.route("ranker", "child", default_arm="ranker-v3")
-    answers.put((started_here.reason, started_here.error or ""))
+    try:  # built before the fork (e.g. at import under gunicorn --preload), started after it: works
+        assert constructed.start(10.0)
+        after_fork = constructed.route("ranker", "child", default_arm="ranker-v3")
+    finally:
+        constructed.close()
+    answers.put((after_fork.reason, after_fork.error or ""))
 
 
 def test_a_router_started_before_fork_fails_open_in_the_child(
     in_process: EmbeddedRouter, applied_ranker: RedisServer
 ) -> None:
+    constructed = EmbeddedRouter(router_settings(applied_ranker.url))
     context = multiprocessing.get_context("fork")
     answers: multiprocessing.Queue[tuple[str, str]] = context.Queue()
-    child = context.Process(target=_route_in_child, args=(in_process, applied_ranker.url, answers))
+    child = context.Process(target=_route_in_child, args=(in_process, constructed, answers))
     child.start()
-    inherited, started_here = answers.get(timeout=60), answers.get(timeout=60)
+    inherited, after_fork = answers.get(timeout=60), answers.get(timeout=60)
     child.join(60)
     assert child.exitcode == 0
     assert inherited[0] == CLIENT_FALLBACK
     assert "started before fork()" in inherited[1]
-    assert started_here == ("SAMPLED", "")  # a router started after the fork works
+    assert after_fork == ("SAMPLED", "")
     assert (
         in_process.route("ranker", "parent", default_arm="ranker-v3").reason == "SAMPLED"
     )  # parent unaffected

@@ -71,9 +71,18 @@ class EmbeddedRouter(Routing):
         with self._lifecycle:
             if self._closed:
                 raise RuntimeError("this EmbeddedRouter was closed; create a new one")
-            if self._runtime is None:
+            booted = self._runtime is None
+            if booted:
                 self._boot()
-        return self.wait_ready(timeout)
+        ready = self.wait_ready(timeout)
+        if booted and not ready:
+            log.warning(
+                "mabrouter in-process router: no snapshot within %.1f s (is Redis at %s reachable?); "
+                "route() serves your default_arm until one loads",
+                timeout,
+                redact(self.settings.redis_url),
+            )
+        return ready
 
     def _boot(self) -> None:
         background = LoopThread("mabrouter-embedded")
