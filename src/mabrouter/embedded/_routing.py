@@ -144,5 +144,5 @@ class Routing:
         try:
             return future.result(timeout)
         except TimeoutError:
-            future.cancel()  # as a sidecar cancels a call past its deadline: nothing is recorded
+            future.cancel()  # as a sidecar cancels a call past its deadline (recorded only if it decided)
             raise
