@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast lint typecheck pytest bench protos system-deps clean
+.PHONY: demo test test-fast lint typecheck pytest bench calibration protos system-deps test-deps clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mabrouter needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -13,8 +13,13 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
+# What the demo needs beyond Python: redis-server.
 system-deps:
 	@scripts/ensure_system_deps.sh
+
+# What the tests need on top: openssl, node (the Node example), promtool (the alert rules).
+test-deps:
+	@MABROUTER_NEED_NODE=1 MABROUTER_NEED_PROMTOOL=1 scripts/ensure_system_deps.sh
 
 demo: $(BIN)/.installed system-deps
 	$(BIN)/mabrouter demo
@@ -26,7 +31,7 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-pytest: $(BIN)/.installed system-deps
+pytest: $(BIN)/.installed test-deps
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
@@ -45,6 +50,10 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_handler_parts.py
 	$(BIN)/python benchmarks/bench_outcomes.py
 	$(BIN)/python benchmarks/regret.py
+
+# ~20 minutes: the full calibration suite (docs/statistics.md's tables; `make test` runs a reduced one).
+calibration: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_calibration.py --docs docs/statistics.md
 
 protos: $(BIN)/.installed
 	PATH=$(BIN):$$PATH $(BIN)/python scripts/gen_protos.py
