@@ -26,29 +26,37 @@ arms: [{name: a}, {name: b}, {name: c}]
 TRUTH = {"DE": {"a": 0.05, "b": 0.30, "c": 0.05}, "US": {"a": 0.05, "b": 0.05, "c": 0.30}}
 
 
+def serve_countries(router: InProcessRouter, decisions: int, seed: int) -> list[tuple[str, str]]:
+    """Route `decisions` requests alternating DE and US, rewarding each by TRUTH; (country, arm) served."""
+    env = np.random.default_rng(seed)
+    served = []
+    with grpc.insecure_channel(router.address) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        for i in range(decisions):
+            country = "DE" if i % 2 else "US"
+            attributes = struct_pb2.Struct(fields={"country": struct_pb2.Value(string_value=country)})
+            reply = stub.Route(pb.RouteRequest(experiment="feed", unit_id=f"u{i}", attributes=attributes))
+            if env.random() < TRUTH[country][reply.arm]:
+                stub.ReportOutcome(pb.OutcomeRequest(decision_id=reply.decision_id, reward=1.0))
+            served.append((country, reply.arm))
+    return served
+
+
 def test_each_segment_converges_to_its_own_best_arm(redis_server: RedisServer, tmp_path: Path) -> None:
     path = tmp_path / "feed.yaml"
     path.write_text(DOC)
     cli("experiment", "apply", str(path), redis_url=redis_server.url)
     router = InProcessRouter(router_settings(redis_server.url)).start()
-    env = np.random.default_rng(7)
-    last: dict[str, Counter[str]] = {"DE": Counter(), "US": Counter()}
     try:
-        with grpc.insecure_channel(router.address) as channel:
-            stub = router_pb2_grpc.RouterStub(channel)
-            for i in range(2400):
-                country = "DE" if i % 2 else "US"
-                attributes = struct_pb2.Struct(fields={"country": struct_pb2.Value(string_value=country)})
-                reply = stub.Route(pb.RouteRequest(experiment="feed", unit_id=f"u{i}", attributes=attributes))
-                if env.random() < TRUTH[country][reply.arm]:
-                    stub.ReportOutcome(pb.OutcomeRequest(decision_id=reply.decision_id, reward=1.0))
-                if i >= 2000:
-                    last[country][reply.arm] += 1
+        served = serve_countries(router, 2400, seed=7)
         client = redis_server.client()
         stats = client.hgetall("mabrouter:{feed}:stats")
         client.close()
     finally:
         router.stop()
+    last: dict[str, Counter[str]] = {"DE": Counter(), "US": Counter()}
+    for country, arm in served[2000:]:
+        last[country][arm] += 1
     assert last["DE"]["b"] / 200 > 0.6, last
     assert last["US"]["c"] / 200 > 0.6, last
     # Segment statistics accrue beside the pooled ones, in the same hash.
@@ -70,16 +78,8 @@ def test_the_sample_ratio_check_is_quiet_on_a_healthy_segmented_experiment(
     path.write_text(DOC)
     cli("experiment", "apply", str(path), redis_url=redis_server.url)
     router = InProcessRouter(router_settings(redis_server.url)).start()
-    env = np.random.default_rng(11)
     try:
-        with grpc.insecure_channel(router.address) as channel:
-            stub = router_pb2_grpc.RouterStub(channel)
-            for i in range(2000):
-                country = "DE" if i % 2 else "US"
-                attributes = struct_pb2.Struct(fields={"country": struct_pb2.Value(string_value=country)})
-                reply = stub.Route(pb.RouteRequest(experiment="feed", unit_id=f"u{i}", attributes=attributes))
-                if env.random() < TRUTH[country][reply.arm]:
-                    stub.ReportOutcome(pb.OutcomeRequest(decision_id=reply.decision_id, reward=1.0))
+        serve_countries(router, 2000, seed=11)
     finally:
         router.stop()  # flushes every trial it counted
     report = json.loads(cli("status", "feed", "--json", redis_url=redis_server.url).stdout)
