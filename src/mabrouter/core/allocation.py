@@ -56,8 +56,12 @@ def thompson_allocation(
     live: tuple[int, ...],
     floors: FloatArray,
     caps: FloatArray,
+    project: Callable[[FloatArray, tuple[int, ...], FloatArray, FloatArray], FloatArray] | None = None,
 ) -> FloatArray:
     """Thompson's allocation under floors and caps, with a capped arm's excess going where Thompson would.
+
+    `project`: the projection onto the bounds (default `constrained_allocation`; a contextual decision,
+    which projects per request, passes an exact one that needs no bisection).
 
     `win_probabilities(arms)` gives each arm's probability of being best among `arms`. Projecting it
     once would split a capped favourite's excess in proportion to the others' P(best) among *all*
@@ -65,8 +69,9 @@ def thompson_allocation(
     a good one. Instead, in rounds: arms held at their cap keep it, and the rest of the traffic follows
     P(best) among the arms that are not capped, as Thompson sampling restricted to them would.
     """
+    project = project or constrained_allocation
     p = win_probabilities(live)
-    q = constrained_allocation(p, live, floors, caps)
+    q = project(p, live, floors, caps)
     capped: set[int] = set()
     for _ in range(len(live)):
         newly = {i for i in live if i not in capped and caps[i] < 1.0 and q[i] >= caps[i] - 1e-9}
@@ -78,7 +83,7 @@ def thompson_allocation(
         p = np.zeros_like(p)
         p[list(capped)] = 1.0  # at any scale the projection clips these at their caps
         p[list(free)] = win_probabilities(free)[list(free)] * max(1.0 - held, _EPSILON)
-        q = constrained_allocation(p, live, floors, caps)
+        q = project(p, live, floors, caps)
     return q
 
 

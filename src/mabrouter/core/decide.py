@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mabrouter.core.hashing import bucket_of, in_rollout, unit_seed
+from mabrouter.core.linear_policy import ContextDraw
 from mabrouter.core.model import NAME_PATTERN, NAME_RULE, AttributeValue, ExperimentSpec, Reason
 from mabrouter.core.snapshot import ExperimentState, Snapshot
 from mabrouter.core.targeting import matches
@@ -59,6 +60,9 @@ class Decision(NamedTuple):
     shadow_arm: str = ""
     # The segment whose statistics this decision (and its outcome) also updates ('' for none).
     segment: str = ""
+    # A contextual experiment's counted decision: its feature vector and the allocation it was drawn
+    # from (core/linear_policy.py); None otherwise.
+    context: ContextDraw | None = None
 
 
 def validate(request: RouteInput) -> None:
@@ -123,6 +127,39 @@ def _sampled(
     )
 
 
+def _contextual(
+    state: ExperimentState, request: RouteInput, rng: np.random.Generator, sticky_index: int | None
+) -> Decision:
+    """A counted decision of a contextual experiment: drawn from the allocation at the request's
+    context (or the sticky unit's arm), which the decision carries for its trial and its outcome."""
+    policy = state.contextual
+    assert policy is not None
+    if sticky_index is not None:
+        index, reason, context = sticky_index, Reason.STICKY, policy.context(request.attributes)
+    else:
+        reason = Reason.SAMPLED
+        draw_rng = (
+            np.random.default_rng(unit_seed(state.spec.hash_salt, request.unit_id))
+            if request.hash_seeded
+            else rng
+        )
+        index, context = policy.draw(request.attributes, draw_rng)
+    shadow = ""
+    if state.shadow_sampler is not None:
+        pool = tuple(i for i, arm in enumerate(state.spec.arms) if i in state.live or arm.shadow)
+        shadow = state.spec.arms[policy.best_draw(context.vector, pool, rng)].name
+    return Decision(
+        arm=state.spec.arms[index].name,
+        reason=reason,
+        propensity=float(context.shares[index]),
+        config_version=state.version,
+        payload=state.payloads[index],
+        counted=True,
+        shadow_arm=shadow,
+        context=context,
+    )
+
+
 def decide(  # noqa: PLR0911, PLR0912 - the precedence chain reads top-down as early returns
     request: RouteInput, snapshot: Snapshot | None, rng: np.random.Generator, *, stale_control: bool = False
 ) -> Decision:
@@ -178,7 +215,11 @@ def decide(  # noqa: PLR0911, PLR0912 - the precedence chain reads top-down as e
     if request.sticky_arm is not None:
         sticky_index = spec.arm_index(request.sticky_arm)
         if sticky_index is not None and sticky_index in state.live:
+            if state.contextual is not None:
+                return _contextual(state, request, rng, sticky_index)
             return _sampled(state, sticky_index, Reason.STICKY, rng, segment=segment)
+    if state.contextual is not None:
+        return _contextual(state, request, rng, None)
     policy = state.segments.get(segment) if segment else None
     sampler = policy.sampler if policy is not None else state.sampler
     if request.hash_seeded:

@@ -123,6 +123,41 @@ class MetricStats:
 
 
 @dataclass(frozen=True, slots=True)
+class NumericFeature:
+    """A number from Route's attributes, one column of the contextual model.
+
+    transform: "none", "log1p" (sign(v) * log(1 + |v|): defined for every number) or "standardize"
+    ((v - mean) / scale). `default` stands in for a missing or non-numeric value, before the transform
+    (None: 0, or `mean` when standardizing, which then contributes 0)."""
+
+    attribute: str
+    transform: str = "none"
+    mean: float = 0.0
+    scale: float = 1.0
+    default: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CategoricalFeature:
+    """A string attribute one-hot encoded over `values` (one column each; any other value: all zero)."""
+
+    attribute: str
+    values: tuple[str, ...]
+
+
+Feature = NumericFeature | CategoricalFeature
+
+
+@dataclass(frozen=True, slots=True)
+class ContextualSpec:
+    """Linear Thompson sampling on request attributes: per arm a Bayesian linear regression of the
+    reward on the features (plus an intercept), ridge prior `prior_precision` (core/linear.py)."""
+
+    features: tuple[Feature, ...]
+    prior_precision: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class ExperimentSpec:
     """An experiment as its document defines it (exposure rules included)."""
 
@@ -155,6 +190,8 @@ class ExperimentSpec:
     # segment_min_trials trials, and on the pooled posterior before that.
     segment_attribute: str = ""
     segment_min_trials: int = 200
+    # Route on the request's attributes with linear Thompson sampling (None: the arms' own posteriors).
+    contextual: ContextualSpec | None = None
 
     @property
     def holdout_salt(self) -> str:

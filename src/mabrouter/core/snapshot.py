@@ -15,6 +15,9 @@ from mabrouter.core.allocation import (
     ramp_cap,
     thompson_allocation,
 )
+from mabrouter.core.features import FeatureEncoder
+from mabrouter.core.linear import LinearSums, linear_posterior
+from mabrouter.core.linear_policy import LinearPolicy
 from mabrouter.core.model import ArmStats, Controls, ExperimentSpec, GlobalControls
 from mabrouter.core.posterior import (
     BetaPosteriors,
@@ -61,6 +64,9 @@ class ExperimentState:
     segments: Mapping[str, SegmentPolicy] = field(default_factory=dict)
     # The epoch discounted statistics are scaled to (0: none yet); see core/discount.py.
     discount_epoch_ms: int = 0
+    # A contextual experiment's per-request policy (None for the others); `shares` are then its
+    # allocation at the typical context (every attribute missing), for display only.
+    contextual: LinearPolicy | None = None
 
     def allocation(self, segment: str = "") -> FloatArray:
         """The shares a sampled decision in `segment` is drawn from: the segment's own once it decides
@@ -145,6 +151,36 @@ def _allocation(
     return shares, CategoricalSampler(shares)
 
 
+def _contextual_policy(
+    spec: ExperimentSpec,
+    stats: tuple[ArmStats, ...],
+    sums: tuple[LinearSums, ...] | None,
+    *,
+    live: tuple[int, ...],
+    controls: Controls,
+) -> LinearPolicy:
+    """The linear Thompson policy of a contextual experiment: a posterior per arm from its sums (empty
+    sums for arms without any), and the limits every experiment's allocation obeys."""
+    assert spec.contextual is not None
+    encoder = FeatureEncoder(spec.contextual)
+    sums = sums or tuple(LinearSums.empty(encoder.dimension) for _ in spec.arms)
+    posteriors = []
+    for arm, arm_sums in zip(spec.arms, sums, strict=True):
+        try:
+            posteriors.append(linear_posterior(arm_sums, spec.contextual.prior_precision, spec.reward))
+        except ValueError as exc:
+            raise ValueError(
+                f"experiment {spec.name}: the contextual sums of arm {arm.name!r}: {exc}"
+            ) from exc
+    floors, caps = _limits(spec, controls)
+    fixed = None
+    if spec.burn_in_trials > 0 and any(stats[i].trials < spec.burn_in_trials for i in live):
+        uniform = np.zeros(len(spec.arms), dtype=np.float64)
+        uniform[list(live)] = 1.0 / len(live)
+        fixed = constrained_allocation(uniform, live, floors, caps)
+    return LinearPolicy(encoder, tuple(posteriors), live, floors=floors, caps=caps, fixed=fixed)
+
+
 def _segment_policies(
     spec: ExperimentSpec,
     segments: Mapping[str, tuple[ArmStats, ...]],
@@ -171,8 +207,10 @@ def build_experiment_state(  # noqa: PLR0913 - the decoded pieces of one experim
     segments: Mapping[str, tuple[ArmStats, ...]] | None = None,
     posterior_stats: tuple[ArmStats, ...] | None = None,
     discount_epoch_ms: int = 0,
+    linear_sums: tuple[LinearSums, ...] | None = None,
 ) -> ExperimentState:
-    """`posterior_stats`: what posteriors learn from, when it differs from the raw counts (discounting)."""
+    """`posterior_stats`: what posteriors learn from, when it differs from the raw counts (discounting);
+    `linear_sums`: a contextual experiment's sums per arm under its current feature signature."""
     control_index = spec.arm_index(spec.control)
     if control_index is None:  # the schema guarantees it; a hand-built spec may not
         raise ValueError(f"experiment {spec.name!r}: control arm {spec.control!r} is not one of its arms")
@@ -190,10 +228,15 @@ def build_experiment_state(  # noqa: PLR0913 - the decoded pieces of one experim
     )
     sampler: CategoricalSampler | None
     policies: dict[str, SegmentPolicy] = {}
+    contextual = None
     if live == (control_index,):
         shares = np.zeros(len(spec.arms), dtype=np.float64)
         shares[control_index] = 1.0
         sampler = None
+    elif spec.contextual is not None:
+        contextual = _contextual_policy(spec, stats, linear_sums, live=live, controls=controls)
+        shares = contextual.allocation(contextual.encoder.vector({}))
+        sampler = CategoricalSampler(shares)
     else:
         shares, sampler = _allocation(spec, stats, posteriors, live=live, controls=controls)
         if spec.segment_attribute and segments:
@@ -213,4 +256,5 @@ def build_experiment_state(  # noqa: PLR0913 - the decoded pieces of one experim
         payloads=tuple(dict(arm.payload) for arm in spec.arms),
         segments=policies,
         discount_epoch_ms=discount_epoch_ms,
+        contextual=contextual,
     )
