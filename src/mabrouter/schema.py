@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from mabrouter.contextual_schema import ContextualDoc, combination_problem
 from mabrouter.core.model import (
     NAME_PATTERN,
     ArmSpec,
@@ -42,6 +43,8 @@ MAX_PAYLOAD_VALUE_CHARS = 2048
 MAX_DOCUMENT_BYTES = 256 * 1024
 MAX_LISTED_UNITS = 10_000
 DEFAULT_STICKY_TTL_SECONDS = 7 * 86_400
+# Documents with a `contextual:` block are refused until routers learn them end to end (issue 16).
+CONTEXTUAL_SERVED = False
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN.pattern, description="letters, digits, . _ -; max 64")]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -171,6 +174,9 @@ class ExperimentDoc(_Strict):
     divergence_guardrail: bool = Field(
         default=False, description="kill an arm that credibly leaves its expected band"
     )
+    contextual: ContextualDoc | None = Field(
+        default=None, description="linear Thompson sampling on request attributes (contextual_schema.py)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentDoc:
@@ -205,6 +211,16 @@ class ExperimentDoc(_Strict):
             raise ValueError("min_share of the served arms sums above 1")
         if self.divergence_guardrail and not any(arm.expected for arm in self.arms):
             raise ValueError("divergence_guardrail needs at least one arm with an `expected` band")
+        problem = combination_problem(
+            self.contextual, segment_by=self.segment_by is not None, half_life_seconds=self.half_life_seconds
+        )
+        if problem:
+            raise ValueError(problem)
+        if self.contextual is not None and not CONTEXTUAL_SERVED:
+            raise ValueError(
+                "contextual: routers do not serve contextual experiments yet (issue 16 is being built); "
+                "remove the block to apply this experiment"
+            )
 
     def _check_lists(self, names: list[str]) -> None:
         unknown = sorted(set(self.allow) - set(names))
@@ -254,6 +270,7 @@ class ExperimentDoc(_Strict):
             half_life_seconds=self.half_life_seconds,
             segment_attribute=self.segment_by.attribute if self.segment_by else "",
             segment_min_trials=self.segment_by.min_trials if self.segment_by else 200,
+            contextual=self.contextual.to_spec() if self.contextual is not None else None,
         )
 
 

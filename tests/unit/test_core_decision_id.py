@@ -147,7 +147,8 @@ def test_a_signed_id_with_a_field_not_as_routers_write_it_names_the_field(
         ([TRACE, ""], "segment"),
         ([TRACE, "bad segment"], "segment"),
         (["xyz", "gold"], "trace"),
-        ([TRACE, "gold", "more"], "10 fields"),
+        ([TRACE, "gold", "more"], "context"),
+        ([TRACE, "gold", "0123abcd:AAAA", "more"], "11 fields"),
     ],
 )
 def test_trace_and_segment_are_checked_when_present(extra: list[str], field: str) -> None:

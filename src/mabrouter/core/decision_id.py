@@ -1,8 +1,11 @@
 """Signed decision ids: unforgeable, self-describing, and bound to one experiment.
 
 Format: base64url(payload) "." base64url(HMAC-SHA256(key, payload)[:16]), payload being
-"1|experiment|arm|config_version|issued_ms|nonce|flags[|trace[|segment]]". Names and segment values
-cannot contain '|' (see NAME_PATTERN); trace and segment are present only when used.
+"1|experiment|arm|config_version|issued_ms|nonce|flags[|trace[|segment[|context]]]". Names and segment
+values cannot contain '|' (see NAME_PATTERN); trace, segment and context are present only when used
+(an empty trace or segment before a later field is written as nothing). The context of a contextual
+experiment's decision is "<model signature>:<base64url of its feature vector as float32>", so the
+outcome is attributed with the decision's own context on any replica (docs/decisions/0020).
 The MAC covers the experiment and arm, so an id cannot be replayed into another experiment, and it
 is checked against every accepted key so a secret can be rotated with a grace period.
 """
@@ -39,9 +42,11 @@ MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
 _NAME = NAME_PATTERN.pattern.removeprefix("^").removesuffix("$")
 _NONCE = "[A-Za-z0-9_-]{1,64}"  # nonce_factory writes hex; the base64url alphabet is JSON- and key-safe
 _TRACE = "[0-9a-f]{48}"
+# A model signature and at most 32 float32 columns (128 bytes: 171 base64url characters).
+_CONTEXT = "[0-9a-f]{8}:[A-Za-z0-9_-]{0,171}"
 _PAYLOAD = re.compile(
     rf"1\|({_NAME})\|({_NAME})\|([0-9]{{1,18}})\|([0-9]{{1,15}})\|({_NONCE})\|([01])"
-    rf"(?:\|({_TRACE})|\|({_TRACE})?\|({_NAME}))?"
+    rf"(?:\|({_TRACE})|\|({_TRACE})?\|({_NAME})|\|({_TRACE})?\|({_NAME})?\|({_CONTEXT}))?"
 )
 _FIELD_RULES: tuple[tuple[str, Callable[[str], object], str], ...] = (
     ("version", re.compile(FORMAT_VERSION).fullmatch, f"the format version {FORMAT_VERSION}"),
@@ -53,6 +58,7 @@ _FIELD_RULES: tuple[tuple[str, Callable[[str], object], str], ...] = (
     ("flags", re.compile("[01]").fullmatch, "0 or 1 (no other flag bits exist)"),
     ("trace", re.compile(_TRACE).fullmatch, "48 lowercase hex digits (trace id and span id)"),
     ("segment", NAME_PATTERN.match, NAME_RULE),
+    ("context", re.compile(_CONTEXT).fullmatch, "a model signature and a base64url feature vector"),
 )
 
 
@@ -67,6 +73,8 @@ class DecisionToken(NamedTuple):  # a NamedTuple, not a frozen dataclass: one pe
     trace: str = ""
     # The segment (value of the experiment's segment attribute) whose statistics the outcome updates.
     segment: str = ""
+    # A contextual decision's model signature and feature vector (core/features.encode_context).
+    context: str = ""
 
 
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -105,10 +113,17 @@ def encode(token: DecisionToken, key: bytes | KeyedMac) -> str:
     flags = _FLAG_COUNTED if token.counted else 0
     payload = (
         f"{FORMAT_VERSION}|{token.experiment}|{token.arm}|{token.config_version}|"
-        f"{token.issued_ms}|{token.nonce}|{flags}"
-        + (f"|{token.trace}|{token.segment}" if token.segment else (f"|{token.trace}" if token.trace else ""))
+        f"{token.issued_ms}|{token.nonce}|{flags}" + _optional_fields(token)
     ).encode()
     return f"{_b64(payload)}.{_b64(mac(payload))}"
+
+
+def _optional_fields(token: DecisionToken) -> str:
+    if token.context:
+        return f"|{token.trace}|{token.segment}|{token.context}"
+    if token.segment:
+        return f"|{token.trace}|{token.segment}"
+    return f"|{token.trace}" if token.trace else ""
 
 
 def decode(decision_id: str, keys: Sequence[bytes], now_ms: int, max_age_ms: int) -> DecisionToken:
@@ -143,7 +158,9 @@ def decode(decision_id: str, keys: Sequence[bytes], now_ms: int, max_age_ms: int
     match = _PAYLOAD.fullmatch(text)
     if match is None:
         raise InvalidDecisionIdError(_which_field_is_wrong(text))
-    experiment, arm, version, issued, nonce, flags, trace, trace_before_segment, segment = match.groups()
+    experiment, arm, version, issued, nonce, flags, trace, trace_b, segment, trace_c, segment_c, context = (
+        match.groups()
+    )
     issued_ms = int(issued)
     if issued_ms - now_ms > MAX_CLOCK_SKEW_MS:
         raise InvalidDecisionIdError(
@@ -163,8 +180,9 @@ def decode(decision_id: str, keys: Sequence[bytes], now_ms: int, max_age_ms: int
         issued_ms,
         nonce,
         flags == "1",
-        trace or trace_before_segment or "",
-        segment or "",
+        trace or trace_b or trace_c or "",
+        segment or segment_c or "",
+        context or "",
     )
 
 
@@ -173,11 +191,12 @@ def _which_field_is_wrong(text: str) -> str:
     fields = text.split("|")
     if fields[0] != FORMAT_VERSION:
         return f"decision_id has an unsupported format version {fields[0][:20]!r}; this router reads 1"
-    if not 7 <= len(fields) <= 9:
-        return f"decision_id has {len(fields)} fields; format 1 has 7 to 9"
+    if not 7 <= len(fields) <= 10:
+        return f"decision_id has {len(fields)} fields; format 1 has 7 to 10"
     for (name, valid, rule), value in zip(_FIELD_RULES, fields, strict=False):
-        if name == "trace" and value == "" and len(fields) == 9:
-            continue  # an id with a segment but no sampled span has an empty trace field
+        optional = {"trace": 9, "segment": 10}.get(name)
+        if value == "" and optional is not None and len(fields) >= optional:
+            continue  # an id with a later field but no sampled span (or no segment) leaves these empty
         if not valid(value):
             return f"decision_id field {name} is {value[:40]!r}; it must be {rule}"
     return "decision_id fields are not in the format routers write"  # pragma: no cover - defensive

@@ -9,6 +9,8 @@ exactly the same x whichever replica handles each half.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import math
 from collections.abc import Mapping
@@ -144,3 +146,18 @@ def unpack(data: bytes, dimension_expected: int | None = None) -> FloatArray:
     if not np.all(np.abs(columns) <= MAX_ABS_FEATURE):  # NaN fails too
         raise ValueError(f"a feature value is not finite or beyond +/-{MAX_ABS_FEATURE:g}")
     return np.concatenate(([1.0], columns))
+
+
+def encode_context(model_signature: str, vector: FloatArray) -> str:
+    """What a decision id carries of a contextual decision: `<signature>:<base64url of pack(vector)>`."""
+    return f"{model_signature}:{base64.urlsafe_b64encode(pack(vector)).rstrip(b'=').decode('ascii')}"
+
+
+def decode_context(text: str) -> tuple[str, FloatArray]:
+    """The signature and vector `encode_context` wrote; ValueError when it cannot be one."""
+    model_signature, _, data = text.partition(":")
+    try:
+        raw = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("the context is not base64url") from exc
+    return model_signature, unpack(raw)

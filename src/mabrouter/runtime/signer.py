@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from mabrouter.core import decision_id
 from mabrouter.core.decide import Decision
+from mabrouter.core.features import encode_context
 
 
 class DecisionSigner:
@@ -30,6 +31,11 @@ class DecisionSigner:
             counted=decision.counted,
             trace=trace,
             segment=decision.segment,
+            context=(
+                encode_context(decision.context.signature, decision.context.vector)
+                if decision.context is not None
+                else ""
+            ),
         )
         return decision_id.encode(token, self._mac), token
 
