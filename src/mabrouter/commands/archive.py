@@ -11,7 +11,7 @@ from mabrouter.commands.common import add_actor, add_redis_url, admin_store, cha
 from mabrouter.store.experiment_decoder import archived_at_ms, is_archived
 from mabrouter.store.ports import OperatorStore
 
-# What routers answer for an archived experiment (README "The gRPC contract").
+# What routers answer for an archived experiment (docs/contract.md, "Statuses").
 ARCHIVED_ANSWER = "the caller's default_arm with reason FALLBACK_DEFAULT, or FAILED_PRECONDITION without one"
 # How long after an archive a delete waits: routers stop deciding within a refresh (200 ms, or at once on
 # the change notice) and flush what they buffered within a flush interval (100 ms). A write landing after

@@ -27,7 +27,7 @@ MAX_METRICS = 16
 # and so do the posterior's terms (sum^2 <= 1e236). Nothing a caller plausibly measures comes near 1e100
 # (rewards are clicks, revenue, latencies, costs); a value beyond it is a bug in the caller.
 MAX_ABS_VALUE = 1e100
-_LIMIT = f"{MAX_ABS_VALUE:.0e}".replace("e+", "e")  # "1e100", as the README states it
+_LIMIT = f"{MAX_ABS_VALUE:.0e}".replace("e+", "e")  # "1e100", as docs/contract.md states it
 
 
 def _in_domain(value: float) -> bool:

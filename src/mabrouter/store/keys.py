@@ -1,4 +1,4 @@
-"""The Redis key schema (documented in the README: operators read and write these keys).
+"""The Redis key schema (documented in docs/contract.md, "Redis keys": operators read and write these keys).
 
 Every key of one experiment carries the experiment name as a hash tag, `{name}`, so all of them live
 in one Redis Cluster slot and multi-key Lua scripts stay legal on a cluster. Global switches use the tag
