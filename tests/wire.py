@@ -1,6 +1,6 @@
 """The wire by hand: protobuf bytes no client library will encode (invalid UTF-8 in a string field,
 messages nested beyond protobuf's limit), the request message of each RPC, and the unpadded base64url of
-decision ids (README "Decision ids")."""
+decision ids (docs/contract.md "Decision ids")."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def unb64(text: str) -> bytes:
 
 
 def nonce_of(decision_id: str) -> str:
-    """The nonce inside a decision id (README 'Decision ids': payload field 6)."""
+    """The nonce inside a decision id (docs/contract.md "Decision ids": payload field 6)."""
     return unb64(decision_id.partition(".")[0]).decode().split("|")[5]
 
 

@@ -20,7 +20,7 @@ def describe_validation_error(error: ValidationError) -> str:
         where = _field_path(problem["loc"]) or "(document)"
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
-            message = "unknown field (check the spelling; see README 'Experiment files')"
+            message = "unknown field (check the spelling; see docs/experiments.md)"
         elif problem["type"] in ("model_type", "model_attributes_type", "dict_type"):
             # pydantic names the model class here ("instance of ExperimentDoc"): not what the operator wrote
             message = f"expected a mapping of fields (key: value), got {_kind_of(problem['input'])}"

@@ -92,7 +92,7 @@ class Row:
     reason: Reason
 
 
-# The README precedence table, first matching row wins.
+# The precedence table of docs/contract.md, first matching row wins.
 TABLE = (
     Row("global kill", lambda s: s.global_kill, "control", Reason.KILLED),
     Row("experiment kill", lambda s: s.experiment_kill, "control", Reason.KILLED),

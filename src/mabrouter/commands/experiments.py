@@ -200,7 +200,7 @@ def register(
     apply.add_argument(
         "path",
         metavar="FILE|DIR",
-        help="a YAML or JSON experiment file (see README 'Experiment files'), or a directory of them: "
+        help="a YAML or JSON experiment file (see docs/experiments.md), or a directory of them: "
         "every file is validated before anything is written, and only files that change something are",
     )
     apply.add_argument(
