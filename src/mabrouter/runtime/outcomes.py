@@ -25,9 +25,11 @@ from dataclasses import asdict, dataclass
 
 from mabrouter.core import decision_id
 from mabrouter.core.discount import weight
+from mabrouter.core.features import decode_context
 from mabrouter.core.outcome import guardrail_metrics, validate_outcome
 from mabrouter.core.snapshot import ExperimentState
 from mabrouter.errors import (
+    InvalidDecisionIdError,
     InvalidRequestError,
     MabrouterError,
     NoSnapshotError,
@@ -84,6 +86,16 @@ def _discount(state: ExperimentState, now_ms: int, reward: float) -> tuple[int, 
     return epoch, half_life * 1000.0, scale
 
 
+def _check_context(token: decision_id.DecisionToken) -> None:
+    """A contextual decision's vector must decode before its outcome is sent or spooled. The id is
+    signed, so one that does not was written by no router of this version (or with a leaked secret)."""
+    if token.context:
+        try:
+            decode_context(token.context)
+        except ValueError as exc:
+            raise InvalidDecisionIdError(f"decision_id context cannot be used: {exc}") from exc
+
+
 def refusal_error(write: OutcomeWrite, refused: Refused) -> MabrouterError:
     """What the caller is told about an outcome the store refused; names the experiment, arm and field."""
     where = f"experiment {write.experiment!r}, arm {write.arm!r}"
@@ -137,6 +149,7 @@ class OutcomeRecorder:
             try:
                 token = self._ids.verify(raw_id, now_ms)
                 validate_outcome(token, reward, snapshot)
+                _check_context(token)
                 watched = guardrail_metrics(token, metrics, snapshot)
                 discount = _discount(snapshot.experiments[token.experiment], now_ms, reward)
             except MabrouterError as exc:
@@ -154,6 +167,7 @@ class OutcomeRecorder:
                 metrics=watched,
                 segment=token.segment,
                 discount=discount,
+                context=token.context,
             )
             accepted.append((len(results), token, write))
             results.append(Accepted(token.experiment, token.arm, duplicate=False, trace=token.trace))

@@ -11,6 +11,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+import numpy as np
+
 from mabrouter.core.decide import Decision
 from mabrouter.core.discount import weight
 from mabrouter.core.hashing import bucket_of, holdout_cell
@@ -24,6 +26,33 @@ from mabrouter.store.records import Refused, TrialCounts
 log = logging.getLogger(__name__)
 
 Batch = dict[str, TrialCounts]  # experiment -> its counts
+# Feature vectors of contextual decisions are folded into their x x^T sum this many at a time: one
+# matrix product per fold instead of an outer product per decision, and memory bounded through an outage.
+FOLD_ROWS = 64
+
+
+class _OuterSum:
+    """The sum of x x^T over the vectors added (the trial flush's part of a contextual model)."""
+
+    __slots__ = ("rows", "total")
+
+    def __init__(self) -> None:
+        self.rows: list[FloatArray] = []
+        self.total: FloatArray | None = None
+
+    def add(self, vector: FloatArray) -> None:
+        self.rows.append(vector)
+        if len(self.rows) >= FOLD_ROWS:
+            self.fold()
+
+    def fold(self) -> FloatArray:
+        if self.rows:
+            stacked = np.stack(self.rows)
+            product = stacked.T @ stacked
+            self.total = product if self.total is None else self.total + product
+            self.rows = []
+        assert self.total is not None  # at least one vector was added
+        return self.total
 
 
 class TrialBuffer:
@@ -36,8 +65,10 @@ class TrialBuffer:
         "_counts",
         "_discounts",
         "_holdout",
+        "_linear",
         "_sampled",
         "_segments",
+        "_shares",
     )
 
     def __init__(self) -> None:
@@ -52,6 +83,10 @@ class TrialBuffer:
         self._sampled: dict[tuple[str, str], int] = {}
         # experiment -> (epoch ms, half-life s) for experiments with discounting
         self._discounts: dict[str, tuple[int, float]] = {}
+        # Contextual experiments: (experiment, model signature, arm) -> x x^T of its decisions, and
+        # (experiment, arm names) -> the sum of the allocations its sampled decisions were drawn from.
+        self._linear: dict[tuple[str, str, str], _OuterSum] = {}
+        self._shares: dict[tuple[str, tuple[str, ...]], FloatArray] = {}
 
     def add(
         self, experiment: str, arm: str, sampled_from: ExperimentState | None = None, segment: str = ""
@@ -71,6 +106,8 @@ class TrialBuffer:
         self._bandit[experiment] = self._bandit.get(experiment, 0) + 1
         if sampled_from is not None:
             self._sampled[key] = self._sampled.get(key, 0) + 1
+        # A contextual decision was drawn from its own allocation, which record() adds up instead.
+        if sampled_from is not None and sampled_from.contextual is None:
             shares = sampled_from.allocation(segment)
             entry = self._allocations.get(id(shares))
             if entry is None:
@@ -86,6 +123,8 @@ class TrialBuffer:
         if decision.counted:
             sampled_from = state if decision.reason is Reason.SAMPLED else None
             self.add(experiment, decision.arm, sampled_from, decision.segment)
+            if decision.context is not None:
+                self._add_context(experiment, decision, state, sampled=sampled_from is not None)
         elif decision.reason is Reason.HOLDOUT:
             self.add_holdout(experiment)
         else:
@@ -94,6 +133,26 @@ class TrialBuffer:
         if spec.holdout_percent > 0:
             key = (experiment, holdout_cell(bucket_of(spec.holdout_salt, unit_id)))
             self._cells[key] = self._cells.get(key, 0) + 1
+
+    def _add_context(
+        self, experiment: str, decision: Decision, state: ExperimentState, *, sampled: bool
+    ) -> None:
+        """A contextual decision: its x x^T for the model's sums and, when sampled, the whole allocation
+        it was drawn from for the sample-ratio check (each decision has its own)."""
+        context = decision.context
+        assert context is not None
+        key = (experiment, context.signature, decision.arm)
+        found = self._linear.get(key)
+        if found is None:
+            found = self._linear[key] = _OuterSum()
+        found.add(context.vector)
+        if sampled:
+            names = tuple(arm.name for arm in state.spec.arms)
+            total = self._shares.get((experiment, names))
+            if total is None:
+                self._shares[experiment, names] = context.shares.copy()
+            else:
+                total += context.shares
 
     def add_holdout(self, experiment: str) -> None:
         """A decision that served the holdout (not a trial: it only counts toward the split)."""
@@ -128,6 +187,7 @@ class TrialBuffer:
             for name, share in zip(names, shares.tolist(), strict=True):
                 if share > 0:
                     expected[name] = expected.get(name, 0.0) + decisions * share
+        self._drain_contextual(of)
         for experiment, count in bandit.items():
             of(experiment).bandit = float(count)
         for experiment, count in holdout.items():
@@ -138,6 +198,17 @@ class TrialBuffer:
             epoch = known_epoch or now_ms  # the first writer proposes the epoch; the store keeps the first
             of(experiment).discount = (epoch, half_life * 1000.0, weight(now_ms, epoch, half_life))
         return batch
+
+    def _drain_contextual(self, of: Callable[[str], TrialCounts]) -> None:
+        linear, self._linear = self._linear, {}
+        contextual_shares, self._shares = self._shares, {}
+        for (experiment, names), total in contextual_shares.items():
+            expected = of(experiment).expected
+            for name, share in zip(names, total.tolist(), strict=True):
+                if share > 0:
+                    expected[name] = expected.get(name, 0.0) + share
+        for (experiment, model, arm), outer in linear.items():
+            of(experiment).contextual[model, arm] = outer.fold()
 
     def pending(self) -> int:
         """Decisions not yet written (segment copies of the same trials are not counted twice)."""

@@ -20,12 +20,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from mabrouter.core.linear import LinearSums
 from mabrouter.core.model import ArmStats, Controls, ExperimentSpec
 from mabrouter.core.snapshot import ExperimentState, build_experiment_state
 from mabrouter.errors import ConfigError
 from mabrouter.schema import parse_experiment
 from mabrouter.store.controls_codec import parse_controls
 from mabrouter.store.keys import ARCHIVED, VERSION
+from mabrouter.store.linear_codec import linear_sums
 from mabrouter.store.records import RawExperiment
 from mabrouter.store.stats_codec import (
     arm_stats,
@@ -66,6 +68,8 @@ class DecodedExperiment:
     controls: Controls
     # Control fields that were ignored (each kept its last good value): for operators to read.
     control_problems: tuple[str, ...]
+    # A contextual experiment's sums per arm under its current model (store/linear_codec.py), else None.
+    linear: tuple[LinearSums, ...] | None = None
 
     @property
     def spec(self) -> ExperimentSpec:
@@ -137,6 +141,7 @@ def decode_experiment(
         holdout_cells=holdout_cells(raw.stats),
         controls=controls,
         control_problems=tuple(problems),
+        linear=linear_sums(spec, raw.stats),
     )
 
 
@@ -153,6 +158,7 @@ def experiment_state(decoded: DecodedExperiment, controls: Controls | None = Non
         segments=decoded.segments,
         posterior_stats=decoded.posterior_stats,
         discount_epoch_ms=decoded.discount_epoch_ms,
+        linear_sums=decoded.linear,
     )
     if not all(math.isfinite(share) for share in state.shares):
         raise ValueError(f"experiment {spec.name}: the statistics give non-finite traffic shares")

@@ -7,7 +7,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mabrouter.core.posterior import FloatArray
 from mabrouter.store.keys import GLOBAL_SCOPE, KILL_ARM_PREFIX, VERSION
+from mabrouter.store.linear_codec import outcome_increments
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,9 @@ class OutcomeWrite:
     segment: str = ""
     # Forward decay: the epoch (ms) the weight is scaled to, the half-life (ms), and the weight.
     discount: tuple[int, float, float] | None = None
+    # A contextual decision's model signature and feature vector, as its id carries them (the recorder
+    # checked that it decodes); its reward is added to the model's sums (store/linear_codec.py).
+    context: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +101,13 @@ def discount_args(discount: Discount | tuple[int, float] | None) -> tuple[str, s
 
 def outcome_args(outcome: OutcomeWrite) -> list[str]:
     """One outcome for RECORD_OUTCOMES (stats_scripts.py): the strings outcome_writes reads, with the
-    nonce at position 10 (for the log entry) and the guardrail metric triples after it."""
+    nonce at position 10 (for the log entry), a contextual model's prefix at 11, the count n of its
+    increments at 12 and the increments from 13 (store/linear_codec.py), then the guardrail metric
+    triples."""
     discount = outcome.discount
+    prefix, increments = (
+        outcome_increments(outcome.context, outcome.arm, outcome.reward) if outcome.context else ("", [])
+    )
     args = [
         outcome.arm,
         repr(outcome.reward),
@@ -107,6 +117,9 @@ def outcome_args(outcome: OutcomeWrite) -> list[str]:
         outcome.segment,
         *((str(discount[0]), repr(discount[1]), repr(discount[2])) if discount else ("", "", "")),
         outcome.nonce,
+        prefix,
+        str(len(increments)),
+        *(repr(increment) for increment in increments),
     ]
     for name, value in outcome.metrics:
         args += (name, repr(value), repr(value * value))
@@ -146,6 +159,8 @@ class TrialCounts:
     # Exposed decisions (holdout and bandit) per holdout cell of their unit (core/hashing.holdout_cell).
     holdout_cells: dict[int, float] = field(default_factory=dict)
     discount: tuple[int, float, float] | None = None
+    # Contextual experiments: (model signature, arm) -> the sum of x x^T over its decisions in the flush.
+    contextual: dict[tuple[str, str], FloatArray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from mabrouter.store.keys import (
     TRIALS,
     stat_field,
 )
+from mabrouter.store.linear_codec import xx_increments
 from mabrouter.store.records import TrialCounts
 
 MAX_SEGMENTS = 100
@@ -144,4 +145,6 @@ def trial_increments(counts: TrialCounts) -> dict[str, float]:
         scale = counts.discount[2]
         for arm, n in counts.trials.items():
             fields[stat_field(arm, DISCOUNTED + TRIALS)] = n * scale
+    for (model, arm), xx in counts.contextual.items():
+        fields.update(xx_increments(model, arm, xx))
     return fields

@@ -78,16 +78,23 @@ local function epoch_factor(raw, used, half_life_ms, out)
 end
 """
 
-# outcome_writes(a, m): the HSET pairs that apply one outcome to the stats hash KEYS[1], or nil and a
+# outcome_writes(a): the HSET pairs that apply one outcome to the stats hash KEYS[1], or nil and a
 # refusal. a: arm, reward, reward^2, marker ttl seconds, counted, segment ('' for none), epoch used (''
-# without discounting), half-life ms, weight at the epoch used; guardrail metric name, value, value^2
-# triples from a[m] on. One HMGET reads every field it adds to (at most 3 + 3 + 4 + 3 per metric).
+# without discounting), half-life ms, weight at the epoch used, nonce, a contextual model's field
+# prefix ('' for none), the count c of its increments, the increments (reward * x_i for each column i,
+# then reward^2: store/linear_codec.py); guardrail metric name, value, value^2 triples after them. One
+# HMGET reads every field it adds to (at most 3 + 3 + c + 4 + 3 per metric).
 _OUTCOME_WRITES = """
-local function outcome_writes(a, m)
+local function outcome_writes(a)
   local arm, reward, square, ttl = a[1], tonumber(a[2]), tonumber(a[3]), tonumber(a[4])
   if not (finite(reward) and finite(square) and finite(ttl) and ttl >= 1) then
     return nil, {'input', 'reward', excerpt(a[2])}
   end
+  local c = tonumber(a[12])
+  if not (c and c >= 0 and c <= 34 and c == math.floor(c)) then
+    return nil, {'input', 'context', excerpt(a[12])}
+  end
+  local m = 13 + c
   local out = {}
   if a[5] ~= '1' then
     return out
@@ -98,6 +105,16 @@ local function outcome_writes(a, m)
     local prefix = '@' .. a[6] .. '|' .. arm
     fields[4], fields[5], fields[6] = prefix .. ':count', prefix .. ':sum', prefix .. ':sumsq'
     increments[4], increments[5], increments[6] = 1, reward, square
+  end
+  if a[11] ~= '' and c > 0 then
+    for i = 1, c do
+      local value, n = tonumber(a[12 + i]), #fields
+      if not finite(value) then
+        return nil, {'input', 'context', excerpt(a[12 + i])}
+      end
+      fields[n + 1] = (i < c) and (a[11] .. ':rx:' .. (i - 1)) or (a[11] .. ':rr')
+      increments[n + 1] = value
+    end
   end
   for i = m, #a, 3 do
     local value, value_sq, n = tonumber(a[i + 1]), tonumber(a[i + 2]), #fields
@@ -140,10 +157,10 @@ end
 # log in the same atomic step.
 # KEYS[1] stats hash, KEYS[2] outcomes log stream, KEYS[2 + i] the seen marker of outcome i.
 # ARGV[1] the log's approximate cap (0: no log entry), ARGV[2] the log entries' ts (ms), ARGV[3] a JSON
-# array of outcomes, each an array of strings: outcome_writes's a with the nonce at a[10] and the
-# metric triples from a[11]. Returns an array: 1 where applied, 0 where a duplicate, a refusal where
-# the stored statistics cannot absorb the outcome: then nothing of it is written (not even its seen
-# marker), so the caller may retry it once an operator repairs the field.
+# array of outcomes, each an array of strings: outcome_writes's a (the nonce at a[10]). Returns an
+# array: 1 where applied, 0 where a duplicate, a refusal where the stored statistics cannot absorb the
+# outcome: then nothing of it is written (not even its seen marker), so the caller may retry it once an
+# operator repairs the field.
 RECORD_OUTCOMES = (
     _CHECKS
     + _OUTCOME_WRITES
@@ -158,7 +175,7 @@ for i, a in ipairs(cjson.decode(ARGV[3])) do
   local seen, result = KEYS[i + 2], refused
   local out
   if not refused then
-    out, result = outcome_writes(a, 11)
+    out, result = outcome_writes(a)
   end
   if result then
     -- Applied before the field went bad: a duplicate, as the retry of an applied outcome is told.
