@@ -43,8 +43,6 @@ MAX_PAYLOAD_VALUE_CHARS = 2048
 MAX_DOCUMENT_BYTES = 256 * 1024
 MAX_LISTED_UNITS = 10_000
 DEFAULT_STICKY_TTL_SECONDS = 7 * 86_400
-# Documents with a `contextual:` block are refused until routers learn them end to end (issue 16).
-CONTEXTUAL_SERVED = False
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN.pattern, description="letters, digits, . _ -; max 64")]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -216,11 +214,6 @@ class ExperimentDoc(_Strict):
         )
         if problem:
             raise ValueError(problem)
-        if self.contextual is not None and not CONTEXTUAL_SERVED:
-            raise ValueError(
-                "contextual: routers do not serve contextual experiments yet (issue 16 is being built); "
-                "remove the block to apply this experiment"
-            )
 
     def _check_lists(self, names: list[str]) -> None:
         unknown = sorted(set(self.allow) - set(names))

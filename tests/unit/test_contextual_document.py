@@ -190,5 +190,10 @@ def test_a_signed_context_whose_vector_is_not_usable_is_refused_when_decoded() -
         decode_context(text)
 
 
-def test_until_routers_serve_them_a_valid_block_is_refused_with_a_clear_message(tmp_path: Path) -> None:
-    assert "routers do not serve contextual experiments yet" in refusal(tmp_path, BASE + BLOCK)
+def test_a_valid_block_applies_and_becomes_the_experiments_model(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text(BASE + BLOCK)
+    spec = load_experiment_file(path).to_spec()
+    assert spec.contextual is not None
+    assert spec.contextual.prior_precision == 2.0
+    assert FeatureEncoder(spec.contextual).dimension == 5  # intercept, prompt_tokens, 3 tiers

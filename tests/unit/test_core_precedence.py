@@ -24,9 +24,11 @@ from mabrouter.core.model import (
     ArmSpec,
     ArmStats,
     BetaPrior,
+    ContextualSpec,
     Controls,
     ExperimentSpec,
     GlobalControls,
+    NumericFeature,
     Reason,
     RewardKind,
 )
@@ -126,8 +128,13 @@ def mismatch(decision: Decision, switches: Switches, state: ExperimentState) -> 
     policy = row.reason in POLICY_REASONS
     index = ARMS.index(decision.arm) if decision.arm in ARMS else 0
     propensity = float(state.shares[index]) if policy else 1.0
+    if state.contextual is not None and decision.context is not None:
+        # a contextual decision is drawn from the allocation at its own context, which it carries
+        propensity = float(decision.context.shares[index])
+    carries_context = state.contextual is not None and policy
     if (
-        decision.reason is row.reason
+        (decision.context is not None) is carries_context
+        and decision.reason is row.reason
         and decision.arm in arms
         and decision.counted is policy
         and decision.propensity == propensity
@@ -156,6 +163,7 @@ def make_state(
     salt: str = SALT,
     name: str = NAME,
     stats: tuple[ArmStats, ...] = STATS,
+    contextual: bool = False,
 ) -> ExperimentState:
     spec = ExperimentSpec(
         name,
@@ -167,6 +175,8 @@ def make_state(
         targeting=RULES[targeting],
         allow={unit: allow} if allow is not None else {},
         deny=frozenset({unit}) if deny else frozenset(),
+        # a contextual experiment goes through the same chain; only the last step differs
+        contextual=ContextualSpec((NumericFeature("load"),)) if contextual else None,
     )
     controls = Controls(killed=experiment_kill, killed_arms=killed, rollout=controls_rollout)
     return build_experiment_state(spec, VERSION, stats, controls)
@@ -189,7 +199,8 @@ def pick(kind: str, killed: frozenset[str], last: bool) -> str | None:
     return arms[-1] if last else arms[0]
 
 
-def test_every_combination_of_switches_follows_the_table() -> None:
+@pytest.mark.parametrize("contextual", [False, True], ids=["thompson", "contextual"])
+def test_every_combination_of_switches_follows_the_table(contextual: bool) -> None:
     bucket = bucket_of(SALT, UNIT)
     assert 0 < bucket < BUCKETS - 1  # so that both boundary rollouts below are strictly inside (0, 100)
     # Exactly at the unit's boundary: bucket b is exposed from (b + 1) hundredths of a percent, not at b.
@@ -213,11 +224,12 @@ def test_every_combination_of_switches_follows_the_table() -> None:
             deny=deny,
             targeting=targeting,
             rollout=rollouts[rollout],
+            contextual=contextual,
         )
         switches = Switches(
             global_kill, experiment_kill, killed, allow, deny, targeting, rollout != "not exposing", sticky
         )
-        request = RouteInput(NAME, UNIT, ATTRIBUTES, sticky_arm=sticky)
+        request = RouteInput(NAME, UNIT, {**ATTRIBUTES, "load": 0.5}, sticky_arm=sticky)
         decision = decide(request, snapshot_of(state, global_kill), rng)
         if problem := mismatch(decision, switches, state):
             failures.append(problem)

@@ -46,6 +46,8 @@ def decision_entry(
         f'"reason","{decision.reason.name}","p","{decision.propensity!r}","v","{decision.config_version}",'
         f'"counted","{1 if decision.counted else 0}"'
     )
+    if token.context:  # a contextual decision: its model and feature vector, as its id carries them
+        entry += f',"x","{token.context}"'
     for name in segments:  # unique: the schema drops repeats
         value = request.attributes.get(name)
         if value is not None:
