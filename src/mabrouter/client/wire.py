@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -20,7 +20,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mabrouter.client._common import CHANNEL_OPTIONS, reason_name, route_request
+from mabrouter.client._common import CHANNEL_OPTIONS, AttributeValue, reason_name, route_request
 from mabrouter.errors import RouterCallError
 from mabrouter.v1 import router_pb2, router_pb2_grpc
 
@@ -123,9 +123,14 @@ class AsyncRouterWire:
         self._report = stub.ReportOutcomes
 
     @staticmethod
-    def request(experiment: str, unit_id: str, default_arm: str) -> Any:
+    def request(
+        experiment: str,
+        unit_id: str,
+        default_arm: str,
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> Any:
         """A RouteRequest for :meth:`route`: built apart, so a timed call times only the call."""
-        return route_request(experiment, unit_id, None, default_arm)
+        return route_request(experiment, unit_id, attributes, default_arm)
 
     async def route(self, request: Any, timeout: float) -> Any:
         """The RouteResponse (arm, decision_id, reason, propensity); RouterCallError on failure."""

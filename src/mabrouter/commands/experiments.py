@@ -15,11 +15,13 @@ from rich.table import Table
 from mabrouter.commands import archive
 from mabrouter.commands.apply_dir import cmd_apply_directory
 from mabrouter.commands.common import add_actor, add_redis_url, admin_store, change, unknown_experiment
+from mabrouter.commands.contextual_status import print_model
 from mabrouter.commands.fleet import COLUMNS_HELP, cmd_fleet_status, lifecycle_state, state_label
 from mabrouter.commands.lifecycle import Plan, plan_apply
 from mabrouter.core.model import RewardKind
 from mabrouter.core.summary import ControlComparison, EvidenceSummary, evidence, segment_shares, summarize
 from mabrouter.errors import ConfigError
+from mabrouter.reporting.contextual import contextual_view
 from mabrouter.schema import experiment_to_json, load_experiment_file
 from mabrouter.store.controls_codec import parse_global_controls
 from mabrouter.store.experiment_decoder import decode_experiment, experiment_state, is_archived
@@ -97,6 +99,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"warning: {problem} (routers ignore this field)", file=sys.stderr)
     summaries = summarize(state, rng)
     found = evidence(state, decoded.holdout_cells, rng)
+    model = contextual_view(state)
     killed = global_control.killed or controls.killed
     archived = is_archived(stored.control)
     reward = spec.reward.value
@@ -118,6 +121,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "arms": [s.as_json(spec.reward) for s in summaries],
             "segments": segment_shares(state),
             **found.as_json(),
+            **({"contextual": model.as_json()} if model is not None else {}),
         }
         print(json.dumps(report, indent=2))
         return 0
@@ -148,6 +152,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             against.add_row(s.arm, *_against_control(s.lift))
     console = Console()
     console.print(table)
+    print_model(console, model)
     console.print(against)
     if spec.half_life_seconds:
         console.print(

@@ -21,6 +21,8 @@ examples:
   mabrouter loadtest --target unix:/run/mabrouter.sock --experiment ranker --duration 60 \\
       --concurrency 64 --processes 2 --arm-rate ranker-v1=0.1 --arm-rate ranker-v2=0.3 \\
       --drift-at 30 --drift ranker-v1=0.5 --reward-delay 2
+  mabrouter loadtest --experiment sizes --duration 30 --rate 500 --context prompt_tokens=0:2000 \\
+      --arm-rate small=0.8 --above small=0.2 --arm-rate large=0.2 --above large=0.8
 
 The run sends real decisions and outcomes: they update the experiment's statistics, so point it at a
 test experiment. Regret is expected-reward regret against the best arm at the true rates at decision time.
@@ -66,7 +68,9 @@ def _config(args: argparse.Namespace) -> Any:
     from mabrouter.loadtest.driver import RunConfig  # noqa: PLC0415 - only this command needs them
     from mabrouter.loadtest.environment import build_environment  # noqa: PLC0415
 
-    environment = build_environment(args.arm_rate, args.arm_mean, args.drift_at, args.drift)
+    environment = build_environment(
+        args.arm_rate, args.arm_mean, args.drift_at, args.drift, args.context, args.above
+    )
     if args.drift_at is not None and args.drift_at >= args.duration:
         raise ValueError(f"--drift-at {args.drift_at:g} is not within the --duration of {args.duration:g} s")
     if args.concurrency is not None and args.concurrency < args.processes:
@@ -221,6 +225,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=[],
         metavar="ARM=P",
         help="an arm's rate (or MU[:SIGMA]) from --drift-at on; repeatable",
+    )
+    world.add_argument(
+        "--context",
+        metavar="NAME=LOW:HIGH[@T]",
+        help="send attribute NAME, uniform on [LOW, HIGH], with every request (contextual experiments)",
+    )
+    world.add_argument(
+        "--above",
+        action="append",
+        default=[],
+        metavar="ARM=P",
+        help="an arm's rate (or MU[:SIGMA]) when the --context value is at or above T (default: the "
+        "middle); repeatable",
     )
     world.add_argument(
         "--report-fraction", type=_fraction, default=1.0, metavar="F", help="share of outcomes reported"

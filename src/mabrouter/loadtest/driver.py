@@ -169,8 +169,13 @@ class Worker:
     async def _route(self, wire: AsyncRouterWire) -> bool:
         """One Route call, timed around the call only; False when it failed."""
         config = self.config
+        env = config.environment
+        value = env.context.draw(self.rng) if env.context is not None else None
         request = wire.request(
-            config.experiment, f"unit-{self.rng.randrange(config.units)}", config.default_arm
+            config.experiment,
+            f"unit-{self.rng.randrange(config.units)}",
+            config.default_arm,
+            {env.context.attribute: value} if env.context is not None and value is not None else None,
         )
         self.inflight += 1
         t = time.monotonic() - self.start
@@ -188,11 +193,10 @@ class Worker:
         self.tally.record_latency(t, elapsed_us)
         arm = str(response.arm)
         reason = reason_name(int(response.reason))
-        env = config.environment
-        self.tally.record_decision(t, arm, reason, float(response.propensity), env.regret(arm, t))
+        self.tally.record_decision(t, arm, reason, float(response.propensity), env.regret(arm, t, value))
         self.arm_totals[arm] += 1
         if response.decision_id and self.rng.random() < config.report_fraction:
-            reward = env.sample(arm, t, self.rng)
+            reward = env.sample(arm, t, self.rng, value)
             self.sequence += 1
             due = time.monotonic() + config.reward_delay
             heapq.heappush(self.pending, (due, self.sequence, str(response.decision_id), reward))

@@ -41,14 +41,43 @@ class Phase:
     arms: Mapping[str, ArmModel]
 
 
+@dataclass(frozen=True, slots=True)
+class Context:
+    """A number sent as `attribute` with every request, uniform on [low, high]; at or above `threshold`
+    the arms in `above` follow those models instead: a world for contextual experiments, where the best
+    arm depends on the request (issue 16's crossing problem: `--context prompt_tokens=0:2000
+    --arm-rate small=0.8 --above small=0.2 --arm-rate large=0.2 --above large=0.8`)."""
+
+    attribute: str
+    low: float
+    high: float
+    threshold: float
+    above: Mapping[str, ArmModel]
+
+    def draw(self, rng: random.Random) -> float:
+        return rng.uniform(self.low, self.high)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "attribute": self.attribute,
+            "low": self.low,
+            "high": self.high,
+            "threshold": self.threshold,
+            "above": {arm: model.as_json() for arm, model in self.above.items()},
+        }
+
+
 class Environment:
-    """The true reward of every arm over time: a base phase at t=0 and optional drift phases.
+    """The true reward of every arm over time: a base phase at t=0 and optional drift phases, and with a
+    `context`, per request (each method takes the value sent; drifts change the models below it).
 
     An arm the router serves that the environment does not model is "unmodeled": its rewards are 0 and
     it is left out of the regret (it is counted separately so the report can say so).
     """
 
-    def __init__(self, base: Mapping[str, ArmModel], drifts: Iterable[Phase] = ()) -> None:
+    def __init__(
+        self, base: Mapping[str, ArmModel], drifts: Iterable[Phase] = (), context: Context | None = None
+    ) -> None:
         if not base:
             raise ValueError("the environment needs at least one arm (--arm-rate or --arm-mean)")
         kinds = {model.kind for model in base.values()}
@@ -67,30 +96,41 @@ class Environment:
             phases.append(Phase(drift.start, {**phases[-1].arms, **drift.arms}))
         self.phases: tuple[Phase, ...] = tuple(phases)
         self.arms: tuple[str, ...] = tuple(base)
+        if context is not None:
+            unknown = sorted(set(context.above) - set(base))
+            if unknown:
+                raise ValueError(f"--above names arms the environment does not model: {', '.join(unknown)}")
+            if any(model.kind != self.kind for model in context.above.values()):
+                raise ValueError("--above must use the same reward kind as the base arms")
+        self.context = context
 
-    def models_at(self, t: float) -> Mapping[str, ArmModel]:
+    def models_at(self, t: float, value: float | None = None) -> Mapping[str, ArmModel]:
         current = self.phases[0].arms
         for phase in self.phases[1:]:
             if t < phase.start:
                 break
             current = phase.arms
+        if self.context is not None and value is not None and value >= self.context.threshold:
+            return {**current, **self.context.above}
         return current
 
-    def expected(self, arm: str, t: float) -> float | None:
-        """The arm's true expected reward at time t; None for an arm the environment does not model."""
-        model = self.models_at(t).get(arm)
+    def expected(self, arm: str, t: float, value: float | None = None) -> float | None:
+        """The arm's true expected reward at time t (and context value); None for an arm the environment
+        does not model."""
+        model = self.models_at(t, value).get(arm)
         return None if model is None else model.mean
 
-    def best(self, t: float) -> float:
-        return max(model.mean for model in self.models_at(t).values())
+    def best(self, t: float, value: float | None = None) -> float:
+        return max(model.mean for model in self.models_at(t, value).values())
 
-    def regret(self, arm: str, t: float) -> float | None:
-        """Expected-reward regret of serving `arm` at time t: best(t) - expected(arm, t), >= 0."""
-        expected = self.expected(arm, t)
-        return None if expected is None else self.best(t) - expected
+    def regret(self, arm: str, t: float, value: float | None = None) -> float | None:
+        """Expected-reward regret of serving `arm` at time t: best(t) - expected(arm, t), >= 0 (with a
+        context, against the best arm for the value the request carried)."""
+        expected = self.expected(arm, t, value)
+        return None if expected is None else self.best(t, value) - expected
 
-    def sample(self, arm: str, t: float, rng: random.Random) -> float:
-        model = self.models_at(t).get(arm)
+    def sample(self, arm: str, t: float, rng: random.Random, value: float | None = None) -> float:
+        model = self.models_at(t, value).get(arm)
         return 0.0 if model is None else model.sample(rng)
 
     def as_json(self) -> dict[str, Any]:
@@ -100,6 +140,7 @@ class Environment:
                 {"start": phase.start, "arms": {arm: m.as_json() for arm, m in phase.arms.items()}}
                 for phase in self.phases
             ],
+            **({"context": self.context.as_json()} if self.context is not None else {}),
         }
 
 
@@ -133,13 +174,40 @@ def _number(text: str, where: str) -> float:
     return value
 
 
+def parse_context(spec: str, above: Iterable[str], kind: Kind) -> Context:
+    """`--context NAME=LOW:HIGH[@THRESHOLD]` (threshold: the middle) with its `--above ARM=...` models."""
+    attribute, sep, value = spec.partition("=")
+    bounds, _, threshold_text = value.partition("@")
+    low_text, colon, high_text = bounds.partition(":")
+    if not (sep and attribute.strip() and colon):
+        raise ValueError(f"--context {spec!r}: expected NAME=LOW:HIGH[@THRESHOLD]")
+    low, high = _number(low_text, f"--context {spec!r}"), _number(high_text, f"--context {spec!r}")
+    if not low < high:
+        raise ValueError(f"--context {spec!r}: LOW must be below HIGH")
+    threshold = _number(threshold_text, f"--context {spec!r}") if threshold_text else (low + high) / 2
+    models: dict[str, ArmModel] = {}
+    for item in above:
+        arm, model = parse_arm(item, kind, "--above")
+        if arm in models:
+            raise ValueError(f"--above: arm {arm} is given twice")
+        models[arm] = model
+    if not models:
+        raise ValueError(
+            "--context needs --above for at least one arm: else every arm is the same everywhere"
+        )
+    return Context(attribute.strip(), low, high, threshold, models)
+
+
 def build_environment(
     arm_rates: Iterable[str],
     arm_means: Iterable[str],
     drift_at: float | None = None,
     drifts: Iterable[str] = (),
+    context: str | None = None,
+    above: Iterable[str] = (),
 ) -> Environment:
-    """The environment from the CLI flags (--arm-rate / --arm-mean, --drift-at with --drift)."""
+    """The environment from the CLI flags (--arm-rate / --arm-mean, --drift-at with --drift, --context
+    with --above)."""
     rates, means, drift_specs = list(arm_rates), list(arm_means), list(drifts)
     if rates and means:
         raise ValueError("use either --arm-rate (bernoulli) or --arm-mean (gaussian), not both")
@@ -156,4 +224,7 @@ def build_environment(
     phases = []
     if drift_at is not None:
         phases.append(Phase(drift_at, dict(parse_arm(spec, kind, "--drift") for spec in drift_specs)))
-    return Environment(base, phases)
+    above_specs = list(above)
+    if above_specs and context is None:
+        raise ValueError("--above needs --context: above what")
+    return Environment(base, phases, parse_context(context, above_specs, kind) if context else None)

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from mabrouter.core.model import RewardKind
 from mabrouter.reporting.canvas import colour, legend_outside, new_figure, png_base64
+from mabrouter.reporting.contextual_chart import contextual_figure
 from mabrouter.reporting.data import ReportData, utc_text
 from mabrouter.reporting.estimators import FloatArray, IntArray, per_decision_reward
 from mabrouter.reporting.lift import against_control
@@ -66,6 +67,8 @@ def render_charts(data: ReportData) -> Charts:
         "values": _values,
         "guardrails": _guardrails,
     }
+    if data.contextual is not None:
+        builders["contextual"] = contextual_figure
     omitted = figure_omissions(data)
     images = {}
     for key, build in builders.items():

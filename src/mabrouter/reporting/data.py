@@ -14,6 +14,7 @@ from mabrouter.core.evidence import SampleRatioCheck
 from mabrouter.core.model import ArmSpec, Controls, GlobalControls, RewardKind
 from mabrouter.core.posterior import BetaPosteriors, Posteriors
 from mabrouter.core.summary import ArmSummary
+from mabrouter.reporting.contextual import ContextualView, contextual_view
 from mabrouter.reporting.decode import AuditRow, DecodedReport, Exposure, decode_report
 from mabrouter.reporting.estimate import Estimates, GuardrailRow, estimate
 from mabrouter.reporting.estimators import HoldoutComparison, IpwEstimate
@@ -75,6 +76,8 @@ class ReportData:
     ipw_dropped: int
     audit: tuple[AuditRow, ...]  # newest first
     warnings: tuple[str, ...]
+    # A contextual experiment's model: coefficients and which arm wins where (None for the others).
+    contextual: ContextualView | None = None
 
     @property
     def killed(self) -> bool:
@@ -153,6 +156,7 @@ def build_view(
         ipw_dropped=found.ipw_dropped,
         audit=decoded.audit[:audit_limit],
         warnings=tuple(warnings),
+        contextual=contextual_view(found.state, exposure.contexts),
     )
 
 

@@ -9,6 +9,7 @@ has reward NaN here; what that means is decided per analysis (`estimators.per_de
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from mabrouter.store.controls_codec import parse_global_controls
 from mabrouter.store.experiment_decoder import DecodedExperiment, decode_experiment
 from mabrouter.store.records import AuditEntry, arm_of_kill_target
 
+# Contexts kept for the contextual panel's ranges: enough for percentiles, bounded for long windows.
+MAX_CONTEXTS = 5_000
 BANDIT_REASONS = ("SAMPLED", "STICKY")  # the policy's own choices (holdout and imposed answers are not)
 
 
@@ -36,6 +39,8 @@ class Exposure:
     propensity: FloatArray
     counted: BoolArray
     reward: FloatArray  # NaN: no outcome reported
+    # The model and feature vector (`x`) of the newest contextual decisions, at most MAX_CONTEXTS.
+    contexts: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -102,7 +107,10 @@ def decode_exposure(
     """Decision log entries (oldest first) joined with the rewards of their outcomes by nonce `d`."""
     names, index = list(arms), {name: i for i, name in enumerate(arms)}
     ts, arm, reason, propensity, counted, reward = [], [], [], [], [], []
+    contexts: deque[str] = deque(maxlen=MAX_CONTEXTS)
     for entry in decisions:
+        if "x" in entry:
+            contexts.append(entry["x"])
         name = entry.get("arm", "")
         if name not in index:
             index[name] = len(names)
@@ -121,6 +129,7 @@ def decode_exposure(
         np.array(propensity, dtype=np.float64),
         np.array(counted, dtype=np.bool_),
         np.array(reward, dtype=np.float64),
+        tuple(contexts),
     )
 
 

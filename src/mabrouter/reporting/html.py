@@ -19,6 +19,9 @@ FIGURES = (  # key | id of the section with the numbers | title | caption
     "lift|lift|Lift against the control|Relative difference of each arm's posterior mean from the "
     "control's, (arm - control) / control, with its 95% credible interval; right: P(arm beats control). "
     "The numbers of mabrouter status.",
+    "contextual|contextual|Which arm wins where|Each arm's predicted reward across one numeric feature, "
+    "the other features held at their typical value. Shaded: 95% credible band; where an arm's band lies "
+    "above the others', the model sends it that traffic.",
     "traffic|srm|Traffic share over time|Share of each time bucket's decisions by arm; grey: control served "
     "without sampling (holdout, rollout, kills, targeting). Below: decisions per bucket.",
     "reward|ipw|Reward over time|Mean outcome per decision in each bucket: the policy's decisions by arm, "

@@ -22,7 +22,8 @@ from mabrouter.reporting.panels import section_omissions
 def render_sections(data: ReportData) -> tuple[str, dict[str, str]]:
     """The sections that have something to show, in page order, and the ids of those left out -> why."""
     omitted = section_omissions(data)
-    shown = [render(data) for key, (_, render) in SECTIONS.items() if key not in omitted]
+    # A section that does not apply to this kind of experiment renders nothing, and is not named.
+    shown = [html for key, (_, render) in SECTIONS.items() if key not in omitted if (html := render(data))]
     return "\n".join(shown), omitted
 
 
@@ -56,6 +57,28 @@ def _arms(data: ReportData) -> str:
         rows[-1] += [f"{s.p_best:.3f}", f"{s.share:.1%}", expected + (" DIVERGES" if arm.divergent else "")]
     shown = table(headers, "llrrrrrrrl", rows, [arm.killed or arm.divergent for arm in data.arms])
     return f'<section id="arms"><h2>Arms</h2>{shown}</section>'
+
+
+def _contextual(data: ReportData) -> str:
+    """Each arm's coefficients with 95% intervals, one column per arm (nothing for other experiments)."""
+    view = data.contextual
+    if view is None:
+        return ""
+    headers = ["column", *(arm.arm for arm in view.arms)]
+    rows: list[list[Cell]] = [["decisions", *(f"{arm.decisions:,.0f}" for arm in view.arms)]]
+    rows.append(["noise sd", *(num(arm.noise_sd) for arm in view.arms)])
+    for c, column in enumerate(view.columns):
+        rows.append(
+            [column, *(f"{arm.mean[c]:+.4f} [{arm.low[c]:+.4f}, {arm.high[c]:+.4f}]" for arm in view.arms)]
+        )
+    note = (
+        '<p class="note">Posterior mean and 95% credible interval of each coefficient of the linear model '
+        "of the reward (numeric features after their transform; one column per listed value). The traffic "
+        "share and P(best) of the arms table are at the typical context only: the allocation depends on "
+        "each request's attributes.</p>"
+    )
+    shown = table(headers, "l" + "r" * len(view.arms), rows)
+    return f'<section id="contextual"><h2>Contextual model</h2>{note}{shown}</section>'
 
 
 def lift_table(rows: Sequence[LiftRow], control: str) -> str:
@@ -207,6 +230,7 @@ def _audit(data: ReportData) -> str:
 # id -> (title, renderer), in page order; titles name a left-out section in the page's note
 SECTIONS: dict[str, tuple[str, Callable[[ReportData], str]]] = {
     "arms": ("Arms", _arms),
+    "contextual": ("Contextual model", _contextual),
     "lift": ("Lift against the control", lambda data: lift_table(against_control(data.arms), data.control)),
     "guardrails": ("Guardrails and ramps", _guardrails),
     "srm": ("Sample ratio", _srm),
