@@ -50,6 +50,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_handler_parts.py
 	$(BIN)/python benchmarks/bench_outcomes.py
 	$(BIN)/python benchmarks/regret.py
+	$(BIN)/python benchmarks/contextual_regret.py
 
 # ~20 minutes: the full calibration suite (docs/statistics.md's tables; `make test` runs a reduced one).
 calibration: $(BIN)/.installed

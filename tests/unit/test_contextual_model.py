@@ -319,3 +319,15 @@ def test_encoder_columns_are_intercept_then_features() -> None:
     encoder = FeatureEncoder(ContextualSpec((NumericFeature("x"),)))
     assert encoder.names == ("intercept", "x")
     assert encoder.dimension == 2
+
+
+def test_arms_that_cannot_win_get_the_floor_and_the_rest_race_as_before() -> None:
+    """6 sd apart, an arm is left out of the quadrature: it gets exactly the floor, and the arms that
+    still contend share the rest as the full race would give it."""
+    means, sds = np.array([0.2, 0.5, 0.1, 0.48, 0.45]), np.full(5, 0.01)
+    p = win_probabilities(means, sds, floor=1e-4)
+    assert p[0] == p[2] == 1e-4
+    contenders = [1, 3, 4]
+    reference = reference_race(means[contenders], sds[contenders]) * (1 - 5e-4) + 1e-4
+    np.testing.assert_allclose(p[contenders], reference, atol=0.004)
+    assert p.sum() == pytest.approx(1.0)

@@ -63,14 +63,23 @@ def signature(spec: ContextualSpec) -> str:
 
 
 _LOG1P, _STANDARDIZE = "log1p", "standardize"
-# One numeric column: attribute, transform, mean, scale, value when missing.
-_NumericPlan = tuple[str, str, float, float, float]
+_CODES = {"none": 0, _LOG1P: 1, _STANDARDIZE: 2}
+# One numeric column: attribute, transform code (_CODES), mean, scale, value when missing.
+_NumericPlan = tuple[str, int, float, float, float]
 
 
 def _numeric_plan(feature: NumericFeature) -> _NumericPlan:
     standardize = feature.transform == _STANDARDIZE
     missing = feature.default if feature.default is not None else (feature.mean if standardize else 0.0)
-    return feature.attribute, feature.transform, feature.mean, feature.scale, missing
+    return feature.attribute, _CODES[feature.transform], feature.mean, feature.scale, missing
+
+
+def _number_or(raw: AttributeValue | None, missing: float) -> float:
+    """An attribute value that is not a plain finite float: a bool or an int reads as a number (True is
+    1), a non-finite number, a string or a list is missing."""
+    if isinstance(raw, int | float) and math.isfinite(raw):
+        return float(raw)
+    return missing
 
 
 def category_text(value: AttributeValue) -> str | None:
@@ -103,20 +112,20 @@ class FeatureEncoder:
     def vector(self, attributes: Mapping[str, AttributeValue]) -> FloatArray:
         """The request's columns, intercept first, rounded to float32 (returned as float64)."""
         values = [1.0]
-        append = values.append
-        for attribute, transform, mean, scale, missing in self._numeric:
-            raw = attributes.get(attribute)
-            # bool is an int: True/False read as 1/0; strings, lists and non-finite numbers are missing.
-            value = float(raw) if isinstance(raw, int | float) and math.isfinite(raw) else missing
-            if transform == _LOG1P:
-                value = math.copysign(math.log1p(abs(value)), value)
-            elif transform == _STANDARDIZE:
-                value = (value - mean) / scale
-            append(
-                value
-                if -MAX_ABS_FEATURE <= value <= MAX_ABS_FEATURE
-                else math.copysign(MAX_ABS_FEATURE, value)
-            )
+        append, get, copysign, log1p, limit = (
+            values.append,
+            attributes.get,
+            math.copysign,
+            math.log1p,
+            MAX_ABS_FEATURE,
+        )
+        for attribute, code, mean, scale, missing in self._numeric:
+            raw = get(attribute)
+            # The common case inline: a finite float (inf - inf and NaN - NaN are NaN, never 0).
+            value = raw if type(raw) is float and raw - raw == 0.0 else _number_or(raw, missing)
+            if code:
+                value = copysign(log1p(abs(value)), value) if code == 1 else (value - mean) / scale
+            append(value if -limit <= value <= limit else copysign(limit, value))
         for attribute, width, position in self._categorical:
             start = len(values)
             values.extend([0.0] * width)
