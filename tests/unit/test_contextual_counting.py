@@ -141,3 +141,40 @@ def test_posterior_from_decoded_sums_is_the_least_squares_fit_of_the_decisions_a
         direct = LinearSums.of(vectors, np.array(rewards[arm]))
         decoded = linear_posterior(sums[index], 1.0, SPEC.reward)
         np.testing.assert_allclose(decoded.mean, linear_posterior(direct, 1.0, SPEC.reward).mean, rtol=1e-9)
+
+
+def test_a_hand_edited_sum_keeps_the_last_good_state_and_kills_still_apply() -> None:
+    """Decision 0017 for the model's sums: a matrix that cannot be a posterior (here sum x x^T with a
+    negative determinant) leaves the router on its last good state, names the arm, and a kill written
+    next to the edit is obeyed."""
+    import json
+
+    from mabrouter.core.decide import RouteInput, decide
+    from mabrouter.core.model import Reason
+    from mabrouter.runtime.snapshot_builder import SnapshotBuilder
+    from mabrouter.store.records import RawExperiment, RawState
+
+    doc = json.dumps(
+        {
+            "name": "ctx",
+            "control": "a",
+            "arms": [{"name": "a"}, {"name": "b"}],
+            "contextual": {"features": [{"attribute": "x"}, {"attribute": "y", "transform": "log1p"}]},
+        }
+    )
+    prefix = model_prefix(MODEL, "b")
+    good = {f"{prefix}:xx:0:0": "10", f"{prefix}:xx:1:1": "4", f"{prefix}:rx:0": "3"}
+
+    def state(stats: dict[str, str], control: dict[str, str]) -> RawState:
+        experiment = RawExperiment("ctx", {"doc": doc, "version": "1"}, stats, control)
+        return RawState([experiment], {})
+
+    builder = SnapshotBuilder()
+    first = builder.build(state(good, {}), None, 0.0)
+    assert first.experiments["ctx"].contextual is not None
+    broken = {**good, f"{prefix}:xx:0:1": "1000"}  # |x0 x1| cannot exceed sqrt(10 * 4)
+    second = builder.build(state(broken, {"kill": "1"}), first, 1.0)
+    assert "'b'" in second.errors["ctx"]
+    assert "positive semi-definite" in second.errors["ctx"]
+    served = decide(RouteInput("ctx", "u1", {"x": 1.0}), second, np.random.default_rng(0))
+    assert served.reason is Reason.KILLED
