@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mabrouter.calibration.broken import LossyHoldout, LossyReplica, PooledAllocation, detection
+from mabrouter.calibration.contextual import contextual
 from mabrouter.calibration.healthy import healthy
 from mabrouter.calibration.measures import binomial_consistent
 from mabrouter.calibration.scenarios import SCENARIOS, Size
@@ -68,6 +69,10 @@ def _guard(args: tuple[str, Size]) -> dict[str, Any]:
     label, size = args
     kind, metric = GUARDS[label]
     return {"label": label, **guardrail(kind, metric, size).as_json()}
+
+
+def _contextual(size: Size) -> dict[str, Any]:
+    return contextual(size).as_json()
 
 
 def _peek(args: tuple[bool, Size]) -> dict[str, Any]:
@@ -163,6 +168,25 @@ def _peek_rows(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _contextual_table(results: dict[str, Any]) -> list[str]:
+    found = results.get("contextual")
+    if found is None:
+        return []
+    ipw = found["ipw"]
+    return _table(
+        "**Contextual policy** (3 arms, rates linear in a standardized number and a one-hot string; "
+        "calibration/contextual.py)",
+        ["traffic split alarms", "IPW: mean error, z", "95 % prediction bands covering the true rate"],
+        [
+            [
+                _band(found["srm_alarms"]),
+                f"{ipw['mean_error']:+.4f}, z {ipw['z']:.2f}",
+                _band(found["coverage"]),
+            ]
+        ],
+    )
+
+
 def tables(results: dict[str, Any]) -> str:
     size = results["size"]
     plain = next(r for r in results["healthy"] if r["scenario"] == "plain")
@@ -209,6 +233,7 @@ def tables(results: dict[str, Any]) -> str:
              "min_samples respected", "earliest kill: arm n, control n"],
             _guard_rows(results),
         ),
+        *_contextual_table(results),
         *_table(
             "**Peeking** (P(best) checked after every batch; a false winner: an arm that is not the best "
             "reaching the threshold)",
@@ -250,12 +275,14 @@ def main() -> None:
         broken_runs = pool.map(_broken, [(label, size) for label in BROKEN])
         guard_runs = pool.map(_guard, [(label, size) for label in GUARDS])
         peek_runs = pool.map(_peek, [(equal, size) for equal in (True, False)])
+        contextual_run = pool.submit(_contextual, size)
         results: dict[str, Any] = {
             "size": {"seeds": size.seeds, "batches": size.batches, "batch_size": size.batch_size},
             "healthy": list(healthy_runs),
             "broken": list(broken_runs),
             "guardrails": list(guard_runs),
             "peeking": list(peek_runs),
+            "contextual": contextual_run.result(),
         }
     results["seconds"] = time.perf_counter() - started
     results["cores"] = args.workers
