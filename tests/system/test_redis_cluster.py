@@ -75,6 +75,14 @@ def route(stub: router_pb2_grpc.RouterStub, experiment: str, unit: str = "k") ->
     return stub.Route(pb.RouteRequest(experiment=experiment, unit_id=unit), timeout=5)
 
 
+def serves(stub: router_pb2_grpc.RouterStub, experiment: str) -> bool:
+    try:
+        route(stub, experiment, "probe")
+    except grpc.RpcError:
+        return False
+    return True
+
+
 def report(stub: router_pb2_grpc.RouterStub, decision_id: str, reward: float = 1.0) -> pb.OutcomeResponse:
     return stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision_id, reward=reward), timeout=5)
 
@@ -364,6 +372,9 @@ def test_router_recovers_from_a_whole_cluster_outage(
                 cluster.restart(port)
             cluster.wait_healthy()
             cli_in_process("experiment", "apply", str(EXAMPLE), redis_url=url)  # the data went with the nodes
+            # A refresh between the restart and the apply saw no experiment (the data went) and dropped
+            # it, as it must; the next refresh loads it again.
+            wait_until(lambda: serves(stub, "ranker"), 2, what="the router to load ranker again")
             for i in range(20):
                 route(stub, "ranker", f"back-{i}")
             try:
