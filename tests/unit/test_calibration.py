@@ -7,9 +7,13 @@ numbers docs/statistics.md quotes: benchmarks/bench_calibration.py."""
 from __future__ import annotations
 
 import functools
+import json
+import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mabrouter.calibration.broken import LossyHoldout, PooledAllocation, detection
 from mabrouter.calibration.healthy import HealthyReport, healthy
@@ -17,6 +21,7 @@ from mabrouter.calibration.measures import ReliabilityBin
 from mabrouter.calibration.scenarios import SCENARIOS, Size
 from mabrouter.calibration.simulate import Log
 from mabrouter.calibration.watching import guardrail
+from mabrouter.core.evidence import holdout_split_check, sample_ratio_check
 
 SIZE = Size(seeds=30, batches=10, batch_size=150)
 # Scenarios whose pooled posterior describes one truth (not a mixture of segments that differ).
@@ -128,3 +133,20 @@ def test_an_absolute_guardrail_does_not_wait_for_the_control() -> None:
     assert control_n < 300  # killed before the control had min_samples: it does not need them
     relative = guardrail("error_rate", (0.05, 0.3, 0.05), SIZE)
     assert min(relative.smallest_evidence) >= 300
+
+
+@given(
+    st.lists(st.floats(min_value=0.0, max_value=1.8e308), min_size=2, max_size=6),
+    st.lists(st.floats(min_value=0.0, max_value=1.8e308), min_size=2, max_size=6),
+    st.dictionaries(st.integers(0, 99), st.floats(min_value=0.0, max_value=1.8e308), max_size=12),
+)
+def test_the_checks_never_raise_on_counts_edited_by_hand(
+    observed: list[float], expected: list[float], cells: dict[int, float]
+) -> None:
+    """Counts as stored: the decoder lets through any finite, non-negative number (1e308 included); a
+    check answers or says nothing (None), and its JSON stays valid."""
+    n = min(len(observed), len(expected))
+    for check in (sample_ratio_check(observed[:n], expected[:n]), holdout_split_check(cells, 10.0)):
+        if check is not None:
+            assert 0.0 <= check.p_value <= 1.0
+            json.dumps(check.statistic if math.isfinite(check.statistic) else None, allow_nan=False)

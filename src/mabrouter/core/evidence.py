@@ -217,13 +217,14 @@ def holdout_split_check(cells: Mapping[int, float], holdout_percent: float) -> S
     for counts in (held_counts, rest_counts):
         mean = sum(counts) / len(counts)
         if mean > 0:
-            dispersion += sum((n - mean) ** 2 for n in counts) / mean
+            dispersion += sum((n - mean) * (n - mean) for n in counts) / mean
     dispersion = max(dispersion / (held_cells + rest_cells - 2), 1.0)
     per_cell = (held_total + rest_total) / (held_cells + rest_cells)
     expected = (per_cell * held_cells, per_cell * rest_cells)
-    statistic = sum((o - e) ** 2 / e for o, e in zip((held_total, rest_total), expected, strict=True))
-    statistic /= dispersion
-    return SampleRatioCheck(statistic, 1, chi_square_p_value(statistic, 1))
+    statistic = sum((o - e) * (o - e) / e for o, e in zip((held_total, rest_total), expected, strict=True))
+    if not math.isfinite(dispersion):
+        return None  # cells a float cannot hold apart (a hand edit): nothing to judge the split by
+    return _check(statistic / dispersion, 1)
 
 
 def sample_ratio_check(observed: list[float], expected: list[float]) -> SampleRatioCheck | None:
@@ -244,6 +245,16 @@ def sample_ratio_check(observed: list[float], expected: list[float]) -> SampleRa
         return None
     # Rescale over the cells kept, so the statistic compares proportions among them.
     rescale = sum(o for o, _ in cells) / sum(e for _, e in cells)
-    statistic = sum((o - e * rescale) ** 2 / (e * rescale) for o, e in cells)
-    df = len(cells) - 1
+    statistic = sum((o - e * rescale) * (o - e * rescale) / (e * rescale) for o, e in cells)
+    return _check(statistic, len(cells) - 1)
+
+
+def _check(statistic: float, df: int) -> SampleRatioCheck | None:
+    """The check for a statistic computed from counts as stored, which a hand edit can make anything
+    (1e308 decisions): products are written x * x, which overflows to inf where x ** 2 raises, an
+    infinite statistic is a certain mismatch, and one that is not a number (inf - inf) says nothing."""
+    if math.isnan(statistic):
+        return None
+    if math.isinf(statistic):
+        return SampleRatioCheck(statistic, df, 0.0)
     return SampleRatioCheck(statistic, df, chi_square_p_value(statistic, df))

@@ -3,6 +3,7 @@ the comparison a product owner reads: lift against the control arm and the proba
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -129,7 +130,8 @@ class EvidenceSummary:
             if check is None:
                 return None
             return {
-                "chi2": check.statistic,
+                # JSON has no Infinity: a statistic too large for a float (hand-edited counts) is null.
+                "chi2": check.statistic if math.isfinite(check.statistic) else None,
                 "df": check.degrees_of_freedom,
                 "p_value": check.p_value,
                 "mismatch": check.mismatch,
