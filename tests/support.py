@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import os
@@ -365,3 +366,14 @@ class RouterProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+def cli_commands(
+    parser: argparse.ArgumentParser, name: str = "mabrouter"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every command of the CLI with its parser, subcommands included ("mabrouter experiment apply")."""
+    yield name, parser
+    for action in parser._actions:  # argparse has no public walk of its subcommands
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from cli_commands(sub, f"{name} {sub_name}")

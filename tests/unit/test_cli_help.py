@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
 
 import pytest
 
 from mabrouter.cli import build_parser
 from mabrouter.store.connect import parse_target
 
-
-def _parsers(
-    parser: argparse.ArgumentParser, name: str = "mabrouter"
-) -> Iterator[tuple[str, argparse.ArgumentParser]]:
-    yield name, parser
-    for action in parser._actions:  # argparse has no public walk of its subcommands
-        if isinstance(action, argparse._SubParsersAction):
-            for sub_name, sub in action.choices.items():
-                yield from _parsers(sub, f"{name} {sub_name}")
+from support import cli_commands
 
 
 def test_every_argument_of_every_command_has_help_text() -> None:
     missing = [
         f"{name} {action.dest}"
-        for name, parser in _parsers(build_parser())
+        for name, parser in cli_commands(build_parser())
         for action in parser._actions
         if not isinstance(action, argparse._SubParsersAction | argparse._HelpAction) and not action.help
     ]
@@ -32,7 +23,7 @@ def test_every_argument_of_every_command_has_help_text() -> None:
 
 
 def test_unkill_says_what_it_does_for_an_arm() -> None:
-    commands = dict(_parsers(build_parser()))
+    commands = dict(cli_commands(build_parser()))
     arm = next(action for action in commands["mabrouter unkill"]._actions if action.dest == "arm")
     assert arm.help is not None
     assert arm.help.startswith("undo the kill of this arm")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from mabrouter.cli import build_parser
 from mabrouter.config import Settings
 
-from support import ROOT
+from support import ROOT, cli_commands
 
 DOCS = ROOT / "docs"
 CONFIGURATION = (DOCS / "configuration.md").read_text(encoding="utf-8")
@@ -104,7 +104,7 @@ def code_settings() -> dict[str, Any]:
 
 def code_serve_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
     """setting name -> `serve` flag, for the flags that set a setting (--workers sets none)."""
-    serve = dict(commands(parser))["mabrouter serve"]
+    serve = dict(cli_commands(parser))["mabrouter serve"]
     return {
         action.dest: action.option_strings[-1]
         for action in serve._actions
@@ -113,16 +113,6 @@ def code_serve_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 
 # CLI
-
-
-def commands(
-    parser: argparse.ArgumentParser, name: str = "mabrouter"
-) -> Iterator[tuple[str, argparse.ArgumentParser]]:
-    yield name, parser
-    for action in parser._actions:  # argparse has no public walk of its subcommands
-        if isinstance(action, argparse._SubParsersAction):
-            for sub_name, sub in action.choices.items():
-                yield from commands(sub, f"{name} {sub_name}")
 
 
 def arguments(parser: argparse.ArgumentParser) -> set[str]:
@@ -156,7 +146,7 @@ def cli_sections(text: str) -> dict[str, set[str]]:
 
 def cli_problems(parser: argparse.ArgumentParser, text: str) -> list[str]:
     documented = cli_sections(text)
-    code = {name: arguments(sub) for name, sub in commands(parser)}
+    code = {name: arguments(sub) for name, sub in cli_commands(parser)}
     problems = [f"`{name}` has no section in docs/cli.md" for name in code if name not in documented]
     problems += [
         f"docs/cli.md documents `{name}`, which is no command" for name in documented if name not in code
@@ -222,7 +212,7 @@ def test_a_stray_variable_in_the_prose_fails() -> None:
 
 def _parser_with_changes() -> argparse.ArgumentParser:
     parser = build_parser()
-    serve = dict(commands(parser))["mabrouter serve"]
+    serve = dict(cli_commands(parser))["mabrouter serve"]
     serve.add_argument("--turbo", action="store_true", help="new")
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     subcommands.add_parser("frobnicate", help="new")
