@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import re
 from collections.abc import Callable, Sequence
@@ -78,6 +79,8 @@ class DecisionToken(NamedTuple):  # a NamedTuple, not a frozen dataclass: one pe
 
 
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
+_INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))  # RFC 2104 ipad, as a translation table
+_OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))  # opad
 
 
 def _b64(data: bytes) -> str:
@@ -94,18 +97,27 @@ def _mac(key: bytes, payload: bytes) -> bytes:
 
 
 class KeyedMac:
-    """HMAC-SHA256 (truncated to MAC_BYTES) under one key, keyed once: each id copies the keyed state
-    instead of hashing the key's pads again. Same bytes as `_mac(key, payload)`."""
+    """HMAC-SHA256 (truncated to MAC_BYTES) under one key, keyed once: each id copies the two keyed hash
+    states (RFC 2104's inner and outer pads) instead of hashing the key's pads again. Same bytes as
+    `_mac(key, payload)`; copying the sha256 states directly costs half of `hmac.HMAC.copy()`, which
+    rebuilds an HMAC object in Python (0.66 vs 1.23 us per id, timeit), twice per decision."""
 
-    __slots__ = ("_keyed",)
+    __slots__ = ("_inner", "_outer")
 
     def __init__(self, key: bytes) -> None:
-        self._keyed = hmac.new(key, digestmod="sha256")
+        block = hashlib.sha256().block_size
+        if len(key) > block:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(block, b"\0")
+        self._inner = hashlib.sha256(key.translate(_INNER_PAD))
+        self._outer = hashlib.sha256(key.translate(_OUTER_PAD))
 
     def __call__(self, payload: bytes) -> bytes:
-        mac = self._keyed.copy()
-        mac.update(payload)
-        return mac.digest()[:MAC_BYTES]
+        inner = self._inner.copy()
+        inner.update(payload)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:MAC_BYTES]
 
 
 def encode(token: DecisionToken, key: bytes | KeyedMac) -> str:

@@ -139,7 +139,7 @@ class RoutingEngine:
         trials, exposure = self._record.trials, self._record.exposure
         counts: Counter[tuple[str, str, str]] = Counter()
         for request, decision, token, state in pending:
-            counts[request.experiment, decision.arm, decision.reason.name] += 1
+            counts[request.experiment, decision.arm, decision.reason._name_] += 1  # _name_: no property
             trials.record(request.experiment, decision, state, request.unit_id)
             exposure.decision(request, decision, token, state.spec.segments)
         self._record.metrics.count_decisions(counts)

@@ -43,7 +43,7 @@ def decision_entry(
     JSON quoting; the rest are ours (base64url, digits, an enum name, a float repr)."""
     entry = (
         f'["d","{token.nonce}","ts","{token.issued_ms}","unit",{_quote(unit)},"arm",{_quote(decision.arm)},'
-        f'"reason","{decision.reason.name}","p","{decision.propensity!r}","v","{decision.config_version}",'
+        f'"reason","{decision.reason._name_}","p","{decision.propensity!r}","v","{decision.config_version}",'
         f'"counted","{1 if decision.counted else 0}"'
     )
     if token.context:  # a contextual decision: its model and feature vector, as its id carries them
