@@ -32,9 +32,11 @@ Then once each:
                          loop) and with threads pausing 0.5 ms per request (as I/O or a model call does)
 
 Every measured decision is checked: SAMPLED, and the trial counts in Redis grew by exactly the number made.
-Targets (issue 15): in-process >= 20x the sidecar's serial Route rate in the same run; route() <= 15 us
-per decision at p50, signing included (recording runs after it on the background thread: its cost is in
-the CPU per decision). Not a test: nothing passes or fails. Writes benchmarks/results/embedded.json.
+Targets (issue 15): in-process >= 20x the sidecar's serial Route rate in the same run; <= 15 us per
+decision at p50 including signing and recording: route()'s p50 (decide, sign, hand-over) plus the
+background thread's CPU in record_pending per decision (trial counts, exposure-log entry, metric), timed
+by wrapping it in the worker. Flushing to Redis and GIL hand-overs are in the process CPU per decision,
+reported next to it. Not a test: nothing passes or fails. Writes benchmarks/results/embedded.json.
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ def worker_in_process(args: argparse.Namespace) -> dict[str, Any]:
     def call() -> Any:
         return router.route(EXPERIMENT, unit, attributes=RULE_ATTRIBUTES, default_arm="arm-0")
 
+    recording = _time_recording(router)
     warm: dict[str, int] = {}
     _timed_calls(call, 2000, [], warm)
     wait_until(lambda: _trials(args.redis_url) >= args.trials_before + 2000, 10, what="warm-up flushed")
@@ -148,6 +151,7 @@ def worker_in_process(args: argparse.Namespace) -> dict[str, Any]:
         threading.Thread(target=_timed_calls, args=(call, per_thread, latencies[i], reasons[i]))
         for i in range(args.threads)
     ]
+    recording.clear()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     for thread in threads:
         thread.start()
@@ -169,10 +173,32 @@ def worker_in_process(args: argparse.Namespace) -> dict[str, Any]:
         "decisions_per_s": made / wall,
         "wall_s": wall,
         "cpu_us_per_decision": cpu_with_flush / made * 1e6,
+        # The background thread's CPU in record_pending (trial counts, exposure-log entry, metric) per
+        # decision it recorded: the recording route() hands over, before any flush to Redis.
+        "recording_us_per_decision": sum(ns for ns, _ in recording) / max(sum(n for _, n in recording), 1)
+        / 1000,
         "reasons": merged,
         "trials_added": _trials(args.redis_url) - before,
         **_latency_summary([ns for thread_latencies in latencies for ns in thread_latencies]),
     }
+
+
+def _time_recording(router: Any) -> list[tuple[int, int]]:
+    """Wrap the engine's record_pending (it runs on the background thread) to collect (thread CPU ns,
+    decisions recorded) per call: the part of a decision's cost that route() hands over."""
+    engine = router._engine
+    record = engine.record_pending
+    calls: list[tuple[int, int]] = []
+
+    def timed() -> None:
+        pending = len(engine._unrecorded)
+        started = time.thread_time_ns()
+        record()
+        if pending:
+            calls.append((time.thread_time_ns() - started, pending))
+
+    engine.record_pending = timed
+    return calls
 
 
 def worker_client(args: argparse.Namespace) -> dict[str, Any]:
@@ -395,10 +421,15 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         a["decisions_per_s"] / b["decisions_per_s"]
         for a, b in zip(rounds["in-process, 1 thread"], rounds["sidecar, serial"], strict=True)
     ]
+    one_thread = rounds["in-process, 1 thread"]
     return {
         phase: {key: med(phase, key) for key in rounds[phase][0] if isinstance(rounds[phase][0][key], float)}
         for phase in rounds
     } | {
+        # The issue's per-decision measure: route() at p50 (decide, sign, hand-over) plus its recording.
+        "in_process_route_p50_plus_recording_us": median(
+            r["p50_us"] + r["recording_us_per_decision"] for r in one_thread
+        ),
         "in_process_vs_sidecar_serial": one / serial,
         "in_process_vs_sidecar_serial_per_round": per_round,
         "in_process_4_threads_vs_sidecar_saturated": med("in-process, 4 threads", "decisions_per_s")
@@ -428,10 +459,15 @@ def print_table(report: dict[str, Any]) -> None:
             f"{cell('p99_us'):>10}{cell('cpu_us_per_decision'):>18}"
         )
     ratio, target = s["in_process_vs_sidecar_serial"], TARGETS["in_process_vs_sidecar_serial_min"]
-    p50, p50_target = s["in-process, 1 thread"]["p50_us"], TARGETS["in_process_p50_us_max"]
+    p50, p50_target = s["in_process_route_p50_plus_recording_us"], TARGETS["in_process_p50_us_max"]
+    one = s["in-process, 1 thread"]
     met = {True: "met", False: "missed"}
     print(f"in-process / sidecar serial: {ratio:.1f}x (target >= {target:.0f}x: {met[ratio >= target]})")
-    print(f"in-process route() p50: {p50:.1f} us (target <= {p50_target:.0f} us: {met[p50 <= p50_target]})")
+    print(
+        f"in-process route() p50 {one['p50_us']:.1f} us + recording {one['recording_us_per_decision']:.1f} us"
+        f" per decision: {p50:.1f} us (target <= {p50_target:.0f} us: {met[p50 <= p50_target]}); with"
+        f" flushing and every thread, {one['cpu_us_per_decision']:.1f} us of process CPU per decision"
+    )
     print(f"in-process 4 threads / sidecar saturated: {s['in_process_4_threads_vs_sidecar_saturated']:.1f}x")
     for mode, steps in report["memory"].items():
         print(

@@ -55,6 +55,19 @@ class _OuterSum:
         return self.total
 
 
+class _Tally:
+    """Decisions sampled under one allocation: counted in place (a tuple rebuilt per decision cost more
+    than the rest of `add`)."""
+
+    __slots__ = ("decisions", "experiment", "names", "shares")
+
+    def __init__(self, experiment: str, names: tuple[str, ...], shares: FloatArray) -> None:
+        self.experiment = experiment
+        self.names = names
+        self.shares = shares  # kept alive here, so its id() cannot be reused while it is a key
+        self.decisions = 0
+
+
 class TrialBuffer:
     """`add` is a few dict increments: cheap enough for every Route."""
 
@@ -76,7 +89,7 @@ class TrialBuffer:
         self._segments: dict[tuple[str, str, str], int] = {}  # (experiment, segment, arm)
         # Decisions sampled under each allocation, keyed by the id() of its shares array (kept alive by
         # the entry, so the id cannot be reused meanwhile): experiment, arms, shares, decisions.
-        self._allocations: dict[int, tuple[str, tuple[str, ...], FloatArray, int]] = {}
+        self._allocations: dict[int, _Tally] = {}
         self._bandit: dict[str, int] = {}
         self._holdout: dict[str, int] = {}
         self._cells: dict[tuple[str, int], int] = {}  # (experiment, holdout cell) -> exposed decisions
@@ -109,12 +122,11 @@ class TrialBuffer:
         # A contextual decision was drawn from its own allocation, which record() adds up instead.
         if sampled_from is not None and sampled_from.contextual is None:
             shares = sampled_from.allocation(segment)
-            entry = self._allocations.get(id(shares))
-            if entry is None:
+            tally = self._allocations.get(id(shares))
+            if tally is None:
                 names = tuple(arm_spec.name for arm_spec in sampled_from.spec.arms)
-                self._allocations[id(shares)] = (experiment, names, shares, 1)
-            else:
-                self._allocations[id(shares)] = (*entry[:3], entry[3] + 1)
+                tally = self._allocations[id(shares)] = _Tally(experiment, names, shares)
+            tally.decisions += 1
 
     def record(self, experiment: str, decision: Decision, state: ExperimentState, unit_id: str) -> None:
         """Count one decision made from `state` for `unit_id`: a trial when the policy made it (with its
@@ -182,11 +194,11 @@ class TrialBuffer:
             of(experiment).segment_trials[segment, arm] = float(count)
         for (experiment, arm), count in sampled.items():
             of(experiment).sampled[arm] = float(count)
-        for experiment, names, shares, decisions in allocations.values():
-            expected = of(experiment).expected
-            for name, share in zip(names, shares.tolist(), strict=True):
+        for tally in allocations.values():
+            expected = of(tally.experiment).expected
+            for name, share in zip(tally.names, tally.shares.tolist(), strict=True):
                 if share > 0:
-                    expected[name] = expected.get(name, 0.0) + decisions * share
+                    expected[name] = expected.get(name, 0.0) + tally.decisions * share
         self._drain_contextual(of)
         for experiment, count in bandit.items():
             of(experiment).bandit = float(count)
