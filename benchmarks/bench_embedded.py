@@ -175,8 +175,7 @@ def worker_in_process(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_us_per_decision": cpu_with_flush / made * 1e6,
         # The background thread's CPU in record_pending (trial counts, exposure-log entry, metric) per
         # decision it recorded: the recording route() hands over, before any flush to Redis.
-        "recording_us_per_decision": sum(ns for ns, _ in recording) / max(sum(n for _, n in recording), 1)
-        / 1000,
+        "recording_us_per_decision": _per_decision_us(recording),
         "reasons": merged,
         "trials_added": _trials(args.redis_url) - before,
         **_latency_summary([ns for thread_latencies in latencies for ns in thread_latencies]),
@@ -199,6 +198,10 @@ def _time_recording(router: Any) -> list[tuple[int, int]]:
 
     engine.record_pending = timed
     return calls
+
+
+def _per_decision_us(calls: list[tuple[int, int]]) -> float:
+    return sum(ns for ns, _ in calls) / max(sum(n for _, n in calls), 1) / 1000
 
 
 def worker_client(args: argparse.Namespace) -> dict[str, Any]:
