@@ -3,7 +3,8 @@
 Shared by the pure builder test (unit/test_snapshot_builder_hostile.py) and the real-router test
 (system/test_stored_values_fuzz.py): documents, statistics, switches and global switches, with field names
 the router knows (so values reach every decoder) and arbitrary ones, and values that are extreme
-numbers, numbers a float cannot hold, text and JSON of the wrong shape.
+numbers, numbers a float cannot hold, text and JSON of the wrong shape; and, for the real router, keys
+replaced by keys of another type.
 """
 
 from __future__ import annotations
@@ -106,6 +107,19 @@ GLOBAL_EDITS = st.dictionaries(
     VALUES,
     max_size=4,
 )
+
+
+# Keys a router reads that someone may replace with a key of another type (Redis then refuses to read
+# them: WRONGTYPE). Suffixes as in hostile_state, plus "experiments" for the list of experiments.
+RETYPABLE = [f"{name}:{kind}" for name in DOCS for kind in ("config", "stats", "control")]
+WRONG_TYPES = ("string", "list", "set", "zset")
+
+
+def retyped(spare: str) -> st.SearchStrategy[dict[str, str]]:
+    """Keys to replace by a key of another type (suffix -> type), never `spare` (the key a kill is then
+    written to: Redis would refuse that write too, as it refuses the CLI's, loudly)."""
+    suffixes = [suffix for suffix in [*RETYPABLE, "_global", "experiments"] if suffix != spare]
+    return st.dictionaries(st.sampled_from(suffixes), st.sampled_from(WRONG_TYPES), max_size=3)
 
 
 @st.composite

@@ -162,7 +162,8 @@ class RouterRuntime:
                 name="refresher",
             ),
             asyncio.create_task(
-                watch_changes(self.store, self._stopping, self._refresh_now), name="change-feed"
+                watch_changes(self.store, self._stopping, self._refresh_now, self.refresher),
+                name="change-feed",
             ),
             asyncio.create_task(
                 every(GUARDIAN_INTERVAL_SECONDS, self._stopping, self.guardian.check), name="guardian"
@@ -199,6 +200,7 @@ class RouterRuntime:
         self._stopping.set()
         self._refresh_now.set()
         await asyncio.gather(*self._tasks)
+        await self.refresher.settle()
         for _ in range(3):  # the drained batch, then retries of it if Redis hiccups
             await self._flush_writes()
             if not self.unflushed():

@@ -2,8 +2,10 @@
 
 A real RouterApp serving gRPC on a real redis-server. Each example writes hypothesis-chosen strings and
 numbers (invalid UTF-8 included) into documents, statistics, switches, global switches and the list of
-experiments; Route must then answer OK or a documented status, readiness must hold, and a kill written
-next to the garbage (one experiment's, or the global one) must be obeyed within a second.
+experiments, and replaces some keys by keys of another type (a string where a hash belongs: Redis refuses
+to read them); Route must then answer OK or a documented status, readiness must hold, and a kill written
+next to the garbage (one experiment's, or the global one) must be obeyed within a second, without a
+change notice (plain redis-cli: the router's polling must read it past every broken key).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from hypothesis import strategies as st
 from mabrouter.v1 import router_pb2 as pb
 from mabrouter.v1 import router_pb2_grpc
 
-from hostile_stored import ARMS, DOCS, hostile_state, stored_doc
+from hostile_stored import ARMS, DOCS, hostile_state, retyped, stored_doc
 from support import InProcessRouter, RedisServer, router_settings, wait_until
 
 DOCUMENTED = {
@@ -35,9 +37,23 @@ DOCUMENTED = {
 
 
 def key(suffix: str) -> str:
+    if suffix == "experiments":
+        return "mabrouter:experiments"
     return (
         "mabrouter:{_global}:control" if suffix == "_global" else f"mabrouter:{{{suffix.replace(':', '}:')}"
     )
+
+
+def retype(writer: redis.Redis, suffix: str, kind: str) -> None:
+    """Replace the key by one of another type, as a hand-made mistake would (Redis: WRONGTYPE on read)."""
+    name = key(suffix)
+    writer.delete(name)
+    {
+        "string": lambda: writer.set(name, "oops"),
+        "list": lambda: writer.rpush(name, "oops"),
+        "set": lambda: writer.sadd(name, "oops") if suffix != "experiments" else writer.set(name, "oops"),
+        "zset": lambda: writer.zadd(name, {"oops": 1.0}),
+    }[kind]()
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +109,19 @@ VERSIONS = iter(range(int(time.time()), 10**17))
 @given(
     edits=hostile_state(),
     stray=st.lists(st.text(min_size=1, max_size=20), max_size=2),
-    target=st.sampled_from([*DOCS, "_global"]),
+    target_and_retyped=st.sampled_from([*DOCS, "_global"]).flatmap(
+        lambda target: st.tuples(
+            st.just(target), retyped("_global" if target == "_global" else f"{target}:control")
+        )
+    ),
 )
 def test_hand_edits_never_stop_a_router_or_a_kill(
     rig: tuple[InProcessRouter, redis.Redis, grpc.Channel],
     edits: dict[str, Any],
     stray: list[str],
-    target: str,
+    target_and_retyped: tuple[str, dict[str, str]],
 ) -> None:
+    target, retyped_keys = target_and_retyped
     router, writer, channel = rig
     assert router.app is not None
     app = router.app
@@ -117,6 +138,8 @@ def test_hand_edits_never_stop_a_router_or_a_kill(
     for name in stray:  # listed experiments with garbage documents
         writer.sadd("mabrouter:experiments", name)
         writer.hset(f"mabrouter:{{{name}}}:config", mapping={"doc": name, "version": "x"})
+    for suffix, kind in retyped_keys.items():
+        retype(writer, suffix, kind)
     time.sleep(0.15)  # three refresh intervals
     for name in [*DOCS, *stray]:
         code, detail = route_code(channel, name)

@@ -22,6 +22,7 @@ from mabrouter.store.records import (
     RawState,
     Refused,
     StickyWrite,
+    StoredSwitches,
     TrialCounts,
     UnattributedEdit,
 )
@@ -88,6 +89,11 @@ class FakeStore:
     async def load_all(self) -> RawState:
         self._call("load_all")
         return self.state
+
+    async def load_switches(self, experiments: Sequence[str]) -> StoredSwitches:
+        self._call("load_switches")
+        stored = {item.name: item.control for item in self.state.experiments}
+        return StoredSwitches({name: stored.get(name, {}) for name in experiments}, self.state.global_control)
 
     async def watch_changes(
         self, stop: asyncio.Event, on_change: Callable[[str], None], on_subscribed: Callable[[], None]

@@ -6,18 +6,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
-from mabrouter.core.decide import Decision, RouteInput
+from mabrouter.core.decide import Decision, RouteInput, decide
 from mabrouter.core.model import Reason
 from mabrouter.runtime import refresher as refresher_module
 from mabrouter.runtime.holder import SnapshotHolder
 from mabrouter.runtime.refresher import Refresher, watch_changes
 from mabrouter.runtime.snapshot_builder import SnapshotBuilder
 from mabrouter.runtime.sticky import StickyAssignments
-from mabrouter.store.records import RawExperiment, RawState, UnattributedEdit
+from mabrouter.store.records import RawExperiment, RawState, StoredSwitches, UnattributedEdit
 
 import fakes
 from core_fixtures import bernoulli_spec, state
@@ -86,7 +88,7 @@ def test_the_change_feed_resubscribes_after_a_failure(monkeypatch: pytest.Monkey
     async def run() -> int:
         stop, wake = asyncio.Event(), asyncio.Event()
         store.down = True
-        task = asyncio.create_task(watch_changes(store, stop, wake))
+        task = asyncio.create_task(watch_changes(store, stop, wake, refresher(store)[0]))
         await asyncio.sleep(0.3)  # backoff 0.1 s, then at most 0.01 s: a few failed attempts
         failures = len(store.calls)
         store.down = False
@@ -96,6 +98,130 @@ def test_the_change_feed_resubscribes_after_a_failure(monkeypatch: pytest.Monkey
         return failures
 
     assert asyncio.run(run()) >= 2
+
+
+class GatedStore(fakes.FakeStore):
+    """Reads take what is stored when they start, and answer only once their gate opens: a read that
+    started earlier can finish later, as two reads on one connection pool can."""
+
+    def __init__(self, state: RawState) -> None:
+        super().__init__(state)
+        self.gates: dict[str, asyncio.Event] = {}
+
+    def gate(self, method: str) -> asyncio.Event:
+        self.gates[method] = asyncio.Event()
+        return self.gates[method]
+
+    async def load_all(self) -> RawState:
+        taken = self.state
+        if "load_all" in self.gates:
+            await self.gates.pop("load_all").wait()
+        self._call("load_all")
+        return taken
+
+    async def load_switches(self, experiments: Sequence[str]) -> StoredSwitches:
+        taken = await super().load_switches(experiments)
+        if "load_switches" in self.gates:
+            await self.gates.pop("load_switches").wait()
+        return taken
+
+
+def killed(holder: SnapshotHolder) -> bool:
+    assert holder.current is not None
+    return holder.current.experiments["exp"].controls.killed
+
+
+def test_a_change_notice_applies_a_kill_from_the_switches_alone() -> None:
+    store = fakes.FakeStore(stored())
+    made, holder = refresher(store)
+
+    async def run() -> None:
+        assert await made.refresh_once()
+        store.state = stored(control={"kill": "1"})
+        store.calls.clear()
+        made.notice("exp")
+        made.notice("_global")  # read together with the experiment's, never taken for one
+        await made.settle()
+
+    asyncio.run(run())
+    assert store.calls == ["load_switches"]  # one read: no names, no documents, no statistics, no build
+    assert killed(holder)
+    assert (
+        decide(RouteInput("exp", "u1", {}), holder.current, np.random.default_rng()).reason is Reason.KILLED
+    )
+
+
+def test_a_global_kill_notice_is_applied_over_every_experiment() -> None:
+    store = fakes.FakeStore(stored())
+    made, holder = refresher(store)
+
+    async def run() -> None:
+        assert await made.refresh_once()
+        store.state = replace(store.state, global_control={"kill": "1"})
+        made.notice("_global")
+        await made.settle()
+
+    asyncio.run(run())
+    assert holder.current is not None
+    assert holder.current.global_controls.killed
+
+
+def test_a_refresh_that_read_before_the_kill_does_not_undo_it() -> None:
+    store = GatedStore(stored())
+    made, holder = refresher(store)
+
+    async def run() -> None:
+        assert await made.refresh_once()
+        gate = store.gate("load_all")
+        refresh = asyncio.create_task(made.refresh_once())  # reads now: not killed
+        await asyncio.sleep(0)
+        store.state = stored(control={"kill": "1"})
+        await made.apply_switches(["exp"])
+        assert killed(holder)
+        gate.set()
+        assert await refresh  # built from its older read, then the newer switches applied over it
+        assert killed(holder)
+        assert await made.refresh_once()  # the next read sees the kill itself
+        assert killed(holder)
+
+    asyncio.run(run())
+
+
+def test_a_switch_read_older_than_a_refresh_is_not_installed() -> None:
+    store = GatedStore(stored())
+    made, holder = refresher(store)
+
+    async def run() -> None:
+        assert await made.refresh_once()
+        store.state = stored(control={"kill": "1"})
+        gate = store.gate("load_switches")
+        fast = asyncio.create_task(made.apply_switches(["exp"]))  # reads the kill, answers late
+        await asyncio.sleep(0)
+        store.state = stored(control={"kill": "0"})  # unkilled meanwhile
+        assert await made.refresh_once()
+        gate.set()
+        await fast
+        assert not killed(holder)
+
+    asyncio.run(run())
+
+
+def test_a_failing_fast_path_is_logged_once_and_leaves_the_snapshot(caplog: pytest.LogCaptureFixture) -> None:
+    store = fakes.FakeStore(stored())
+    made, holder = refresher(store)
+
+    async def run() -> None:
+        assert await made.refresh_once()
+        before = holder.current
+        store.failing.add("load_switches")
+        for _ in range(3):
+            made.notice("exp")
+            await made.settle()
+        assert holder.current is before
+
+    with caplog.at_level(logging.WARNING, logger="mabrouter.runtime.refresher"):
+        asyncio.run(run())
+    assert sum("ahead of the refresh" in r.getMessage() for r in caplog.records) == 1
 
 
 def sticky_request(unit: str = "u1") -> RouteInput:

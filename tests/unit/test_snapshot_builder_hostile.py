@@ -102,3 +102,50 @@ def test_an_experiment_never_good_answers_its_default_arm(edits: dict[str, Any])
         assert name in snapshot.errors
         decision = decide(RouteInput(name, "u1", {}, "fallback"), snapshot, np.random.default_rng(0))
         assert (decision.arm, decision.reason) == ("fallback", Reason.FALLBACK_DEFAULT)
+
+
+WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+
+
+def test_an_unreadable_hash_keeps_the_last_good_state_and_its_switches_still_apply() -> None:
+    """A key of another type in place of a hash (Redis refuses to read it): the builder keeps the last
+    good state; a readable control hash still kills it; an unreadable one keeps its last good switches
+    (an empty read must never unkill); no audit entry is made up from the empty read."""
+    builder, rng = SnapshotBuilder(), np.random.default_rng(0)
+    raw = good_raw()
+    raw["gauss:control"] = {"kill": "1"}
+    snapshot = builder.build(as_state(raw), None, 0.0)
+    assert route_all(snapshot, rng)["gauss"] is Reason.KILLED
+
+    def unreadable(family: str, control: dict[str, str]) -> RawState:
+        state = as_state({**raw, "gauss:control": control})
+        broken = [
+            RawExperiment(item.name, item.config, item.stats, item.control, {family: WRONGTYPE})
+            if item.name == "gauss"
+            else item
+            for item in state.experiments
+        ]
+        return RawState(broken, state.global_control)
+
+    for family in ("config", "stats"):  # unkilled while the stats (or document) cannot be read: obeyed
+        snapshot = builder.build(unreadable(family, {}), snapshot, 1.0)
+        assert "cannot read its" in snapshot.errors["gauss"]
+        assert route_all(snapshot, rng) == {"gauss": Reason.SAMPLED, "plain": Reason.SAMPLED}
+        snapshot = builder.build(unreadable(family, {"kill": "1"}), snapshot, 2.0)
+        assert route_all(snapshot, rng)["gauss"] is Reason.KILLED
+    snapshot = builder.build(unreadable("control", {}), snapshot, 3.0)  # read as {}: not an unkill
+    assert route_all(snapshot, rng)["gauss"] is Reason.KILLED
+    assert "gauss" in snapshot.errors
+    assert builder.take_unattributed() == []
+
+
+def test_unreadable_global_switches_keep_the_last_good_ones() -> None:
+    builder, rng = SnapshotBuilder(), np.random.default_rng(0)
+    raw = good_raw()
+    snapshot = builder.build(RawState(as_state(raw).experiments, {"kill": "1"}), None, 0.0)
+    assert set(route_all(snapshot, rng).values()) == {Reason.KILLED}
+    snapshot = builder.build(RawState(as_state(raw).experiments, {}, WRONGTYPE), snapshot, 1.0)
+    assert snapshot.global_controls.killed
+    assert set(route_all(snapshot, rng).values()) == {Reason.KILLED}
+    snapshot = builder.build(RawState(as_state(raw).experiments, {}), snapshot, 2.0)  # readable again
+    assert set(route_all(snapshot, rng).values()) == {Reason.SAMPLED}

@@ -38,7 +38,13 @@ from mabrouter.store.experiment_decoder import (
     switches,
 )
 from mabrouter.store.raw_edits import RawEditWatcher
-from mabrouter.store.records import GLOBAL_SWITCHES, RawExperiment, RawState, UnattributedEdit
+from mabrouter.store.records import (
+    GLOBAL_SWITCHES,
+    RawExperiment,
+    RawState,
+    StoredSwitches,
+    UnattributedEdit,
+)
 from mabrouter.store.stats_codec import arm_stats
 
 log = logging.getLogger(__name__)
@@ -108,9 +114,10 @@ class SnapshotBuilder:
         errors: dict[str, str] = {}
         archived: set[str] = set()
         for item in raw.experiments:
-            for edit in self._edits.experiment(item):
-                self._unattributed(edit)
-            if is_archived(item.control):
+            if not item.unreadable:  # an unreadable hash read as empty: not an edit to audit
+                for edit in self._edits.experiment(item):
+                    self._unattributed(edit)
+            if "control" not in item.unreadable and is_archived(item.control):
                 archived.add(item.name)
                 self._forget(item.name)
                 continue
@@ -119,9 +126,12 @@ class SnapshotBuilder:
                 errors[item.name] = problem
             if state is not None:
                 states[item.name] = state
-        self._global, problems = parse_global_controls(raw.global_control, self._global)
-        for edit in self._edits.global_switches(raw.global_control):
-            self._unattributed(edit)
+        if raw.global_unreadable:  # keep the last good global switches
+            problems = [f"cannot read the global switches ({raw.global_unreadable}): keeping the last good"]
+        else:
+            self._global, problems = parse_global_controls(raw.global_control, self._global)
+            for edit in self._edits.global_switches(raw.global_control):
+                self._unattributed(edit)
         if problems:
             self._report_once(GLOBAL_SWITCHES, "; ".join(problems), "ignoring " + "; ".join(problems))
         return Snapshot(
@@ -158,25 +168,47 @@ class SnapshotBuilder:
         except Exception as exc:  # noqa: BLE001 - whatever one experiment's data does, the rest go on
             problem = describe(exc)
         self._on_failure(item.name)
+        if "control" in item.unreadable:  # its switches cannot be read: the last good ones stay
+            self._report_once(item.name, problem, f"{problem} (with its last good kill switches)")
+            return old, problem
         self._report_once(item.name, problem, f"{problem} (its kill switches still apply)")
         if old is None:
             return None, problem
-        return self._under_current_switches(item, old), problem
+        return self._under_switches(item.name, item.control, old), problem
 
-    def _under_current_switches(self, item: RawExperiment, old: ExperimentState) -> ExperimentState:
-        """`old` with the kill switches (and rollout) stored now, rebuilt over the last good data."""
-        controls, _ = parse_controls(switches(item.control), old.spec, old.controls)
+    def with_switches(self, snapshot: Snapshot, stored: StoredSwitches) -> Snapshot:
+        """`snapshot` under the switches just read on a change notice (the refresher's fast path): each
+        experiment's kill switches and rollout applied over its served state, the global switches
+        parsed; nothing else rebuilt, nothing cached changed. An archive, a new document and new data
+        wait for the full refresh the notice also wakes; problems are reported by that refresh."""
+        states = dict(snapshot.experiments)
+        for name, control in stored.controls.items():
+            old = states.get(name)
+            if old is not None and not is_archived(control):
+                states[name] = self._under_switches(name, control, old)
+        global_controls = snapshot.global_controls
+        if stored.global_control is not None:
+            global_controls, _ = parse_global_controls(stored.global_control, global_controls)
+        return replace(snapshot, experiments=states, global_controls=global_controls)
+
+    def _under_switches(self, name: str, control: Mapping[str, str], old: ExperimentState) -> ExperimentState:
+        """`old` with the kill switches (and rollout) of `control`, rebuilt over the last good data."""
+        controls, _ = parse_controls(switches(control), old.spec, old.controls)
         if controls == old.controls:
             return old
-        built = self._built.get(item.name)
+        built = self._built.get(name)
         if built is not None and built.decoded.spec is old.spec:
             try:
                 return experiment_state(built.decoded, controls)
             except Exception:
-                log.exception("cannot apply the new switches of %s: serving control", item.name)
+                log.exception("cannot apply the new switches of %s: serving control", name)
         return _serving_control(old, controls)
 
     def _state(self, item: RawExperiment, old: ExperimentState | None, now: float) -> ExperimentState:
+        if item.unreadable:
+            raise ValueError(
+                "; ".join(f"cannot read its {family} hash: {why}" for family, why in item.unreadable.items())
+            )
         version = stored_version(item.name, item.config)
         inputs = _Inputs(version, item.stats, item.control)
         built = self._built.get(item.name)

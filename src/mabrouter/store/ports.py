@@ -24,6 +24,7 @@ from mabrouter.store.records import (
     Refused,
     StickyWrite,
     StoredExperiment,
+    StoredSwitches,
     TrialCounts,
     UnattributedEdit,
 )
@@ -45,6 +46,10 @@ class SnapshotSource(Protocol):
 
     async def load_all(self) -> RawState:
         """Every experiment's stored hashes and the global switches, not yet validated."""
+        ...
+
+    async def load_switches(self, experiments: Sequence[str]) -> StoredSwitches:
+        """The control hashes of `experiments` and the global switches, in one round trip."""
         ...
 
     async def watch_changes(

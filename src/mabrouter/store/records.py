@@ -20,12 +20,24 @@ class RawExperiment:
     config: Mapping[str, str]
     stats: Mapping[str, str]
     control: Mapping[str, str]
+    # Hashes Redis refused to read (a key of another type, written by hand): family -> Redis's reason.
+    # Such a hash reads as empty above, which must not be taken for its content.
+    unreadable: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class RawState:
     experiments: list[RawExperiment]
     global_control: Mapping[str, str]
+    global_unreadable: str = ""  # why Redis refused to read the global switches ('' when it did not)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSwitches:
+    """The operator switches alone, as stored now: read on a change notice, ahead of everything else."""
+
+    controls: Mapping[str, Mapping[str, str]]  # experiment -> its control hash (empty when absent)
+    global_control: Mapping[str, str] | None  # None: Redis refused to read it (keep the last good)
 
 
 # The scope the global switches go by in audit entries and logs.

@@ -23,10 +23,10 @@ from mabrouter.store.records import (
     Discount,
     GuardedChange,
     OutcomeWrite,
-    RawExperiment,
     RawState,
     Refused,
     StickyWrite,
+    StoredSwitches,
     TrialCounts,
     UnattributedEdit,
     discount_args,
@@ -34,6 +34,7 @@ from mabrouter.store.records import (
     script_result,
 )
 from mabrouter.store.script_runner import ScriptCall, ScriptRunner
+from mabrouter.store.snapshot_reads import SnapshotReads, read_switches
 from mabrouter.store.stats_codec import trial_increments
 
 BATCH_MARKER_TTL_SECONDS = 3600
@@ -49,6 +50,7 @@ class RouterStore:
     ) -> None:
         self._redis: Any = client  # redis-py's cluster and single clients share no typed protocol
         self._pubsub_client = pubsub_client
+        self._reads = SnapshotReads()
         self._scripts = ScriptRunner(
             client,
             (
@@ -94,26 +96,19 @@ class RouterStore:
             return False
 
     async def load_all(self) -> RawState:
-        """Everything a snapshot needs, in two round trips (names, then one pipeline).
+        """Everything a snapshot needs, in two round trips (names, then one pipeline): snapshot_reads.py.
 
         Through Sentinel, it first asks Sentinel for the master: refreshing is the router's heartbeat,
         so a failover moves reads and writes to the new master within one refresh interval."""
         with translated:
             await follow_sentinel_master(self._redis)
-            names = sorted(str(name) for name in await self._redis.smembers(keys.EXPERIMENTS))
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(keys.control(keys.GLOBAL_SCOPE))
-                for name in names:
-                    pipe.hgetall(keys.config(name))
-                    pipe.hgetall(keys.stats(name))
-                    pipe.hgetall(keys.control(name))
-                replies = await pipe.execute()
-        experiments = [
-            RawExperiment(name, replies[1 + 3 * i], replies[2 + 3 * i], replies[3 + 3 * i])
-            for i, name in enumerate(names)
-            if replies[1 + 3 * i]  # listed but no config yet: being created
-        ]
-        return RawState(experiments, replies[0])
+            return await self._reads.everything(self._redis)
+
+    async def load_switches(self, experiments: Sequence[str]) -> StoredSwitches:
+        """The control hashes of `experiments` and the global one: the change notice's fast path
+        (runtime/refresher.py), one pipeline however many slots they live in."""
+        with translated:
+            return await read_switches(self._redis, experiments)
 
     async def record_unattributed(self, edit: UnattributedEdit) -> None:
         with translated:
