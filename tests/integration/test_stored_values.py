@@ -191,6 +191,38 @@ def test_operators_can_kill_an_experiment_whose_document_is_broken(
         router.stop()
 
 
+@pytest.mark.parametrize("family", ["stats", "config"])
+def test_a_key_of_the_wrong_type_stops_neither_a_kill_nor_the_other_experiments(
+    redis_server: RedisServer, tmp_path: Path, family: str
+) -> None:
+    """A string where a hash belongs (Redis refuses to read it: WRONGTYPE) used to fail every refresh and
+    every CLI read of the experiment: no kill of any experiment was obeyed, and `mabrouter kill` itself
+    exited 3 on it."""
+    apply_experiments(redis_server.url, tmp_path, PLAIN, GAUSS)
+    router = RouterProcess(redis_server.url).wait_serving()  # refreshes every 50 ms
+    client = redis_server.client()
+    try:
+        assert reason(router.address, "plain") == "SAMPLED"
+        client.delete(f"mabrouter:{{gauss}}:{family}")
+        client.set(f"mabrouter:{{gauss}}:{family}", "written by hand")
+        client.hset("mabrouter:{plain}:control", "kill", "1")  # plain redis-cli: no change notice
+        killed_within(router.address, "plain")
+        killed = cli("kill", "gauss", "--reason", "broken key", redis_url=redis_server.url)
+        assert "gauss is killed" in killed.stdout, killed.stdout
+        killed_within(router.address, "gauss")  # over its last good state
+        fleet = cli("status", redis_url=redis_server.url, check=False)
+        assert fleet.returncode == 1, fleet.stdout + fleet.stderr
+        assert "unusable" in fleet.stdout
+        assert "cannot read its" in fleet.stderr
+        one = cli("status", "gauss", redis_url=redis_server.url, check=False)
+        assert one.returncode == 1
+        assert f"cannot read its {family} hash: WRONGTYPE" in one.stderr, one.stderr
+        assert "redis-cli TYPE" in one.stderr
+    finally:
+        client.close()
+        router.terminate()
+
+
 # -- what operators see is what routers decide from ------------------------------------------------------
 
 

@@ -87,10 +87,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         decoded = decode_experiment(stored.raw, int(time.time() * 1000))
         state = experiment_state(decoded)
     except (ConfigError, ValueError) as exc:
+        fix = (
+            "replace the key Redis cannot read (redis-cli TYPE, then DEL it; the document: "
+            "`mabrouter experiment apply FILE`)"
+            if stored.unreadable
+            else "`mabrouter experiment apply FILE`"
+        )
         print(
             f"error: experiment {args.experiment} as stored cannot be used: {exc}\n"
             "routers serve its last good state (under its current kill switches), or refuse it if they "
-            "never had one; fix it with `mabrouter experiment apply FILE`",
+            f"never had one; fix it with {fix}",
             file=sys.stderr,
         )
         return 1

@@ -36,6 +36,7 @@ from mabrouter.store.experiment_decoder import (
     is_archived,
     stored_version,
     switches,
+    unreadable_problem,
 )
 from mabrouter.store.raw_edits import RawEditWatcher
 from mabrouter.store.records import (
@@ -206,9 +207,7 @@ class SnapshotBuilder:
 
     def _state(self, item: RawExperiment, old: ExperimentState | None, now: float) -> ExperimentState:
         if item.unreadable:
-            raise ValueError(
-                "; ".join(f"cannot read its {family} hash: {why}" for family, why in item.unreadable.items())
-            )
+            raise ValueError(unreadable_problem(item.unreadable))
         version = stored_version(item.name, item.config)
         inputs = _Inputs(version, item.stats, item.control)
         built = self._built.get(item.name)

@@ -20,6 +20,7 @@ from mabrouter.store.connect import sync_client
 from mabrouter.store.errors import STORE_ERRORS, translated
 from mabrouter.store.experiment_decoder import is_archived
 from mabrouter.store.records import AuditEntry, Change, StoredExperiment
+from mabrouter.store.snapshot_reads import FAMILIES, hash_reply
 
 # Log entries counted per script call: the script builds each entry (~2.5 us) and holds Redis meanwhile.
 COUNT_PAGE = 1000
@@ -224,14 +225,19 @@ class AdminStore:
             return sorted(str(name) for name in self._redis.smembers(keys.EXPERIMENTS))
 
     def get(self, name: str) -> StoredExperiment | None:
+        """The experiment's hashes, None when it has no document. A hash Redis refuses to read (a key of
+        another type, written by hand) is listed in `unreadable`: a kill must still be writable, and
+        status must say why it cannot show the experiment (store/snapshot_reads.py for routers)."""
         with translated, self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.config(name))
             pipe.hgetall(keys.stats(name))
             pipe.hgetall(keys.control(name))
-            config, stats, control = pipe.execute()
-        if not config:
+            replies = pipe.execute(raise_on_error=False)
+            (config, _), (stats, _), (control, _) = read = [hash_reply(reply) for reply in replies]
+        unreadable = {family: why for family, (_, why) in zip(FAMILIES, read, strict=True) if why}
+        if not config and not unreadable:
             return None
-        return StoredExperiment(name, _text_map(config), _text_map(stats), _text_map(control))
+        return StoredExperiment(name, _text_map(config), _text_map(stats), _text_map(control), unreadable)
 
     def global_control(self) -> Mapping[str, str]:
         with translated:

@@ -119,6 +119,10 @@ def decode_document(name: str, config: Mapping[str, str]) -> StoredDocument:
     return StoredDocument(doc.to_spec(), version, doc.description)
 
 
+def unreadable_problem(unreadable: Mapping[str, str]) -> str:
+    return "; ".join(f"cannot read its {family} hash: {why}" for family, why in unreadable.items())
+
+
 def decode_experiment(
     raw: RawExperiment,
     now_ms: int,
@@ -128,6 +132,8 @@ def decode_experiment(
 ) -> DecodedExperiment:
     """Decode everything stored for one experiment. `document`: already decoded (a router caches it,
     or keeps its last good one after a rewind); `previous_controls`: what a bad control field keeps."""
+    if raw.unreadable:  # read as empty: never to be taken for what is stored
+        raise ConfigError(unreadable_problem(raw.unreadable))
     document = document or decode_document(raw.name, raw.config)
     spec = document.spec
     controls, problems = parse_controls(switches(raw.control), spec, previous_controls)

@@ -183,10 +183,11 @@ class StoredExperiment:
     config: Mapping[str, str]
     stats: Mapping[str, str]
     control: Mapping[str, str]
+    unreadable: Mapping[str, str] = field(default_factory=dict)  # as RawExperiment.unreadable
 
     @property
     def raw(self) -> RawExperiment:
-        return RawExperiment(self.name, self.config, self.stats, self.control)
+        return RawExperiment(self.name, self.config, self.stats, self.control, self.unreadable)
 
     @property
     def updated_ms(self) -> int:

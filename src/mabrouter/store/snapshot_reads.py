@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 FAMILIES = ("config", "stats", "control")
 
 
-def _hash(reply: object) -> tuple[Mapping[str, str], str]:
+def hash_reply(reply: object) -> tuple[Mapping[Any, Any], str]:
     """A hash as read, or {} and why Redis refused to read it."""
     if isinstance(reply, ResponseError):
         return {}, str(reply)[:200]
@@ -67,10 +67,10 @@ class SnapshotReads:
                 pipe.hgetall(keys.stats(name))
                 pipe.hgetall(keys.control(name))
             replies = await pipe.execute(raise_on_error=False)
-        global_control, global_problem = _hash(replies[0])
+        global_control, global_problem = hash_reply(replies[0])
         experiments = []
         for index, name in enumerate(names):
-            read = [_hash(reply) for reply in replies[1 + 3 * index : 4 + 3 * index]]
+            read = [hash_reply(reply) for reply in replies[1 + 3 * index : 4 + 3 * index]]
             unreadable = {
                 family: problem for family, (_, problem) in zip(FAMILIES, read, strict=True) if problem
             }
@@ -87,10 +87,10 @@ async def read_switches(client: Any, experiments: Sequence[str]) -> StoredSwitch
         for name in experiments:
             pipe.hgetall(keys.control(name))
         replies = await pipe.execute(raise_on_error=False)
-    global_control, global_problem = _hash(replies[0])
+    global_control, global_problem = hash_reply(replies[0])
     controls = {}
     for name, reply in zip(experiments, replies[1:], strict=True):
-        control, problem = _hash(reply)
+        control, problem = hash_reply(reply)
         if not problem:
             controls[name] = control
     return StoredSwitches(controls, None if global_problem else global_control)
