@@ -223,6 +223,32 @@ def test_a_key_of_the_wrong_type_stops_neither_a_kill_nor_the_other_experiments(
         router.terminate()
 
 
+def test_a_decision_log_of_the_wrong_type_drops_its_own_entries_only(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """One experiment's decision log replaced by a string used to fail every exposure-log write of every
+    experiment (one pipeline): all entries were retried until the buffer dropped them."""
+    apply_experiments(redis_server.url, tmp_path, PLAIN, GAUSS)
+    router = RouterProcess(redis_server.url).wait_serving()
+    client = redis_server.client()
+    try:
+        client.set("mabrouter:{gauss}:decisions", "written by hand")
+        for unit in range(20):
+            route(router.address, "plain", f"u{unit}")
+            route(router.address, "gauss", f"u{unit}")
+        wait_until(lambda: client.xlen("mabrouter:{plain}:decisions") == 20, 5, what="plain's 20 entries")
+        assert client.get("mabrouter:{gauss}:decisions") == "written by hand"
+
+        def gauss_trials() -> float:  # another key: its decisions are still counted
+            return sum(float(client.hget("mabrouter:{gauss}:stats", f"g-{arm}:trials") or 0) for arm in "abc")
+
+        wait_until(lambda: gauss_trials() == 20, 5, what="gauss's 20 trials")
+        assert "decision log of gauss cannot be written" in router.output()
+    finally:
+        client.close()
+        router.terminate()
+
+
 # -- what operators see is what routers decide from ------------------------------------------------------
 
 

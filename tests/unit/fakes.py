@@ -69,6 +69,7 @@ class FakeStore:
         self.calls: list[str] = []  # every port call, by method name, failed ones included
         self.refuse_trials: dict[str, Refused] = {}  # experiment -> its counts are refused
         self.refuse_outcomes: dict[str, Refused] = {}  # nonce -> that outcome is refused
+        self.refuse_log: dict[str, str] = {}  # experiment -> why its decision log refuses entries
         self.totals: dict[str, Totals] = {}
         self.batches: list[str] = []  # applied batch ids, in order
         self.decisions: list[tuple[str, str]] = []
@@ -129,9 +130,10 @@ class FakeStore:
         return refused
 
     # -- DecisionLog ----------------------------------------------------------------------------------
-    async def append_decisions(self, entries: Sequence[tuple[str, str]], maxlen: int) -> None:
+    async def append_decisions(self, entries: Sequence[tuple[str, str]], maxlen: int) -> dict[str, str]:
         self._call("append_decisions")
-        self.decisions.extend(entries)
+        self.decisions.extend(entry for entry in entries if entry[0] not in self.refuse_log)
+        return {name: why for name, why in self.refuse_log.items() if any(e[0] == name for e in entries)}
 
     # -- StickyStore ----------------------------------------------------------------------------------
     async def sticky_arm(self, experiment: str, salt: str, unit_id: str, timeout: float) -> str | None:

@@ -79,6 +79,7 @@ class ExposureLog:
         self._max_pending = max_pending
         self._on_drop = on_drop
         self._dropping = False
+        self._refusals_reported: set[tuple[str, str]] = set()
 
     @property
     def enabled(self) -> bool:
@@ -115,9 +116,26 @@ class ExposureLog:
         while self._pending:
             entries = [self._pending.popleft() for _ in range(min(batch, len(self._pending)))]
             try:
-                await self._store.append_decisions(entries, self._maxlen)
+                refused = await self._store.append_decisions(entries, self._maxlen)
             except StoreUnavailableError as exc:
                 log.debug("exposure log not written yet (%s); will retry", exc)
                 self._pending.extendleft(reversed(entries))
                 return
             self._dropping = False
+            if refused:
+                self._drop_refused(entries, refused)
+
+    def _drop_refused(self, entries: list[LogEntry], refused: dict[str, str]) -> None:
+        """Entries a log refused (its key holds another type): retrying cannot help until an operator
+        repairs the key, and keeping them would crowd out every other experiment's; dropped, counted,
+        and logged once per experiment and problem."""
+        self._on_drop(sum(1 for experiment, _ in entries if experiment in refused))
+        for experiment, why in refused.items():
+            if (experiment, why) not in self._refusals_reported:
+                self._refusals_reported.add((experiment, why))
+                log.error(
+                    "decision log of %s cannot be written (%s): its entries are dropped until the key is "
+                    "deleted or repaired",
+                    experiment,
+                    why,
+                )

@@ -73,8 +73,9 @@ class TrialStore(Protocol):
 
 
 class DecisionLog(Protocol):
-    async def append_decisions(self, entries: Sequence[tuple[str, str]], maxlen: int) -> None:
-        """Append (experiment, encoded entry) pairs to each experiment's capped decision log, in order."""
+    async def append_decisions(self, entries: Sequence[tuple[str, str]], maxlen: int) -> dict[str, str]:
+        """Append (experiment, encoded entry) pairs to each experiment's capped decision log, in order.
+        Returns the experiments whose log refused its entries (why), which were not written."""
         ...
 
 

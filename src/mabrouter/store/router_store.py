@@ -228,13 +228,19 @@ class RouterStore:
                 replies = await pipe.execute()
         return [str(reply) for reply in replies]
 
-    async def append_decisions(self, entries: Sequence[tuple[str, str]], maxlen: int) -> None:
+    async def append_decisions(self, entries: Sequence[tuple[str, str]], maxlen: int) -> dict[str, str]:
         """XADD each (experiment, JSON array of field, value...) to the experiment's decision log, in
         order, with an approximate cap: one APPEND_LOG call per experiment (and per
-        LOG_ENTRIES_PER_CALL entries), all in one pipeline."""
+        LOG_ENTRIES_PER_CALL entries), all in one pipeline. Returns the experiments whose log key is of
+        another type, with what it holds: their entries were not written, every other one was."""
         streams: dict[str, list[str]] = {}
         for experiment, encoded in entries:
             streams.setdefault(experiment, []).append(encoded)
+        owners = [
+            experiment
+            for experiment, items in streams.items()
+            for _ in range(0, len(items), LOG_ENTRIES_PER_CALL)
+        ]
         calls: list[ScriptCall] = [
             (
                 scripts.APPEND_LOG,
@@ -245,7 +251,12 @@ class RouterStore:
             for i in range(0, len(items), LOG_ENTRIES_PER_CALL)
         ]
         with translated:
-            await self._scripts.run_all(calls)
+            replies = await self._scripts.run_all(calls)
+        return {
+            owner: f"{reply[1]} is a {reply[2]}, not a stream"
+            for owner, reply in zip(owners, replies, strict=True)
+            if isinstance(reply, list)
+        }
 
     async def kill_arm(self, experiment: str, arm: str, evidence: str, *, over_unkill: bool) -> bool:
         return await self._guarded_change(experiment, arm_kill(arm, evidence, over_unkill=over_unkill))

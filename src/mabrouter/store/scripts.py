@@ -5,7 +5,7 @@ Every script touches keys of one hash tag only, so each is legal on Redis Cluste
 
 from __future__ import annotations
 
-from mabrouter.store.stats_scripts import APPEND_LOG, APPLY_TRIALS, REBASE_DISCOUNT, RECORD_OUTCOMES
+from mabrouter.store.stats_scripts import APPLY_TRIALS, REBASE_DISCOUNT, RECORD_OUTCOMES
 
 __all__ = [  # the statistics' scripts live in stats_scripts.py; callers use this one namespace
     "APPEND_LOG",
@@ -119,3 +119,18 @@ end
     + _AUDIT
     + "return {1, version}\n"
 )
+
+
+# A batch of decision-log entries (runtime/exposure.py). A log key of another type (written by hand) is
+# refused with {'type', key, its type}, writing nothing: the other experiments' entries in the same
+# pipeline are written, and only these are dropped.
+APPEND_LOG = """
+local found = redis.call('TYPE', KEYS[1]).ok
+if found ~= 'stream' and found ~= 'none' then
+  return {'type', KEYS[1], found}
+end
+for _, entry in ipairs(cjson.decode(ARGV[2])) do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(entry))
+end
+return 1
+"""
