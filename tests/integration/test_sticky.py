@@ -110,3 +110,31 @@ def test_without_redis_units_get_stable_hash_seeded_arms(mode: str, tmp_path: Pa
             assert len(set(first.values())) > 1
             for unit in units:  # answered from this replica's cache (test_core_decide proves determinism)
                 assert route(router, unit).arm == first[unit]
+
+
+def test_a_sticky_key_of_the_wrong_type_costs_that_unit_alone(
+    two_routers: tuple[Stub, Stub], sticky_redis: RedisServer
+) -> None:
+    """A unit's key replaced by a hash (by hand): its lookup used to pause every unit's lookups for a
+    second on that replica (so units assigned elsewhere got a hash-seeded arm, not theirs), and its write
+    failed every flush of the batch, retried forever."""
+    first, second = two_routers
+    client = sticky_redis.client()
+    broken = "mabrouter:{homepage}:sticky:homepage:user-broken"
+    client.hset(broken, "arm", "v2")
+    try:
+        units = [f"user-{i}" for i in range(10)]
+        replies = {unit: route(first, unit) for unit in units}
+        assert route(first, "user-broken").reason == pb.SAMPLED
+        wait_until(
+            lambda: all(client.get(f"mabrouter:{{homepage}}:sticky:homepage:{unit}") for unit in units),
+            5,
+            what="the other units' assignments written",
+        )
+        assert route(second, "user-broken").reason == pb.SAMPLED  # answered, just not sticky
+        for unit, reply in replies.items():  # right after it, on the same replica: looked up, not paused
+            again = route(second, unit)
+            assert (again.arm, again.reason) == (reply.arm, pb.STICKY), unit
+        assert client.type(broken) == "hash"
+    finally:
+        client.close()

@@ -74,6 +74,7 @@ class FakeStore:
         self.batches: list[str] = []  # applied batch ids, in order
         self.decisions: list[tuple[str, str]] = []
         self.sticky: dict[tuple[str, str, str], str] = {}
+        self.unstorable: set[tuple[str, str, str]] = set()  # sticky keys of another type
         self.outcomes: dict[str, OutcomeWrite] = {}  # nonce -> applied outcome
         self.unattributed: list[UnattributedEdit] = []
         self.kills: dict[tuple[str, str], str] = {}  # (experiment, arm) -> '1' killed, '0' operator unkill
@@ -140,11 +141,14 @@ class FakeStore:
         self._call("sticky_arm")
         return self.sticky.get((experiment, salt, unit_id))
 
-    async def assign_sticky(self, assignments: Sequence[StickyWrite]) -> list[str]:
+    async def assign_sticky(self, assignments: Sequence[StickyWrite]) -> list[str | None]:
         self._call("assign_sticky")
-        arms = []
+        arms: list[str | None] = []
         for item in assignments:
             key = (item.experiment, item.salt, item.unit_id)
+            if key in self.unstorable:
+                arms.append(None)
+                continue
             current = self.sticky.get(key)
             if current is None or current == item.replaces:
                 self.sticky[key] = current = item.arm

@@ -262,3 +262,22 @@ def test_sticky_assignments_are_written_later_and_the_first_writer_wins() -> Non
     assert store.sticky == {("exp", "exp", "u1"): "arm-1", ("exp", "exp", "u2"): "arm-0"}
     assert asyncio.run(assignments.resolve(sticky_request("u2"), sticky_state)).sticky_arm == "arm-0"
     assert store.calls == ["assign_sticky", "assign_sticky"]  # u2's adopted arm came from the cache
+
+
+def test_an_unstorable_sticky_assignment_is_not_retried_and_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spec = bernoulli_spec(2, name="exp")
+    sticky_state = state(replace(spec, sticky_ttl_seconds=3600))
+    store = fakes.FakeStore()
+    store.unstorable.add(("exp", "exp", "u1"))
+    assignments = StickyAssignments(store)
+    decision = Decision("arm-1", Reason.SAMPLED, 0.5, 1, {}, counted=True)
+    with caplog.at_level(logging.ERROR, logger="mabrouter.runtime.sticky"):
+        for unit in ("u1", "u2", "u1"):
+            assignments.remember(sticky_request(unit), decision, sticky_state)
+            asyncio.run(assignments.flush())
+    assert store.sticky == {("exp", "exp", "u2"): "arm-1"}
+    assert store.calls.count("assign_sticky") == 3  # one flush each: nothing left to retry
+    assert sum("cannot be stored" in r.getMessage() for r in caplog.records) == 1
+    assert asyncio.run(assignments.resolve(sticky_request("u1"), sticky_state)).sticky_arm == "arm-1"

@@ -43,6 +43,7 @@ class StickyAssignments:
         self._pending: dict[_Key, StickyWrite] = {}
         self._breaker_open_until = 0.0
         self.dropped_writes = 0
+        self._unstorable_reported: set[str] = set()
 
     def _cached(self, key: _Key) -> str | None:
         entry = self._cache.get(key)
@@ -111,5 +112,16 @@ class StickyAssignments:
             key = (item.experiment, item.salt, item.unit_id)
             if self._pending.get(key) is item:
                 del self._pending[key]
-            if arm != item.arm:  # another replica assigned this unit first: adopt its arm
+            if arm is None:  # the unit's key holds another type: it keeps this replica's arm, unstored
+                self._unstorable(item.experiment)
+            elif arm != item.arm:  # another replica assigned this unit first: adopt its arm
                 self._cache_put(key, arm, item.ttl_seconds)
+
+    def _unstorable(self, experiment: str) -> None:
+        if experiment not in self._unstorable_reported:
+            self._unstorable_reported.add(experiment)
+            log.error(
+                "a sticky assignment of %s cannot be stored: the unit's key holds another type (written by "
+                "hand); that unit is not sticky across replicas until the key is deleted",
+                experiment,
+            )

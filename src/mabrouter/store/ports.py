@@ -84,8 +84,9 @@ class StickyStore(Protocol):
         """The arm the unit was assigned, or None; raises when the store is slower than `timeout`."""
         ...
 
-    async def assign_sticky(self, assignments: Sequence[StickyWrite]) -> list[str]:
-        """Store first assignments (the first writer wins); the arm each unit actually has, in order."""
+    async def assign_sticky(self, assignments: Sequence[StickyWrite]) -> list[str | None]:
+        """Store first assignments (the first writer wins); the arm each unit actually has, in order, or
+        None for a unit whose stored assignment cannot be read or written (its key holds another type)."""
         ...
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.exceptions import ResponseError
 
 from mabrouter.store import keys, scripts
 from mabrouter.store.connect import async_client, async_pubsub_client, follow_sentinel_master
@@ -209,13 +210,22 @@ class RouterStore:
         return results
 
     async def sticky_arm(self, experiment: str, salt: str, unit_id: str, timeout: float) -> str | None:
-        """The arm a unit was assigned, or None. Raises on a slow or unreachable Redis."""
+        """The arm a unit was assigned, or None (also when its key holds another type, written by hand:
+        one unit's key must not pause everyone's lookups). Raises on a slow or unreachable Redis."""
         with translated:
-            value = await asyncio.wait_for(self._redis.get(keys.sticky(experiment, salt, unit_id)), timeout)
+            try:
+                value = await asyncio.wait_for(
+                    self._redis.get(keys.sticky(experiment, salt, unit_id)), timeout
+                )
+            except ResponseError as exc:
+                if not str(exc).startswith("WRONGTYPE"):
+                    raise
+                return None
         return None if value is None else str(value)
 
-    async def assign_sticky(self, assignments: Sequence[StickyWrite]) -> list[str]:
-        """Store first assignments (first writer wins); return the arm each unit actually has."""
+    async def assign_sticky(self, assignments: Sequence[StickyWrite]) -> list[str | None]:
+        """Store first assignments (first writer wins); return the arm each unit actually has, None where
+        the unit's key holds another type (nothing written)."""
         with translated:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for item in assignments:
@@ -226,7 +236,7 @@ class RouterStore:
                         [item.arm, item.ttl_seconds, item.replaces],
                     )
                 replies = await pipe.execute()
-        return [str(reply) for reply in replies]
+        return [None if isinstance(reply, list) else str(reply) for reply in replies]
 
     async def append_decisions(self, entries: Sequence[tuple[str, str]], maxlen: int) -> dict[str, str]:
         """XADD each (experiment, JSON array of field, value...) to the experiment's decision log, in

@@ -89,6 +89,10 @@ return 1
 # or the killed arm being replaced). The first replica to assign a unit wins; the others adopt its arm.
 # Returns the arm the unit is assigned.
 STICKY_GET_OR_SET = """
+local found = redis.call('TYPE', KEYS[1]).ok
+if found ~= 'string' and found ~= 'none' then
+  return {'type', found}
+end
 local current = redis.call('GET', KEYS[1])
 if current and current ~= ARGV[3] then
   return current
