@@ -36,7 +36,7 @@ ROUTER_ACL = (
 OPERATOR_ACL = (
     "resetkeys %R~mabrouter:* ~mabrouter:experiments ~mabrouter:{*}:config ~mabrouter:{*}:control "
     "~mabrouter:{*}:audit ~mabrouter:{*}:audited resetchannels &mabrouter:changes -@all "
-    "+ping +smembers +sadd +hgetall +hget +hset +hdel +hincrby +xadd +xrange +xrevrange "
+    "+ping +smembers +sadd +hgetall +hget +type +hset +hdel +hincrby +xadd +xrange +xrevrange "
     "+publish +evalsha +eval +script|load +script|exists"
 )
 

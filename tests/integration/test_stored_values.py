@@ -249,6 +249,44 @@ def test_a_decision_log_of_the_wrong_type_drops_its_own_entries_only(
         router.terminate()
 
 
+@pytest.mark.parametrize(("key", "kind"), [("audit", "stream"), ("audited", "hash")])
+def test_an_audit_key_of_the_wrong_type_does_not_block_a_kill(
+    redis_server: RedisServer, tmp_path: Path, key: str, kind: str
+) -> None:
+    """The switch scripts wrote the kill, then failed on the audit key (Redis does not undo a script's
+    writes): the CLI exited 3 on a kill that was half made (no audit entry, no change notice)."""
+    apply_experiments(redis_server.url, tmp_path, PLAIN)
+    router = RouterProcess(redis_server.url).wait_serving()
+    client = redis_server.client()
+    try:
+        client.set(f"mabrouter:{{plain}}:{key}", "written by hand")
+        killed = cli("kill", "plain", "--reason", "incident", redis_url=redis_server.url)
+        assert "plain is killed" in killed.stdout
+        assert f"mabrouter:{{plain}}:{key} holds a string, not a {kind}" in killed.stderr, killed.stderr
+        assert "audit entry could not be written" in killed.stderr
+        killed_within(router.address, "plain")
+    finally:
+        client.close()
+        router.terminate()
+
+
+def test_a_control_hash_of_the_wrong_type_refuses_a_switch_whole(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    apply_experiments(redis_server.url, tmp_path, PLAIN)
+    client = redis_server.client()
+    try:
+        version = client.hget("mabrouter:{plain}:config", "version")
+        client.set("mabrouter:{plain}:control", "written by hand")
+        refused = cli("rollout", "plain", "50", redis_url=redis_server.url, check=False)
+        assert refused.returncode == 3
+        assert "mabrouter:{plain}:control holds a string, not a hash: nothing was written" in refused.stderr
+        assert client.hget("mabrouter:{plain}:config", "version") == version  # no half change
+        assert client.xlen("mabrouter:{plain}:audit") == 1  # the apply's entry only
+    finally:
+        client.close()
+
+
 # -- what operators see is what routers decide from ------------------------------------------------------
 
 

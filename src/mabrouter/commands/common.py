@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,8 @@ def admin_store(args: argparse.Namespace) -> Iterator[AdminStore]:
     try:
         yield store
     finally:
+        for warning in store.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         store.close()
 
 

@@ -35,6 +35,8 @@ class AdminStore:
         # Run with EVALSHA_RO (read-only: a user with read access to the log may run it, on a replica too).
         self._count_sha = hashlib.sha1(lifecycle_scripts.COUNT_ENTRIES.encode()).hexdigest()  # noqa: S324
         self._count_in_redis = True
+        # Problems that did not stop a change (an audit entry that could not be written), for the CLI.
+        self.warnings: list[str] = []
 
     @classmethod
     def from_url(cls, url: str) -> AdminStore:
@@ -76,18 +78,24 @@ class AdminStore:
     def apply(self, name: str, doc_json: str, change: Change) -> int:
         """Store a validated document; return its new version (strictly greater than any before)."""
         with translated:
-            version = int(
-                self._apply_config(
-                    keys=[keys.config(name), keys.config(name), keys.audit(name), keys.audited(name)],
-                    args=["", doc_json, *self._audit_args(change, f"{name}/doc", name)],
-                )
+            version, unaudited = self._apply_config(
+                keys=[keys.config(name), keys.config(name), keys.audit(name), keys.audited(name)],
+                args=["", doc_json, *self._audit_args(change, f"{name}/doc", name)],
             )
+            self._unaudited(f"{name}/doc", unaudited)
             # Listed after the config exists, so a router never lists a name it cannot load. The script's
             # change notice went out before the listing (the set lives in another cluster slot, outside
             # the script): notify again, or routers would find a new experiment only at their next poll.
             self._redis.sadd(keys.EXPERIMENTS, name)
             self._redis.publish(keys.CHANGES_CHANNEL, name)
-        return version
+        return int(version)
+
+    def _unaudited(self, target: str, why: object) -> None:
+        if why:
+            self.warnings.append(
+                f"{target} was changed, but its audit entry could not be written: {why} "
+                "(delete that key with redis-cli DEL; the audit log restarts from the next change)"
+            )
 
     def set_kill(
         self, experiment: str | None, arm: str | None, killed: bool, change: Change
@@ -118,10 +126,11 @@ class AdminStore:
         version_key = keys.control(scope) if scope == keys.GLOBAL_SCOPE else keys.config(scope)
         target = scope if field == keys.KILL else f"{scope}/{field}"
         with translated:
-            version, before = self._change_control(
+            version, before, unaudited = self._change_control(
                 keys=[version_key, keys.control(scope), keys.audit(scope), keys.audited(scope)],
                 args=[field, value, *self._audit_args(change, target, scope)],
             )
+        self._unaudited(target, unaudited)
         return (int(version) if str(version).isdigit() else None), str(before)
 
     def key_families(self, experiment: str) -> dict[str, int]:

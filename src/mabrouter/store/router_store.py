@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.exceptions import ResponseError
 
 from mabrouter.store import keys, scripts
 from mabrouter.store.connect import async_client, async_pubsub_client, follow_sentinel_master
@@ -26,7 +26,6 @@ from mabrouter.store.records import (
     OutcomeWrite,
     RawState,
     Refused,
-    StickyWrite,
     StoredSwitches,
     TrialCounts,
     UnattributedEdit,
@@ -37,6 +36,9 @@ from mabrouter.store.records import (
 from mabrouter.store.script_runner import ScriptCall, ScriptRunner
 from mabrouter.store.snapshot_reads import SnapshotReads, read_switches
 from mabrouter.store.stats_codec import trial_increments
+from mabrouter.store.sticky_redis import StickyRedis
+
+log = logging.getLogger(__name__)
 
 BATCH_MARKER_TTL_SECONDS = 3600
 # Outcomes per RECORD_OUTCOMES call and log entries per APPEND_LOG call: one script runs atomically, so
@@ -45,7 +47,7 @@ OUTCOMES_PER_CALL = 250
 LOG_ENTRIES_PER_CALL = 500
 
 
-class RouterStore:
+class RouterStore(StickyRedis):
     def __init__(
         self, client: aioredis.Redis | AsyncRedisCluster, pubsub_client: aioredis.Redis | None = None
     ) -> None:
@@ -209,35 +211,6 @@ class RouterStore:
                 results[i] = script_result(item)
         return results
 
-    async def sticky_arm(self, experiment: str, salt: str, unit_id: str, timeout: float) -> str | None:
-        """The arm a unit was assigned, or None (also when its key holds another type, written by hand:
-        one unit's key must not pause everyone's lookups). Raises on a slow or unreachable Redis."""
-        with translated:
-            try:
-                value = await asyncio.wait_for(
-                    self._redis.get(keys.sticky(experiment, salt, unit_id)), timeout
-                )
-            except ResponseError as exc:
-                if not str(exc).startswith("WRONGTYPE"):
-                    raise
-                return None
-        return None if value is None else str(value)
-
-    async def assign_sticky(self, assignments: Sequence[StickyWrite]) -> list[str | None]:
-        """Store first assignments (first writer wins); return the arm each unit actually has, None where
-        the unit's key holds another type (nothing written)."""
-        with translated:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for item in assignments:
-                    await self._scripts.queue(
-                        pipe,
-                        scripts.STICKY_GET_OR_SET,
-                        [keys.sticky(item.experiment, item.salt, item.unit_id)],
-                        [item.arm, item.ttl_seconds, item.replaces],
-                    )
-                replies = await pipe.execute()
-        return [None if isinstance(reply, list) else str(reply) for reply in replies]
-
     async def append_decisions(self, entries: Sequence[tuple[str, str]], maxlen: int) -> dict[str, str]:
         """XADD each (experiment, JSON array of field, value...) to the experiment's decision log, in
         order, with an approximate cap: one APPEND_LOG call per experiment (and per
@@ -305,6 +278,8 @@ class RouterStore:
             async with self._redis.pipeline(transaction=False) as pipe:
                 await self._scripts.queue(pipe, scripts.GUARDED_CHANGE, script_keys, args)
                 (reply,) = await pipe.execute()
+        if int(reply[0]) and reply[2]:
+            log.error("%s changed %s without its audit entry: %s", change.actor, experiment, reply[2])
         return bool(int(reply[0]))
 
     async def rebase_discount(self, experiment: str, new_epoch_ms: int, half_life_ms: float) -> bool:

@@ -19,34 +19,63 @@ __all__ = [  # the statistics' scripts live in stats_scripts.py; callers use thi
     "STICKY_GET_OR_SET",
 ]
 
-# The audit entry, the change and the change notice happen together or not at all.
+# Before any write, the keys' types: Redis does not undo a script's writes when a later command fails, so
+# a key of the wrong type (written by hand) found mid-script left half a change (a kill written, its
+# audit entry and change notice not, the CLI reporting failure). The changed hash (KEYS[2]) of another
+# type refuses the whole change, naming it; an audit stream or audited hash of another type must not
+# block a kill in an incident: the change is made and published without its audit entry, and the reply
+# ends with what kept it out ('' when it was written), which the CLI prints.
+# TYPE through pcall: an operator ACL written before these checks (without +type) still changes switches,
+# unchecked, rather than failing a kill in an incident with NOPERM.
+_CHECK_KEYS = """
+local function other_type(key, expected)
+  local found = redis.pcall('TYPE', key).ok
+  if found and found ~= expected and found ~= 'none' then
+    return key .. ' holds a ' .. found .. ', not a ' .. expected
+  end
+  return nil
+end
+local refused = other_type(KEYS[2], 'hash')
+if refused then
+  return redis.error_reply('WRONGTYPE ' .. refused .. ': nothing was written (delete the key and retry)')
+end
+local unaudited = other_type(KEYS[3], 'stream') or other_type(KEYS[4], 'hash') or ''
+"""
+
+# The audit entry, the change and the change notice happen together (the audit entry left out only when
+# its keys hold another type, see _CHECK_KEYS).
 _AUDIT = """
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*',
-  'ts_ms', ARGV[3], 'actor', ARGV[4], 'action', ARGV[5], 'target', ARGV[9],
-  'before', before, 'after', ARGV[2], 'reason', ARGV[6], 'version', version)
-redis.call('HSET', KEYS[4], ARGV[9], redis.sha1hex(ARGV[2]))
+if unaudited == '' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*',
+    'ts_ms', ARGV[3], 'actor', ARGV[4], 'action', ARGV[5], 'target', ARGV[9],
+    'before', before, 'after', ARGV[2], 'reason', ARGV[6], 'version', version)
+  redis.call('HSET', KEYS[4], ARGV[9], redis.sha1hex(ARGV[2]))
+end
 redis.call('PUBLISH', ARGV[8], ARGV[10])
 """
 
-# KEYS: config hash, (unused), audit stream, audited hash. ARGV: 1 (unused) 2 doc JSON, 3 now ms,
-# 4 actor, 5 action, 6 reason, 7 audit maxlen, 8 channel, 9 target, 10 experiment.
-# Returns the new, strictly greater version.
+# KEYS: config hash, config hash again (the changed hash _CHECK_KEYS checks), audit stream, audited hash.
+# ARGV: 1 (unused) 2 doc JSON, 3 now ms, 4 actor, 5 action, 6 reason, 7 audit maxlen, 8 channel, 9 target,
+# 10 experiment. Returns {the new, strictly greater version, why no audit entry ('' when written)}.
 APPLY_CONFIG = (
-    """
+    _CHECK_KEYS
+    + """
 local before = redis.call('HGET', KEYS[1], 'doc') or ''
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'doc', ARGV[2], 'updated_ms', ARGV[3])
 """
     + _AUDIT
-    + "return version\n"
+    + "return {version, unaudited}\n"
 )
 
 # KEYS: version hash (the experiment's config, or the global control hash), control hash, audit stream,
 # audited hash.
 # ARGV: 1 field, 2 new value ('' deletes), 3 now ms, 4 actor, 5 action, 6 reason, 7 audit maxlen,
-# 8 channel, 9 target, 10 scope. Returns {version ('' when the stored one is not a number), previous value}.
+# 8 channel, 9 target, 10 scope. Returns {version ('' when the stored one is not a number), previous value,
+# why no audit entry ('' when written)}.
 CHANGE_CONTROL = (
-    """
+    _CHECK_KEYS
+    + """
 local before = redis.call('HGET', KEYS[2], ARGV[1]) or ''
 -- A version edited by hand into something HINCRBY refuses must not block a kill in an incident: the
 -- switch is written without a version ('' in the reply and the audit entry); routers obey it anyway.
@@ -65,7 +94,7 @@ if version ~= '' then
 end
 """
     + _AUDIT
-    + "return {version, before}\n"
+    + "return {version, before, unaudited}\n"
 )
 
 # KEYS: audited hash, audit stream. ARGV: (unused), now ms, target, before, after.
@@ -106,9 +135,11 @@ return ARGV[1]
 # KEYS: config hash, control hash, audit stream, audited hash. ARGV: 1 field, 2 new value, 3 now ms,
 # 4 actor, 5 action, 6 reason, 7 audit maxlen, 8 channel, 9 target, 10 scope, 11 'if' or 'unless',
 # 12 the value the field must (if) or must not (unless) have, then extra field, value pairs to set.
-# Returns {1, version} when applied, {0, current value} when another replica (or an operator) acted.
+# Returns {1, version, why no audit entry ('' when written)} when applied, {0, current value} when another
+# replica (or an operator) acted.
 GUARDED_CHANGE = (
-    """
+    _CHECK_KEYS
+    + """
 local current = redis.call('HGET', KEYS[2], ARGV[1]) or ''
 if (ARGV[11] == 'unless' and current == ARGV[12]) or (ARGV[11] == 'if' and current ~= ARGV[12]) then
   return {0, current}
@@ -121,7 +152,7 @@ for i = 13, #ARGV, 2 do
 end
 """
     + _AUDIT
-    + "return {1, version}\n"
+    + "return {1, version, unaudited}\n"
 )
 
 
