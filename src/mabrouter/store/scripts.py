@@ -156,6 +156,8 @@ end
 )
 
 
+# KEYS[1] a log stream. ARGV[1] its approximate cap, ARGV[2] a JSON array of entries, each a flat array
+# of field, value strings. Appends them in order: one command for many XADDs.
 # A batch of decision-log entries (runtime/exposure.py). A log key of another type (written by hand) is
 # refused with {'type', key, its type}, writing nothing: the other experiments' entries in the same
 # pipeline are written, and only these are dropped.

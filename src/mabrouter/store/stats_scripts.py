@@ -200,8 +200,6 @@ return results
 """
 )
 
-# KEYS[1] a log stream. ARGV[1] its approximate cap, ARGV[2] a JSON array of entries, each a flat array
-# of field, value strings. Appends them in order: one command for many XADDs.
 # HMGET and HSET in slices: a trial flush may carry thousands of (segment) fields, more than one
 # unpack may pass to a command (Lua's C stack holds 8000 values).
 _SLICED = """
