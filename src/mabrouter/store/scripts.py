@@ -100,6 +100,12 @@ end
 # KEYS: audited hash, audit stream. ARGV: (unused), now ms, target, before, after.
 # Many replicas notice the same raw edit; the first one records it (see keys.audited).
 RECORD_UNATTRIBUTED = """
+-- An audit stream of another type (written by hand) takes no entry: nothing is written, so the edit is
+-- not marked as recorded either (no half write), and the CLI names the key at its next change.
+local found = redis.pcall('TYPE', KEYS[2]).ok
+if found and found ~= 'stream' and found ~= 'none' then
+  return 0
+end
 local audited = redis.call('HGET', KEYS[1], ARGV[3])
 -- Record only the next link of the chain: the audited value must be this edit's `before`. A replica
 -- that notices an edit late (after a newer one was recorded) sees a different value and skips it.
