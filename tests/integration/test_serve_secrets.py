@@ -68,13 +68,27 @@ class Serve:
         """Route once and check the decision id verifies with `key` (and only then report its outcome)."""
         with grpc.insecure_channel(self.address) as channel:
             stub = router_pb2_grpc.RouterStub(channel)
-            reply = stub.Route(pb.RouteRequest(experiment="ranker", unit_id="u-1"), timeout=5)
+            # With --workers, health may come from a worker whose first snapshot is loaded while this
+            # connection lands on one still loading it (UNAVAILABLE "no configuration loaded yet").
+            reply = wait_until(lambda: self._route(stub), 10, interval=0.05, what="a loaded worker")
             try:
                 decision_id.decode(reply.decision_id, [key], int(time.time() * 1000), 60_000)
             except InvalidDecisionIdError:
                 return False
             stub.ReportOutcome(pb.OutcomeRequest(decision_id=reply.decision_id, reward=1.0), timeout=5)
             return True
+
+    @staticmethod
+    def _route(stub: router_pb2_grpc.RouterStub) -> pb.RouteResponse | None:
+        try:
+            reply: pb.RouteResponse = stub.Route(
+                pb.RouteRequest(experiment="ranker", unit_id="u-1"), timeout=5
+            )
+        except grpc.RpcError as exc:
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                return None
+            raise
+        return reply
 
     def stop(self) -> None:
         if self.process.poll() is None:
