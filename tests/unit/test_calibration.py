@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mabrouter.calibration.broken import LossyHoldout, PooledAllocation, detection
@@ -140,6 +140,7 @@ def test_an_absolute_guardrail_does_not_wait_for_the_control() -> None:
     st.lists(st.floats(min_value=0.0, max_value=1.8e308), min_size=2, max_size=6),
     st.dictionaries(st.integers(0, 99), st.floats(min_value=0.0, max_value=1.8e308), max_size=12),
 )
+@example([0.0, 0.0], [0.0, 0.0], {0: 5e-324})  # the split's expected count underflowed to 0: it raised
 def test_the_checks_never_raise_on_counts_edited_by_hand(
     observed: list[float], expected: list[float], cells: dict[int, float]
 ) -> None:

@@ -221,6 +221,8 @@ def holdout_split_check(cells: Mapping[int, float], holdout_percent: float) -> S
     dispersion = max(dispersion / (held_cells + rest_cells - 2), 1.0)
     per_cell = (held_total + rest_total) / (held_cells + rest_cells)
     expected = (per_cell * held_cells, per_cell * rest_cells)
+    if min(expected) <= 0:
+        return None  # counts so small (5e-324 by hand) their share underflows to 0: nothing to judge
     statistic = sum((o - e) * (o - e) / e for o, e in zip((held_total, rest_total), expected, strict=True))
     if not math.isfinite(dispersion):
         return None  # cells a float cannot hold apart (a hand edit): nothing to judge the split by
