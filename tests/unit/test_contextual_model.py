@@ -12,12 +12,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mabrouter.core.allocation import constrained_allocation
+from mabrouter.core.allocation import constrained_allocation, exact_projection
 from mabrouter.core.decide import RouteInput, decide
 from mabrouter.core.evidence import chi_square_p_value
 from mabrouter.core.features import FeatureEncoder
 from mabrouter.core.linear import LinearSums, linear_posterior
-from mabrouter.core.linear_policy import MIN_PROBABILITY, exact_projection
+from mabrouter.core.linear_policy import MIN_PROBABILITY
 from mabrouter.core.model import (
     ArmSpec,
     ArmStats,

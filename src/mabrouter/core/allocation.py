@@ -27,14 +27,10 @@ def constrained_allocation(
     over caps and the remaining mass is spread evenly: the result always sums to 1 over live arms.
     """
     q = np.zeros_like(p)
-    live_index = np.array(live, dtype=np.intp)
-    lo = np.minimum(floors[live_index], 1.0)
-    hi = np.maximum(caps[live_index], lo)
-    if lo.sum() >= 1.0 - _EPSILON:
-        q[live_index] = lo / lo.sum()
-        return q
-    if hi.sum() <= 1.0 + _EPSILON:  # caps cannot absorb everything: fill to caps, spread the rest
-        q[live_index] = hi + (1.0 - hi.sum()) / len(live_index)
+    live_index, lo, hi = _live_bounds(live, floors, caps)
+    forced = _decided_by_bounds(lo, hi)
+    if forced is not None:
+        q[live_index] = forced
         return q
     weights = np.maximum(p[live_index], _EPSILON)
     low, high = 0.0, 1.0
@@ -49,6 +45,54 @@ def constrained_allocation(
     values = np.clip(high * weights, lo, hi)
     q[live_index] = values / values.sum()
     return q
+
+
+def exact_projection(
+    p: FloatArray, live: tuple[int, ...], floors: FloatArray, caps: FloatArray
+) -> FloatArray:
+    """`constrained_allocation` solved exactly rather than by bisection: per request (contextual).
+
+    sum_i clip(lambda p_i, lo_i, hi_i) is piecewise linear in lambda with breakpoints lo_i / p_i and
+    hi_i / p_i: evaluate it at every breakpoint, then solve the linear piece that crosses 1."""
+    q = np.zeros_like(p)
+    index, lo, hi = _live_bounds(live, floors, caps)
+    forced = _decided_by_bounds(lo, hi)
+    if forced is not None:
+        q[index] = forced
+        return q
+    weights = np.maximum(p[index], _EPSILON)
+    breaks = np.sort(np.concatenate((lo / weights, hi / weights)))
+    totals = np.clip(breaks[:, None] * weights, lo, hi).sum(axis=1)
+    j = int(np.searchsorted(totals, 1.0))  # totals[0] = sum(lo) < 1 <= sum(hi) = totals[-1]
+    j = min(max(j, 1), len(breaks) - 1)
+    rise = totals[j] - totals[j - 1]
+    scale = (
+        breaks[j - 1] + (1.0 - totals[j - 1]) * (breaks[j] - breaks[j - 1]) / rise if rise > 0 else breaks[j]
+    )
+    values = np.clip(scale * weights, lo, hi)
+    q[index] = values / values.sum()
+    return q
+
+
+def _live_bounds(
+    live: tuple[int, ...], floors: FloatArray, caps: FloatArray
+) -> tuple[npt.NDArray[np.intp], FloatArray, FloatArray]:
+    """The live arms' indices and their floors and caps (a floor above 1 is 1; a cap below its floor is
+    the floor)."""
+    index = np.array(live, dtype=np.intp)
+    lo = np.minimum(floors[index], 1.0)
+    return index, lo, np.maximum(caps[index], lo)
+
+
+def _decided_by_bounds(lo: FloatArray, hi: FloatArray) -> FloatArray | None:
+    """The live arms' shares when the bounds alone decide them, else None: floors summing to 1 or more
+    win (scaled to sum to 1); caps summing below 1 are filled and the rest spread evenly."""
+    shares: FloatArray | None = None
+    if lo.sum() >= 1.0 - _EPSILON:
+        shares = lo / lo.sum()
+    elif hi.sum() <= 1.0 + _EPSILON:
+        shares = hi + (1.0 - hi.sum()) / len(hi)
+    return shares
 
 
 def thompson_allocation(

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mabrouter.core.allocation import thompson_allocation
+from mabrouter.core.allocation import exact_projection, thompson_allocation
 from mabrouter.core.features import FeatureEncoder
 from mabrouter.core.linear import LinearPosterior
 from mabrouter.core.model import AttributeValue
@@ -27,7 +27,7 @@ from mabrouter.core.posterior import FloatArray
 # still serve never gets an infinite inverse-propensity weight. Thompson's allocations elsewhere are
 # smoothed to about the same floor (core/thompson.py: ~1.25e-4 with 3 arms).
 MIN_PROBABILITY = 1e-4
-_EPSILON = 1e-12
+_EPSILON = 1e-12  # the smallest variance a prediction is given (a column never seen)
 
 
 class ContextDraw(NamedTuple):
@@ -37,37 +37,6 @@ class ContextDraw(NamedTuple):
     signature: str
     vector: FloatArray
     shares: FloatArray
-
-
-def exact_projection(
-    p: FloatArray, live: tuple[int, ...], floors: FloatArray, caps: FloatArray
-) -> FloatArray:
-    """`core.allocation.constrained_allocation` solved exactly rather than by bisection: per request.
-
-    sum_i clip(lambda p_i, lo_i, hi_i) is piecewise linear in lambda with breakpoints lo_i / p_i and
-    hi_i / p_i: evaluate it at every breakpoint, then solve the linear piece that crosses 1."""
-    q = np.zeros_like(p)
-    index = np.array(live, dtype=np.intp)
-    lo = np.minimum(floors[index], 1.0)
-    hi = np.maximum(caps[index], lo)
-    if lo.sum() >= 1.0 - _EPSILON:
-        q[index] = lo / lo.sum()
-        return q
-    if hi.sum() <= 1.0 + _EPSILON:
-        q[index] = hi + (1.0 - hi.sum()) / len(index)
-        return q
-    weights = np.maximum(p[index], _EPSILON)
-    breaks = np.sort(np.concatenate((lo / weights, hi / weights)))
-    totals = np.clip(breaks[:, None] * weights, lo, hi).sum(axis=1)
-    j = int(np.searchsorted(totals, 1.0))  # totals[0] = sum(lo) < 1 <= sum(hi) = totals[-1]
-    j = min(max(j, 1), len(breaks) - 1)
-    rise = totals[j] - totals[j - 1]
-    scale = (
-        breaks[j - 1] + (1.0 - totals[j - 1]) * (breaks[j] - breaks[j - 1]) / rise if rise > 0 else breaks[j]
-    )
-    values = np.clip(scale * weights, lo, hi)
-    q[index] = values / values.sum()
-    return q
 
 
 class LinearPolicy:
